@@ -1,0 +1,219 @@
+"""Contrastive losses, exact against their textbook formulas, fused on CPU and CUDA.
+
+Symbols: N pairs, M rows, D feature dimension, tau the temperature. Every loss L2-normalizes its
+inputs (``x / max(||x||, 1e-12)``), compares them by cosine similarity over tau, and never builds
+the M x M matrix on the fused path (memory O(M D)). Inputs may be non-contiguous and of any float
+dtype; gradients flow to every feature input. The loss is float32 (float64 for float64 inputs).
+
+``backend``: "auto" (fused kernels when they support the call, else the reference), "fused"
+(raises an error listing why it cannot run), "reference" (the pure-PyTorch oracle,
+``coun_fast.ops.reference``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from coun_fast import validation
+from coun_fast.ops import backend as backends
+from coun_fast.ops import reference
+from coun_fast.ops.contrastive import contrastive_forward
+from coun_fast.ops.contrastive import similarity as _fused_similarity
+
+__all__ = ["info_nce", "nt_xent", "cross_view_info_nce", "sup_con", "similarity"]
+
+
+def info_nce(
+    anchors: Tensor,
+    candidates: Tensor | None,
+    temperature: float,
+    *,
+    positive_index: Tensor | None = None,
+    anchor_labels: Tensor | None = None,
+    candidate_labels: Tensor | None = None,
+    exclude_self: bool = False,
+    symmetric: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_finite: bool = False,
+) -> Tensor:
+    """General InfoNCE: anchors against candidates, positives by index or by label.
+
+    For anchor i, ``l_i = logsumexp_j s_ij - mean_{p in Pos(i)} s_ip`` with ``s_ij = a_i . b_j / tau``
+    over every compared candidate j (all of them, except j = i when ``exclude_self``).
+
+    Args:
+        anchors: (M, D) features.
+        candidates: (N, D) features; None (or the anchors tensor itself) compares the anchors with
+            each other, with one fused pass for the gradient.
+        temperature: tau, a finite number > 0.
+        positive_index: (M,) integers in [0, N): the one positive of each anchor.
+        anchor_labels, candidate_labels: (M,), (N,) integer labels; the positives of anchor i are
+            the compared candidates of the same label (candidate_labels defaults to anchor_labels
+            when the anchors are their own candidates). Without positive_index or labels, anchor i's
+            positive is candidate i (paired rows, M == N).
+        exclude_self: drop candidate i from anchor i (M == N).
+        symmetric: also take the candidates as anchors against the anchors and add that loss (the
+            two-directional CLIP / CoUn form); positive_index must then be a permutation.
+        reduction: "mean" (over anchors that have a positive; with symmetric, the mean of each
+            direction, summed), "sum", or "none" (per-anchor losses, (M,) or (M + N,); anchors
+            without a positive give 0).
+        backend: "auto", "fused" or "reference".
+        check_finite: raise if an input holds NaN or Inf (costs a pass over the inputs).
+
+    Returns:
+        The loss: a scalar, or per-anchor losses for reduction="none".
+
+    Raises:
+        TypeError, ValueError: an argument outside what is accepted (the message names it).
+        RuntimeError: backend="fused" where this installation cannot run fused kernels.
+    """
+    anchors = validation.features(anchors, "anchors", check_finite=check_finite)
+    if candidates is anchors:
+        candidates = None
+    if candidates is not None:
+        candidates = validation.features(candidates, "candidates", check_finite=check_finite)
+        validation.same_device(anchors, "anchors", candidates, "candidates")
+        validation.same_dim(anchors, "anchors", candidates, "candidates")
+    temperature = validation.temperature(temperature)
+    reduction = validation.reduction(reduction)
+    m = anchors.shape[0]
+    n = m if candidates is None else candidates.shape[0]
+    if exclude_self and m != n:
+        raise ValueError(f"exclude_self needs as many candidates as anchors; got {m} anchors and {n} candidates")
+    if symmetric and candidates is None:
+        raise ValueError("symmetric=True needs separate candidates; the anchors-against-themselves problem is already symmetric")
+
+    if positive_index is None and anchor_labels is None:
+        if candidate_labels is not None:
+            raise ValueError("candidate_labels was given without anchor_labels")
+        if m != n or exclude_self:
+            raise ValueError("give positive_index or anchor_labels: the default pairs anchor i with candidate i, "
+                             "which needs M == N and exclude_self=False")
+        positive_index = torch.arange(m, device=anchors.device)
+    elif positive_index is not None:
+        if anchor_labels is not None or candidate_labels is not None:
+            raise ValueError("give either positive_index or labels, not both")
+        positive_index = validation.integer_vector(positive_index, "positive_index", m, anchors, "anchors")
+        validation.index_in_range(positive_index, "positive_index", n)
+        if exclude_self:
+            validation.no_self_positive(positive_index, "positive_index")
+        if symmetric:
+            validation.is_permutation(positive_index, "positive_index")
+    else:
+        anchor_labels = validation.integer_vector(anchor_labels, "anchor_labels", m, anchors, "anchors")
+        if candidate_labels is None:
+            if candidates is not None:
+                raise ValueError("candidate_labels is required when candidates are given with anchor_labels")
+        else:
+            candidate_labels = validation.integer_vector(
+                candidate_labels, "candidate_labels", n, anchors if candidates is None else candidates,
+                "anchors" if candidates is None else "candidates")
+
+    inputs = (anchors,) if candidates is None else (anchors, candidates)
+    if backends.resolve(backend, *inputs) == "fused":
+        loss, _, count = contrastive_forward(anchors, candidates, temperature, positive_index, anchor_labels,
+                                             candidate_labels, exclude_self, symmetric)
+        valid = count > 0
+    else:
+        loss, valid = reference.info_nce_rows(
+            anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
+            candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric)
+    return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
+
+
+def _pair(z1: Tensor, z2: Tensor, check_finite: bool) -> None:
+    validation.features(z1, "z1", check_finite=check_finite)
+    validation.features(z2, "z2", check_finite=check_finite)
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    validation.same_device(z1, "z1", z2, "z2")
+
+
+def nt_xent(
+    z1: Tensor, z2: Tensor, temperature: float = 0.5, *, backend: str = "auto", check_finite: bool = False
+) -> Tensor:
+    """SimCLR's NT-Xent over the 2N rows of cat(z1, z2).
+
+    Each row is compared with every other row (its own similarity is excluded); its positive is the
+    other view of the same sample (row i and row i + N). The loss is the mean over the 2N rows.
+
+    Args:
+        z1, z2: (N, D) features of the two views.
+        temperature: tau > 0 (SimCLR: 0.5 at batch 256, 0.1 for large batches).
+        backend, check_finite: as in :func:`info_nce`.
+
+    Returns:
+        Scalar loss; log(2N - 1) when all rows are identical.
+    """
+    _pair(z1, z2, check_finite)
+    n = z1.shape[0]
+    rows = torch.cat([z1, z2])
+    partner = torch.arange(2 * n, device=rows.device).roll(n)  # i -> i + N (mod 2N)
+    return info_nce(rows, None, temperature, positive_index=partner, exclude_self=True, backend=backend)
+
+
+def cross_view_info_nce(
+    z1: Tensor, z2: Tensor, temperature: float = 0.1, *, backend: str = "auto", check_finite: bool = False
+) -> Tensor:
+    """CoUn's contrastive term L_CL between two views of one batch.
+
+    With ``S = norm(z1) norm(z2)^T / tau`` (N x N), the mean over rows of
+    ``logsumexp(S[n, :]) - S[n, n]`` plus the same over columns: each sample's positive is its other
+    view, its negatives the other view of every other sample. The two directions are summed, as in
+    the paper's code (no 1/2).
+
+    Args:
+        z1, z2: (N, D) penultimate features of the two views.
+        temperature: tau > 0 (CoUn: 0.1).
+        backend, check_finite: as in :func:`info_nce`.
+    """
+    _pair(z1, z2, check_finite)
+    return info_nce(z1, z2, temperature, symmetric=True, backend=backend)
+
+
+def sup_con(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    *,
+    backend: str = "auto",
+    check_finite: bool = False,
+) -> Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form).
+
+    For anchor i, the positives are the other rows with its label and the denominator runs over all
+    rows except i: ``l_i = logsumexp_{k != i} s_ik - mean_{p in Pos(i)} s_ip``; the loss is the mean
+    over anchors that have at least one positive (no temperature / base-temperature rescaling).
+
+    Args:
+        features: (M, D) features, or (B, V, D) with V views of each of B samples (then the labels
+            are per sample and are repeated for every view).
+        labels: (M,) or (B,) integer labels.
+        temperature: tau > 0.
+        backend, check_finite: as in :func:`info_nce`.
+    """
+    if isinstance(features, Tensor) and features.dim() == 3:
+        batch, views, dim = features.shape
+        features = features.reshape(batch * views, dim)
+        if isinstance(labels, Tensor) and labels.dim() == 1 and labels.shape[0] == batch:
+            labels = labels.repeat_interleave(views)
+    features = validation.features(features, "features", check_finite=check_finite)
+    labels = validation.integer_vector(labels, "labels", features.shape[0], features, "features")
+    return info_nce(features, None, temperature, anchor_labels=labels, exclude_self=True, backend=backend)
+
+
+def similarity(a: Tensor, b: Tensor | None = None, temperature: float = 1.0, *, backend: str = "auto") -> Tensor:
+    """The cosine-similarity matrix ``norm(a) norm(b)^T / tau``, materialized (M, N), float32
+    (float64 for float64 inputs); ``b=None`` compares ``a`` with itself. Differentiable."""
+    a = validation.features(a, "a")
+    if b is not None:
+        b = validation.features(b, "b")
+        validation.same_device(a, "a", b, "b")
+        validation.same_dim(a, "a", b, "b")
+    temperature = validation.temperature(temperature)
+    inputs = (a,) if b is None else (a, b)
+    if backends.resolve(backend, *inputs) == "fused":
+        return _fused_similarity(a, b, temperature)
+    return reference.similarity(a, b, temperature)

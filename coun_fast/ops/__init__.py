@@ -1,0 +1,1 @@
+"""Torch custom ops over the compiled kernels, and the pure-PyTorch reference (the oracle)."""

@@ -1,0 +1,94 @@
+"""Argument checks shared by the public API. Each error names the argument and what is accepted."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def features(x: object, name: str, *, check_finite: bool = False) -> Tensor:
+    """A non-empty (rows, dim) floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (rows, dim); got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype (float32, float16, bfloat16, float64); got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows, dim); got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one feature; got shape {tuple(x.shape)}")
+    if check_finite and not _compiling() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf (check_finite=True)")
+    return x
+
+
+def same_device(reference: Tensor, reference_name: str, other: Tensor, name: str) -> None:
+    if other.device != reference.device:
+        raise ValueError(f"{name} is on {other.device} but {reference_name} is on {reference.device}; put them on one device")
+
+
+def same_dim(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{a_name} and {b_name} must have the same feature dimension; got {a.shape[1]} and {b.shape[1]}")
+
+
+def temperature(value: object, name: str = "temperature") -> float:
+    """A finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number > 0; got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0; got {value}")
+    return value
+
+
+def reduction(value: object) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def integer_vector(x: object, name: str, length: int, like: Tensor, like_name: str) -> Tensor:
+    """A 1-D integer tensor of ``length`` on ``like``'s device, returned as contiguous int64."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a 1-D integer torch.Tensor; got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype (int64, int32, ...); got {x.dtype}")
+    if x.dim() != 1 or x.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), one entry per row of {like_name}; got {tuple(x.shape)}")
+    same_device(like, like_name, x, name)
+    return x.to(torch.int64).contiguous()
+
+
+def index_in_range(index: Tensor, name: str, upper: int) -> None:
+    """Every entry in [0, upper). Skipped while compiling (it reads values on the host)."""
+    if _compiling() or index.numel() == 0:
+        return
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= upper:
+        raise ValueError(f"{name} entries must lie in [0, {upper}); got values from {low} to {high}")
+
+
+def no_self_positive(index: Tensor, name: str) -> None:
+    """No anchor is its own positive (needed when exclude_self removes that candidate)."""
+    if _compiling():
+        return
+    own = index == torch.arange(index.numel(), device=index.device)
+    if bool(own.any()):
+        first = int(own.nonzero()[0, 0])
+        raise ValueError(f"{name}[{first}] = {first} points at the anchor itself, which exclude_self removes")
+
+
+def is_permutation(index: Tensor, name: str) -> None:
+    if _compiling():
+        return
+    if not torch.equal(torch.sort(index).values, torch.arange(index.numel(), device=index.device)):
+        raise ValueError(f"{name} must be a permutation of 0..{index.numel() - 1} when symmetric=True")

@@ -1,0 +1,329 @@
+// CPU kernels of the contrastive-loss family: forward, backward and the similarity matrix.
+//
+// Math (see contrastive.h): a_i = x_i / max(||x_i||, eps), b_j likewise, s_ij = a_i . b_j / tau,
+//   l_i = lse_i - (1/|Pos(i)|) sum_{p in Pos(i)} s_ip,   lse_i = log sum_{j compared} exp(s_ij).
+// Gradient, for upstream weights w_i = dL/dl_i (w_i = 0 for an anchor without positives):
+//   dL/ds_ij = w_i exp(s_ij - lse_i) - [j in Pos(i)] w_i / |Pos(i)|           (logit_gradient)
+//   dL/da_i  = (1/tau) sum_j dL/ds_ij b_j,    dL/db_j = (1/tau) sum_i dL/ds_ij a_i
+//   dL/dx_i  = (g_i - (g_i . a_i) a_i) / max(||x_i||, eps)   with g_i = dL/da_i  (fused normalize)
+//
+// Algorithm (the same as the CUDA kernels'):
+// - Inputs of any stride and dtype are normalized once into float32 copies: the owner's rows
+//   (scaled by 1/tau, so one micro-GEMM yields logits), and the other matrix both as column
+//   panels (for S tiles) and as rows (for the gradient accumulation). Memory is O((M + N) D).
+// - Work is split into tasks of kTaskRows rows. A task sweeps the columns in tiles of kTileCols:
+//   it computes the S tile with a register-blocked micro-GEMM, then consumes it.
+// - Forward: an online log-sum-exp per row (running max and rescaled sum), so any temperature is
+//   safe; positive logits are summed from the tile (labels) or taken by one dot product (index).
+//   Only lse, count and loss per row are written.
+// - Backward (row owner): the tile is recomputed, turned in place into dL/ds for up to two
+//   directions (the owner's rows as anchors, and as candidates of the other matrix, which is how
+//   a symmetric loss or A-is-B gets its full gradient in one pass), then multiplied into the
+//   task's gradient rows by the same micro-GEMM. One task owns its rows from start to end and
+//   adds tiles in a fixed order: no atomics, and results are bit-identical run to run.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "coun_fast/contrastive.h"
+#include "parallel.h"
+#include "simd.h"
+
+namespace coun_fast {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTaskRows = 4 * kMicroRows;  // rows owned by one task
+constexpr int64_t kTileCols = 128;             // columns of one S tile (a multiple of kMicroCols)
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// 1 / max(||x_i||, eps) per row, the norm accumulated in float32 in index order.
+std::vector<float> inverse_norms(const MatrixView& x, int num_threads) {
+  std::vector<float> inv(x.rows);
+  parallel_for(x.rows, num_threads, [&](int64_t r) {
+    float sum = 0.f;
+    for (int64_t k = 0; k < x.dim; ++k) {
+      const float v = x.at(r, k);
+      sum += v * v;
+    }
+    inv[r] = 1.f / std::max(std::sqrt(sum), kNormEps);
+  });
+  return inv;
+}
+
+// Normalized rows times `scale`, row-major [rows_pad][dim_pad], zero padded.
+std::vector<float> pack_rows(const MatrixView& x, const std::vector<float>& inv_norm, float scale,
+                             int64_t rows_pad, int64_t dim_pad, int num_threads) {
+  std::vector<float> out(rows_pad * dim_pad, 0.f);
+  parallel_for(x.rows, num_threads, [&](int64_t r) {
+    const float f = inv_norm[r] * scale;
+    for (int64_t k = 0; k < x.dim; ++k) out[r * dim_pad + k] = x.at(r, k) * f;
+  });
+  return out;
+}
+
+// Normalized rows as column panels of the transposed matrix: [rows_pad / kMicroCols][dim][kMicroCols].
+std::vector<float> pack_panels(const MatrixView& x, const std::vector<float>& inv_norm,
+                               int64_t rows_pad, int num_threads) {
+  std::vector<float> out(rows_pad * x.dim, 0.f);
+  parallel_for(rows_pad / kMicroCols, num_threads, [&](int64_t panel) {
+    float* dst = out.data() + panel * x.dim * kMicroCols;
+    for (int64_t j = 0; j < kMicroCols; ++j) {
+      const int64_t r = panel * kMicroCols + j;
+      if (r >= x.rows) break;
+      for (int64_t k = 0; k < x.dim; ++k) dst[k * kMicroCols + j] = x.at(r, k) * inv_norm[r];
+    }
+  });
+  return out;
+}
+
+// tile[kTaskRows x kTileCols] = rows[kTaskRows x dim] . panels(columns c0 ..)^T
+void similarity_tile(const float* rows, int64_t dim_pad, int64_t dim, const float* panels,
+                     int64_t c0, float* tile) {
+  for (int64_t mb = 0; mb < kTaskRows; mb += kMicroRows) {
+    for (int64_t p = 0; p < kTileCols; p += kMicroCols) {
+      micro_gemm<false>(rows + mb * dim_pad, dim_pad, panels + (c0 + p) * dim, kMicroCols, dim,
+                        tile + mb * kTileCols + p, kTileCols);
+    }
+  }
+}
+
+// The problem's shapes and packed operands, shared by the forward, backward and similarity.
+struct Packed {
+  int64_t rows, cols, dim, dim_pad, rows_pad, cols_pad;
+  std::vector<float> row_inv_norm;
+  std::vector<float> rows_scaled;  // [rows_pad][dim_pad], a_i / tau
+  std::vector<float> col_panels;   // [cols_pad / kMicroCols][dim][kMicroCols], b_j
+
+  Packed(const MatrixView& row_view, const MatrixView& col_view, float temperature,
+         std::vector<float> col_inv_norm, int num_threads)
+      : rows(row_view.rows),
+        cols(col_view.rows),
+        dim(row_view.dim),
+        dim_pad(round_up(row_view.dim, kMicroCols)),
+        rows_pad(round_up(row_view.rows, kTaskRows)),
+        cols_pad(round_up(col_view.rows, kTileCols)),
+        row_inv_norm(inverse_norms(row_view, num_threads)),
+        rows_scaled(pack_rows(row_view, row_inv_norm, 1.f / temperature, rows_pad, dim_pad,
+                              num_threads)),
+        col_panels(pack_panels(col_view, col_inv_norm, cols_pad, num_threads)) {}
+
+  int64_t tasks() const { return rows_pad / kTaskRows; }
+
+  void tile(int64_t r0, int64_t c0, float* out) const {
+    similarity_tile(rows_scaled.data() + r0 * dim_pad, dim_pad, dim, col_panels.data(), c0, out);
+  }
+
+  // s_rc from the packed operands (one dot product).
+  float logit(int64_t r, int64_t c) const {
+    const float* panel = col_panels.data() + (c / kMicroCols) * dim * kMicroCols + c % kMicroCols;
+    float sum = 0.f;
+    for (int64_t k = 0; k < dim; ++k) sum += rows_scaled[r * dim_pad + k] * panel[k * kMicroCols];
+    return sum;
+  }
+};
+
+// The per-anchor weight and log-sum-exp of one direction, padded to `size`; an anchor that does
+// not contribute gets weight 0 and lse +inf, so its softmax term is exactly 0.
+void effective_stats(const Direction* direction, int64_t count, int64_t size,
+                     std::vector<float>& weight, std::vector<float>& lse) {
+  weight.assign(size, 0.f);
+  lse.assign(size, kInf);
+  if (direction == nullptr) return;
+  for (int64_t i = 0; i < count; ++i) {
+    weight[i] = anchor_weight(direction->stats, i);
+    if (weight[i] != 0.f) lse[i] = direction->stats.lse[i];
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+
+// ---- forward ----
+
+void contrastive_forward_cpu(const MatrixView& anchors, const MatrixView& candidates,
+                             float temperature, const Positives& positives, bool exclude_self,
+                             float* loss, float* lse, float* count, int num_threads) {
+  using namespace cpu;
+  const Packed packed(anchors, candidates, temperature, inverse_norms(candidates, num_threads),
+                      num_threads);
+  const int64_t num_anchors = packed.rows, num_candidates = packed.cols;
+
+  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+    const int64_t r0 = task * kTaskRows;
+    std::vector<float> tile(kTaskRows * kTileCols);
+    float row_max[kTaskRows], row_sum[kTaskRows], positive_sum[kTaskRows], positive_count[kTaskRows];
+    std::fill_n(row_max, kTaskRows, -kInf);
+    std::fill_n(row_sum, kTaskRows, 0.f);
+    std::fill_n(positive_sum, kTaskRows, 0.f);
+    std::fill_n(positive_count, kTaskRows, 0.f);
+
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+      packed.tile(r0, c0, tile.data());
+      const int64_t valid_cols = std::min(kTileCols, num_candidates - c0);
+      for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
+        const int64_t r = r0 + i;
+        float* s = tile.data() + i * kTileCols;
+        if (positives.index == nullptr) {
+          for (int64_t c = 0; c < valid_cols; ++c) {
+            if (is_compared(r, c0 + c, exclude_self) && positives.is_positive(r, c0 + c)) {
+              positive_sum[i] += s[c];
+              positive_count[i] += 1.f;
+            }
+          }
+        }
+        for (int64_t c = valid_cols; c < kTileCols; ++c) s[c] = -kInf;
+        if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols) s[r - c0] = -kInf;
+
+        Vec vmaximum = splat(-kInf);
+        for (int64_t c = 0; c < kTileCols; c += kLanes) vmaximum = vmax(vmaximum, load(s + c));
+        const float tile_max = reduce_max(vmaximum);
+        if (tile_max == -kInf) continue;  // every entry of this tile is masked
+        if (tile_max > row_max[i]) {
+          row_sum[i] *= std::exp(row_max[i] - tile_max);
+          row_max[i] = tile_max;
+        }
+        Vec vsum{};
+        const Vec shift = splat(row_max[i]);
+        for (int64_t c = 0; c < kTileCols; c += kLanes) vsum += vexp(load(s + c) - shift);
+        row_sum[i] += reduce_sum(vsum);
+      }
+    }
+
+    for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
+      const int64_t r = r0 + i;
+      if (positives.index != nullptr) {
+        const int64_t p = positives.index[r];
+        const bool valid = index_positive_valid(p, r, num_candidates, exclude_self);
+        positive_sum[i] = valid ? packed.logit(r, p) : 0.f;
+        positive_count[i] = valid ? 1.f : 0.f;
+      }
+      lse[r] = row_max[i] + std::log(row_sum[i]);
+      count[r] = positive_count[i];
+      loss[r] = anchor_loss(lse[r], positive_sum[i], positive_count[i]);
+    }
+  });
+}
+
+// ---- backward ----
+
+void contrastive_backward_cpu(const MatrixView& owner, const MatrixView& other, float temperature,
+                              bool exclude_self, const Direction* as_anchor,
+                              const Direction* as_candidate, void* grad_owner, int num_threads) {
+  using namespace cpu;
+  std::vector<float> other_inv_norm = inverse_norms(other, num_threads);
+  const Packed packed(owner, other, temperature, other_inv_norm, num_threads);
+  const int64_t num_rows = packed.rows, num_cols = packed.cols, dim_pad = packed.dim_pad;
+  const std::vector<float> other_rows =
+      pack_rows(other, other_inv_norm, 1.f, packed.cols_pad, dim_pad, num_threads);
+
+  std::vector<float> row_weight, row_lse, col_weight, col_lse;
+  effective_stats(as_anchor, num_rows, packed.rows_pad, row_weight, row_lse);
+  effective_stats(as_candidate, num_cols, packed.cols_pad, col_weight, col_lse);
+
+  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+    const int64_t r0 = task * kTaskRows;
+    const int64_t task_rows = std::min(kTaskRows, num_rows - r0);
+    std::vector<float> tile(kTaskRows * kTileCols);
+    std::vector<float> grad(kTaskRows * dim_pad, 0.f);
+
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+      packed.tile(r0, c0, tile.data());
+      const int64_t valid_cols = std::min(kTileCols, num_cols - c0);
+
+      // S tile -> dL/dS tile, softmax parts first (vectorized), then the positive parts.
+      for (int64_t i = 0; i < kTaskRows; ++i) {
+        const int64_t r = r0 + i;
+        float* s = tile.data() + i * kTileCols;
+        for (int64_t c = 0; c < kTileCols; c += kLanes) {
+          const Vec logits = load(s + c);
+          Vec g{};
+          if (as_anchor != nullptr) g += row_weight[r] * vexp(logits - row_lse[r]);
+          if (as_candidate != nullptr)
+            g += load(col_weight.data() + c0 + c) * vexp(logits - load(col_lse.data() + c0 + c));
+          store(s + c, g);
+        }
+        if (i >= task_rows) continue;
+        if (as_anchor != nullptr && row_weight[r] != 0.f) {
+          const Positives& positives = as_anchor->positives;
+          const float minus = positive_gradient(row_weight[r], as_anchor->stats.count[r]);
+          if (positives.index != nullptr) {
+            const int64_t p = positives.index[r];
+            if (p >= c0 && p < c0 + valid_cols) s[p - c0] -= minus;
+          } else {
+            for (int64_t c = 0; c < valid_cols; ++c)
+              if (positives.is_positive(r, c0 + c)) s[c] -= minus;
+          }
+        }
+        if (as_candidate != nullptr && as_candidate->positives.index == nullptr) {
+          const Positives& positives = as_candidate->positives;
+          for (int64_t c = 0; c < valid_cols; ++c) {
+            const int64_t j = c0 + c;
+            if (col_weight[j] != 0.f && positives.is_positive(j, r))
+              s[c] -= positive_gradient(col_weight[j], as_candidate->stats.count[j]);
+          }
+        }
+      }
+      if (as_candidate != nullptr && as_candidate->positives.index != nullptr) {
+        for (int64_t c = 0; c < valid_cols; ++c) {
+          const int64_t j = c0 + c, p = as_candidate->positives.index[j];
+          if (col_weight[j] != 0.f && p >= r0 && p < r0 + task_rows)
+            tile[(p - r0) * kTileCols + c] -= positive_gradient(col_weight[j], 1.f);
+        }
+      }
+      // Entries that are not compared carry no gradient (padding columns are zero rows already).
+      for (int64_t i = 0; i < task_rows; ++i) {
+        const int64_t r = r0 + i;
+        if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols)
+          tile[i * kTileCols + (r - c0)] = 0.f;
+      }
+
+      for (int64_t mb = 0; mb < kTaskRows; mb += kMicroRows) {
+        for (int64_t d0 = 0; d0 < dim_pad; d0 += kMicroCols) {
+          micro_gemm<true>(tile.data() + mb * kTileCols, kTileCols,
+                           other_rows.data() + c0 * dim_pad + d0, dim_pad, kTileCols,
+                           grad.data() + mb * dim_pad + d0, dim_pad);
+        }
+      }
+    }
+
+    // Epilogue: g = (1/tau) grad, projected through the normalization.
+    for (int64_t i = 0; i < task_rows; ++i) {
+      const int64_t r = r0 + i;
+      const float inv_norm = packed.row_inv_norm[r];
+      const float* g = grad.data() + i * dim_pad;
+      const bool clamped = inv_norm >= 1.f / kNormEps;  // x / eps is linear: no projection
+      float dot = 0.f;
+      for (int64_t k = 0; k < packed.dim; ++k) dot += g[k] * owner.at(r, k) * inv_norm;
+      if (clamped) dot = 0.f;
+      const float scale = inv_norm / temperature;
+      for (int64_t k = 0; k < packed.dim; ++k) {
+        const float unit = owner.at(r, k) * inv_norm;
+        store_element(grad_owner, r * packed.dim + k, owner.dtype, (g[k] - dot * unit) * scale);
+      }
+    }
+  });
+}
+
+// ---- similarity matrix ----
+
+void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature, float* out,
+                    int num_threads) {
+  using namespace cpu;
+  const Packed packed(a, b, temperature, inverse_norms(b, num_threads), num_threads);
+  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+    const int64_t r0 = task * kTaskRows;
+    std::vector<float> tile(kTaskRows * kTileCols);
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+      packed.tile(r0, c0, tile.data());
+      const int64_t valid_cols = std::min(kTileCols, packed.cols - c0);
+      for (int64_t i = 0; i < kTaskRows && r0 + i < packed.rows; ++i)
+        std::copy_n(tile.data() + i * kTileCols, valid_cols, out + (r0 + i) * packed.cols + c0);
+    }
+  });
+}
+
+}  // namespace coun_fast

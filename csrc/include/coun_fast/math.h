@@ -1,0 +1,188 @@
+// Scalar math shared by the CPU and CUDA kernels (host and device inline functions).
+//
+// Everything that decides *what* is computed lives here, once: element loads and stores for the
+// three input dtypes, which candidate is compared with which anchor, which candidates are positives,
+// the per-anchor loss from its statistics, and the gradient coefficient of one similarity entry.
+// The CPU tests therefore exercise the same indexing and masking logic that the GPU kernels use.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define COUN_FAST_HD __host__ __device__ __forceinline__
+#else
+#define COUN_FAST_HD inline
+#endif
+
+namespace coun_fast {
+
+// Element types the kernels read and write. Accumulation is always float32.
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Rows are divided by max(||x||, kNormEps), as torch.nn.functional.normalize does.
+constexpr float kNormEps = 1e-12f;
+
+COUN_FAST_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+#endif
+}
+
+COUN_FAST_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+#endif
+}
+
+// bfloat16 is the upper half of a float32.
+COUN_FAST_HD float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+
+// Round to nearest even; NaN stays NaN (a quiet bit is forced so rounding cannot make it Inf).
+COUN_FAST_HD uint16_t float_to_bf16(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// IEEE binary16 -> binary32, exact (normals, subnormals, Inf, NaN).
+COUN_FAST_HD float fp16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0x1fu) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent == 0) {
+    if (mantissa == 0) return bits_float(sign);
+    // Subnormal: value = mantissa * 2^-24.
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return bits_float(sign | float_bits(magnitude));
+  }
+  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// IEEE binary32 -> binary16, round to nearest even, overflow to Inf.
+COUN_FAST_HD uint16_t float_to_fp16(float f) {
+  const uint32_t u = float_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t magnitude = u & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (magnitude >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: Inf
+  if (magnitude < 0x38800000u) {
+    // Result is subnormal (or zero): value / 2^-24, rounded to nearest even.
+    const float scaled = bits_float(magnitude) * 16777216.0f;  // exact: a power-of-two scale
+    const float rounded = nearbyintf(scaled);                  // default rounding mode: ties to even
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded));
+  }
+  uint32_t v = magnitude - (112u << 23);  // rebias the exponent
+  v += 0xfffu + ((v >> 13) & 1u);
+  return static_cast<uint16_t>(sign | (v >> 13));
+}
+
+COUN_FAST_HD float load_element(const void* data, int64_t offset, DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return fp16_to_float(static_cast<const uint16_t*>(data)[offset]);
+    case DType::kBFloat16:
+      return bf16_to_float(static_cast<const uint16_t*>(data)[offset]);
+    default:
+      return static_cast<const float*>(data)[offset];
+  }
+}
+
+COUN_FAST_HD void store_element(void* data, int64_t offset, DType dtype, float value) {
+  switch (dtype) {
+    case DType::kFloat16:
+      static_cast<uint16_t*>(data)[offset] = float_to_fp16(value);
+      break;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(data)[offset] = float_to_bf16(value);
+      break;
+    default:
+      static_cast<float*>(data)[offset] = value;
+  }
+}
+
+// A strided (rows x dim) matrix of one of the element types; strides are in elements.
+struct MatrixView {
+  const void* data;
+  int64_t rows;
+  int64_t dim;
+  int64_t row_stride;
+  int64_t col_stride;
+  DType dtype;
+
+  COUN_FAST_HD float at(int64_t row, int64_t col) const {
+    return load_element(data, row * row_stride + col * col_stride, dtype);
+  }
+};
+
+// Which candidates are the positives of an anchor: one index per anchor (index != nullptr),
+// or every compared candidate whose label equals the anchor's.
+struct Positives {
+  const int64_t* index;             // [anchors] or nullptr
+  const int64_t* anchor_labels;     // [anchors], used when index == nullptr
+  const int64_t* candidate_labels;  // [candidates], used when index == nullptr
+
+  COUN_FAST_HD bool is_positive(int64_t anchor, int64_t candidate) const {
+    return index != nullptr ? index[anchor] == candidate
+                            : anchor_labels[anchor] == candidate_labels[candidate];
+  }
+};
+
+// Candidate j is compared with anchor i unless it is the anchor itself (exclude_self: A is B).
+COUN_FAST_HD bool is_compared(int64_t anchor, int64_t candidate, bool exclude_self) {
+  return !(exclude_self && anchor == candidate);
+}
+
+// An index-given positive counts only when it is a candidate the anchor is compared with; an
+// out-of-range index (possible only when input checks were skipped) means "no positive", never an
+// out-of-bounds read.
+COUN_FAST_HD bool index_positive_valid(int64_t positive, int64_t anchor, int64_t num_candidates,
+                                       bool exclude_self) {
+  return positive >= 0 && positive < num_candidates && is_compared(anchor, positive, exclude_self);
+}
+
+// Per-anchor statistics of one direction: the forward writes lse and count; the backward adds the
+// upstream gradient of each anchor's loss.
+struct RowStats {
+  const float* lse;    // [anchors] log-sum-exp of the anchor's compared logits
+  const float* count;  // [anchors] number of positives; 0 means the loss is the constant 0
+  const float* grad;   // [anchors] dLoss / d(loss of this anchor)
+};
+
+// One direction of the loss as seen by the backward: anchors of that direction x candidates.
+struct Direction {
+  Positives positives;
+  RowStats stats;
+};
+
+// l_i = lse_i - (sum of positive logits) / count, or 0 without positives.
+COUN_FAST_HD float anchor_loss(float lse, float positive_logit_sum, float count) {
+  return count > 0.f ? lse - positive_logit_sum / count : 0.f;
+}
+
+// The anchor's upstream weight: its loss is constant (weight 0) when it has no positive.
+COUN_FAST_HD float anchor_weight(const RowStats& stats, int64_t anchor) {
+  return stats.count[anchor] > 0.f ? stats.grad[anchor] : 0.f;
+}
+
+// The positive part of the logit gradient below: w_i / count_i for each positive of anchor i.
+COUN_FAST_HD float positive_gradient(float weight, float count) { return weight / count; }
+
+// d(w_i * l_i)/d s_ij = w_i * softmax_ij - [j positive] * w_i / count_i,
+// softmax_ij = exp(s_ij - lse_i).
+COUN_FAST_HD float logit_gradient(float softmax, bool positive, float weight, float count) {
+  return weight * softmax - (positive ? positive_gradient(weight, count) : 0.f);
+}
+
+}  // namespace coun_fast
