@@ -192,11 +192,12 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_COMPILED") = true;
   m.attr("CUDA_ARCHS") = std::string(cuda_architectures());
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without a driver).");
-  m.def("cuda_workspace_floats", &cuda_workspace_floats, py::arg("rows"), py::arg("cols"));
+  m.def("cuda_workspace_floats", &cuda_workspace_floats, py::arg("rows"), py::arg("cols"),
+        py::arg("dim"));
 #else
   m.attr("CUDA_COMPILED") = false;
   m.attr("CUDA_ARCHS") = std::string();
   m.def("cuda_device_count", [] { return 0; });
-  m.def("cuda_workspace_floats", [](int64_t, int64_t) -> int64_t { return 0; });
+  m.def("cuda_workspace_floats", [](int64_t, int64_t, int64_t) -> int64_t { return 0; });
 #endif
 }

@@ -39,7 +39,8 @@ def _target(like: Tensor, rows: int, cols: int) -> tuple:
     (returned so it stays alive until the call returns)."""
     if like.device.type == "cpu":
         return _ext.C.Target(-1, 0, 0, torch.get_num_threads()), None
-    workspace = torch.empty(_ext.C.cuda_workspace_floats(rows, cols), dtype=torch.float32, device=like.device)
+    floats = _ext.C.cuda_workspace_floats(rows, cols, like.shape[1])
+    workspace = torch.empty(floats, dtype=torch.float32, device=like.device)
     stream = torch.cuda.current_stream(like.device).cuda_stream
     return _ext.C.Target(like.device.index, stream, workspace.data_ptr(), 0), workspace
 

@@ -54,8 +54,9 @@ struct CudaLaunch {
   float* workspace;
 };
 
-// Floats of workspace needed for a problem of `rows` x `cols` (inverse norms of both inputs).
-int64_t cuda_workspace_floats(int64_t rows, int64_t cols);
+// Floats of workspace for a problem of `rows` x `cols` at feature dimension `dim`: the inverse
+// norms of both inputs, and the backward's float32 gradient rows (rows x dim).
+int64_t cuda_workspace_floats(int64_t rows, int64_t cols, int64_t dim);
 
 // Same contracts as the CPU functions; every pointer is device memory. Each returns 0 on success,
 // else a cudaError_t value (cuda_error_string() names it).

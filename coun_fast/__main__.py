@@ -1,0 +1,5 @@
+import sys
+
+from coun_fast.cli import main
+
+sys.exit(main())
