@@ -70,8 +70,8 @@ def info_nce(
         RuntimeError: backend="fused" where this installation cannot run fused kernels.
     """
     anchors = validation.features(anchors, "anchors", check_finite=check_finite)
-    if candidates is anchors:
-        candidates = None
+    if candidates is anchors and not symmetric:
+        candidates = None  # one tensor as both: the anchors-against-themselves problem
     if candidates is not None:
         candidates = validation.features(candidates, "candidates", check_finite=check_finite)
         validation.same_device(anchors, "anchors", candidates, "candidates")
@@ -100,6 +100,9 @@ def info_nce(
         if exclude_self:
             validation.no_self_positive(positive_index, "positive_index")
         if symmetric:
+            if m != n:
+                raise ValueError(f"positive_index must be a permutation when symmetric=True, which needs as many "
+                                 f"candidates as anchors; got {m} anchors and {n} candidates")
             validation.is_permutation(positive_index, "positive_index")
     else:
         anchor_labels = validation.integer_vector(anchor_labels, "anchor_labels", m, anchors, "anchors")

@@ -11,8 +11,9 @@ from torch import Tensor
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def _values_unreadable(x: Tensor) -> bool:
+    """Value checks read tensors on the host: skipped while compiling and for meta tensors."""
+    return torch.compiler.is_compiling() or x.device.type == "meta"
 
 
 def features(x: object, name: str, *, check_finite: bool = False) -> Tensor:
@@ -25,7 +26,7 @@ def features(x: object, name: str, *, check_finite: bool = False) -> Tensor:
         raise ValueError(f"{name} must be 2-D (rows, dim); got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} must have at least one row and one feature; got shape {tuple(x.shape)}")
-    if check_finite and not _compiling() and not bool(torch.isfinite(x).all()):
+    if check_finite and not _values_unreadable(x) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf (check_finite=True)")
     return x
 
@@ -69,8 +70,8 @@ def integer_vector(x: object, name: str, length: int, like: Tensor, like_name: s
 
 
 def index_in_range(index: Tensor, name: str, upper: int) -> None:
-    """Every entry in [0, upper). Skipped while compiling (it reads values on the host)."""
-    if _compiling() or index.numel() == 0:
+    """Every entry in [0, upper)."""
+    if _values_unreadable(index) or index.numel() == 0:
         return
     low, high = int(index.min()), int(index.max())
     if low < 0 or high >= upper:
@@ -79,7 +80,7 @@ def index_in_range(index: Tensor, name: str, upper: int) -> None:
 
 def no_self_positive(index: Tensor, name: str) -> None:
     """No anchor is its own positive (needed when exclude_self removes that candidate)."""
-    if _compiling():
+    if _values_unreadable(index):
         return
     own = index == torch.arange(index.numel(), device=index.device)
     if bool(own.any()):
@@ -88,7 +89,7 @@ def no_self_positive(index: Tensor, name: str) -> None:
 
 
 def is_permutation(index: Tensor, name: str) -> None:
-    if _compiling():
+    if _values_unreadable(index):
         return
     if not torch.equal(torch.sort(index).values, torch.arange(index.numel(), device=index.device)):
         raise ValueError(f"{name} must be a permutation of 0..{index.numel() - 1} when symmetric=True")
