@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from coun_fast import demo
-from coun_fast.info import format_info, info
+from coun_fast.capabilities import format_info, info
 
 
 def _info(_args: argparse.Namespace) -> int:

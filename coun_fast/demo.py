@@ -14,7 +14,7 @@ import time
 import torch
 
 from coun_fast import functional
-from coun_fast.info import info
+from coun_fast.capabilities import info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,70 @@
+"""What this installation of coun_fast can do: ``info()``; ``python -m coun_fast.info`` prints it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+from importlib import metadata
+
+import torch
+
+from coun_fast import _ext
+from coun_fast.ops.backend import MAX_DIM
+
+
+def _version() -> str:
+    try:
+        return metadata.version("coun_fast")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "unknown"
+
+
+def info() -> dict:
+    """Capabilities of this installation.
+
+    Returns:
+        A dict with ``version``, ``cpu_kernels`` (the extension loaded), ``cuda_compiled`` (its CUDA
+        kernels were built), ``cuda_archs`` (list of str, e.g. ["80", "86", "89", "90"]),
+        ``cuda_available`` (a GPU usable now by torch and the kernels), ``dali_available``,
+        ``torch_version``, ``max_dim`` (largest feature dimension of the fused kernels),
+        ``extension_error`` (why the extension did not load, or None), ``python`` and ``platform``.
+    """
+    cuda_available = bool(
+        _ext.CUDA_COMPILED and torch.cuda.is_available() and _ext.C.cuda_device_count() > 0
+    )
+    return {
+        "version": _version(),
+        "cpu_kernels": _ext.C is not None,
+        "cuda_compiled": _ext.CUDA_COMPILED,
+        "cuda_archs": list(_ext.CUDA_ARCHS),
+        "cuda_available": cuda_available,
+        "dali_available": importlib.util.find_spec("nvidia.dali") is not None
+        if importlib.util.find_spec("nvidia") is not None
+        else False,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if cuda_available else None,
+        "max_dim": MAX_DIM,
+        "extension_error": _ext.LOAD_ERROR,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def format_info(report: dict) -> str:
+    """The report as aligned ``key: value`` lines."""
+    width = max(len(key) for key in report)
+    lines = []
+    for key, value in report.items():
+        shown = ", ".join(value) if isinstance(value, list) else json.dumps(value) if value is None else value
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(format_info(info()))
+
+
+if __name__ == "__main__":
+    main()
