@@ -127,14 +127,8 @@ def warm_up(
 def time_cpu(fn: Callable[[], object], reps: int, before: Callable[[], None] = _nothing) -> list[float]:
     """Milliseconds of each of ``reps`` calls by ``time.perf_counter``; ``before`` runs untimed ahead
     of every call and the call's result is released after the clock stops."""
-    samples = []
-    for _ in range(reps):
-        before()
-        start = time.perf_counter()
-        result = fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-        del result
-    return samples
+    cpu = torch.device("cpu")
+    return [clock_once(fn, cpu, before) * 1e3 for _ in range(reps)]
 
 
 def time_cuda(

@@ -20,6 +20,14 @@ def _version() -> str:
         return "unknown"
 
 
+def _module_installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (a missing parent package is False)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def info() -> dict:
     """Capabilities of this installation.
 
@@ -39,9 +47,7 @@ def info() -> dict:
         "cuda_compiled": _ext.CUDA_COMPILED,
         "cuda_archs": list(_ext.CUDA_ARCHS),
         "cuda_available": cuda_available,
-        "dali_available": importlib.util.find_spec("nvidia.dali") is not None
-        if importlib.util.find_spec("nvidia") is not None
-        else False,
+        "dali_available": _module_installed("nvidia.dali"),
         "torch_version": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name() if cuda_available else None,
