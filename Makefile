@@ -1,6 +1,6 @@
 # The two set-up commands of the README, and the steps they share.
 #   make demo   install (CPU PyTorch first when none is installed), then run the demo
-#   make test   install with the test extras, then run the test suite
+#   make test   install with the test extras (and NVIDIA DALI, whose CPU mode the tests use), then run the tests
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
@@ -9,6 +9,8 @@ PIP := $(PYTHON) -m pip
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[test]"
+	@$(PYTHON) -c "import nvidia.dali" 2>/dev/null || $(PIP) install -q "nvidia-dali-cuda130>=1.50" \
+		|| echo "NVIDIA DALI could not be installed: its tests will be skipped"
 
 demo: install
 	coun-fast demo

@@ -2,6 +2,7 @@
 
     coun-fast info    what this installation can do (extension, CUDA, DALI, versions)
     coun-fast demo    the fused contrastive losses against the PyTorch reference, on random features
+    coun-fast data    a data set's summary, and a PNG grid of augmented views
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 from coun_fast import demo
 from coun_fast.capabilities import format_info, info
+from coun_fast.data import preview
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -36,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "difference, and the time of forward+backward for each."))
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
+
+    data_parser = commands.add_parser(
+        "data", help="summarize a data set and draw augmented samples",
+        description=preview.build_parser().description)
+    preview.add_arguments(data_parser)
+    data_parser.set_defaults(run=preview.run)
     return parser
 
 

@@ -1,0 +1,172 @@
+"""One iterator over augmented batches, whatever the backend.
+
+>>> loader = AugmentedLoader(train, "two_view", batch_size=256, indices=split.retain, seed=0)
+>>> for (x1, x2), y, idx in loader:      # one epoch; the next ``for`` runs the next epoch
+...     ...
+
+Every batch is a :class:`Batch` ``(inputs, labels, indices)``: ``inputs`` is one NCHW float
+tensor for a one-view recipe and a tuple of them for a multi-view recipe, ``labels`` the int64
+labels and ``indices`` the samples' indices in the data set, all on the loader's device.
+
+Order and augmentation are functions of ``(seed, epoch, step)`` alone: the same seed gives the
+same batches on every backend and device, and ``iterate(epoch, start=step)`` resumes a run
+mid-epoch exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from coun_fast.data.backends import log, make_augmenter, resolve_backend
+from coun_fast.data.dataset import ImageDataset
+from coun_fast.data.recipes import Normalization, Recipe, batch_rng, get_recipe, sample_params
+from coun_fast.data.recipes import normalization as make_normalization
+
+
+class Batch(NamedTuple):
+    inputs: Tensor | tuple[Tensor, ...]
+    labels: Tensor
+    indices: Tensor
+
+
+def _image_size(dataset: ImageDataset) -> tuple[int, int]:
+    """(H, W) of the images; for JPEG bytes read from the first file's header (all must agree)."""
+    if dataset.image_size is not None:
+        return dataset.image_size
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(dataset.encoded(0))).size
+    return height, width
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class AugmentedLoader:
+    """Shuffled, augmented batches of an in-memory :class:`ImageDataset` on a device.
+
+    Args:
+        dataset: the data set (all of a split; pick samples with ``indices``).
+        recipe: a :class:`Recipe` or its name (``train``, ``two_view``, ``simclr``, ``chjgn``, ``eval``).
+        batch_size: samples per batch (>= 1).
+        indices: the samples to iterate (e.g. a retain set), default all; indices reported in
+            batches are indices into ``dataset``.
+        backend: ``auto`` | ``dali`` | ``torch`` | ``cpu`` (see :mod:`coun_fast.data.backends`).
+        device: where batches are produced; default the current GPU if any, else the CPU.
+        shuffle: a new random order each epoch; else the order of ``indices``.
+        drop_last: drop a final batch smaller than ``batch_size``.
+        seed: fixes the order and the augmentation of every epoch.
+        epoch: the epoch that the next ``for`` runs (then it counts up).
+        normalization: ``(mean, std)`` on the [0, 1] scale; default the statistics of
+            ``dataset``'s images. Pass the training split's statistics when loading a test split.
+        dtype: floating dtype of the images (float32, or bfloat16/float16 for a GPU).
+        channels_last: give images the channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        recipe: "str | Recipe" = "train",
+        *,
+        batch_size: int = 256,
+        indices: "Sequence[int] | np.ndarray | None" = None,
+        backend: str = "auto",
+        device=None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        normalization: "Normalization | tuple | None" = None,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> None:
+        if not isinstance(dataset, ImageDataset):
+            raise TypeError(f"dataset must be an ImageDataset (see coun_fast.data.load_dataset); got {type(dataset).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype}")
+        self.recipe = get_recipe(recipe)
+        self.dataset = dataset
+        self.indices = self._indices(indices, len(dataset))
+        self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), bool(drop_last)
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.device = _device(device)
+        self.backend, reason = resolve_backend(backend, self.device)
+        log.info("augmentation backend %s on %s (%s)", self.backend, self.device, reason)
+        if normalization is None:
+            self.normalization = dataset.normalization
+        else:
+            self.normalization = make_normalization(*normalization)
+        # DALI decodes JPEG bytes itself (on the GPU with its mixed decoder); the others need pixels.
+        source = dataset if self.backend == "dali" else dataset.decoded()
+        self.image_size = _image_size(source)
+        self.augmenter = make_augmenter(
+            self.backend, source, self.normalization, self.image_size, device=self.device, dtype=dtype,
+            channels_last=channels_last, max_batch=batch_size, recipe=self.recipe,
+        )
+        self._labels = torch.from_numpy(dataset.labels).to(self.device)
+
+    @staticmethod
+    def _indices(indices, size: int) -> np.ndarray:
+        if indices is None:
+            return np.arange(size, dtype=np.int64)
+        index = np.asarray(indices)
+        if index.ndim != 1 or (index.size and not np.issubdtype(index.dtype, np.integer)):
+            raise ValueError(f"indices must be a 1-D array of integers; got dtype {index.dtype}, shape {index.shape}")
+        index = index.astype(np.int64)
+        if index.size == 0:
+            raise ValueError("indices is empty: there is nothing to load")
+        if index.min() < 0 or index.max() >= size:
+            raise ValueError(f"indices must lie in [0, {size}) for this data set; got values in [{index.min()}, {index.max()}]")
+        return index
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample indices of ``epoch`` in the order they are served."""
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.indices))]
+
+    def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``."""
+        order = self.order(epoch)
+        for step in range(start, len(self)):
+            chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
+            params = sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), self.image_size)
+            views = self.augmenter.views(chunk, params)
+            where = torch.from_numpy(chunk).to(self.device, non_blocking=True)
+            inputs = views[0] if self.recipe.views == 1 else tuple(views)
+            yield Batch(inputs, self._labels[where], where)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self.iterate(epoch)
+
+    def __repr__(self) -> str:
+        return (
+            f"AugmentedLoader({self.dataset.name}/{self.dataset.split}, recipe={self.recipe.name!r}, "
+            f"samples={self.num_samples}, batch_size={self.batch_size}, backend={self.backend!r}, device={self.device})"
+        )

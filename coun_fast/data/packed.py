@@ -1,0 +1,106 @@
+"""The packed-JPEG ``.npz`` format: both splits of a data set as concatenated JPEG files.
+
+Keys (no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it), for split in
+``train`` and ``test``:
+
+* ``{split}_jpeg``: uint8 (bytes,), the split's JPEG files concatenated;
+* ``{split}_offsets``: int64 (N + 1,), image i is ``{split}_jpeg[offsets[i]:offsets[i + 1]]``;
+* ``{split}_labels``: int64 (N,), class indices;
+* ``classes``: str (num_classes,), the class names in label order.
+
+Keeping the JPEG bytes lets the GPU decode them (``decode=False``); ``decode=True`` decodes them
+on the CPU with Pillow.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from coun_fast.data.dataset import DatasetSplits, ImageDataset
+from coun_fast.data.jpeg import decode_all, encode_all
+
+SPLITS = ("train", "test")
+REQUIRED_KEYS = ("classes",) + tuple(f"{s}_{part}" for s in SPLITS for part in ("jpeg", "offsets", "labels"))
+
+
+def load_npz(path: str | Path, *, name: str | None = None, decode: bool = True, threads: int | None = None) -> DatasetSplits:
+    """Both splits of a packed-JPEG ``.npz`` file (see the module docstring).
+
+    ``name`` defaults to the file's stem. With ``decode=True`` the images are decoded on the CPU
+    (``threads`` threads, None: one per core) to uint8 (N, H, W, 3); with ``decode=False`` the data
+    sets stay encoded (``jpeg`` + ``offsets``). Raises FileNotFoundError for a missing file and
+    ValueError for an unreadable file, missing keys (listing those present and those required)
+    or inconsistent arrays.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"packed data set file does not exist: {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise ValueError(f"cannot read packed data set {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"packed data set {path} holds a single array, not an .npz archive with keys {list(REQUIRED_KEYS)}")
+    with archive:
+        missing = [k for k in REQUIRED_KEYS if k not in archive.files]
+        if missing:
+            raise ValueError(
+                f"packed data set {path} lacks the keys {missing}; keys present: {sorted(archive.files)}; "
+                f"required: {list(REQUIRED_KEYS)}"
+            )
+        try:
+            arrays = {k: archive[k] for k in REQUIRED_KEYS}
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+            raise ValueError(f"cannot read packed data set {path}: {type(exc).__name__}: {exc}") from exc
+    classes = arrays["classes"]
+    if classes.ndim != 1 or classes.dtype.kind not in "US":
+        raise ValueError(f"{path}: 'classes' must be a 1-D str array; got {classes.dtype} {classes.shape}")
+    names = tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in classes.tolist())
+    name = name or path.stem
+    splits = []
+    for split in SPLITS:
+        try:
+            data = ImageDataset(
+                name=name, split=split, labels=arrays[f"{split}_labels"], classes=names,
+                jpeg=arrays[f"{split}_jpeg"], offsets=arrays[f"{split}_offsets"],
+            )
+            if decode:
+                data = ImageDataset(
+                    name=name, split=split, labels=data.labels, classes=names,
+                    images=decode_all(data.jpeg, data.offsets, threads=threads),
+                )
+        except ValueError as exc:
+            raise ValueError(f"{path} ({split} split): {exc}") from exc
+        splits.append(data)
+    return DatasetSplits(*splits)
+
+
+def save_npz(path: str | Path, splits: DatasetSplits, quality: int = 95, *, threads: int | None = None) -> Path:
+    """Write ``splits`` in the packed-JPEG format to ``path`` (exactly that name; replaced atomically).
+
+    Encoded data sets are written as they are; decoded ones are encoded with
+    :func:`~coun_fast.data.jpeg.encode_all` at ``quality``. Both splits must share their classes.
+    Returns the path written.
+    """
+    train, test = splits
+    if train.classes != test.classes:
+        raise ValueError(f"train and test splits must share their classes to be packed; got {train.classes} vs {test.classes}")
+    path = Path(path).expanduser()
+    arrays: dict[str, np.ndarray] = {"classes": np.asarray(train.classes, dtype=str)}
+    for split, data in zip(SPLITS, (train, test)):
+        jpeg, offsets = (data.jpeg, data.offsets) if data.is_encoded else encode_all(data.images, quality, threads=threads)
+        arrays[f"{split}_jpeg"] = np.asarray(jpeg, np.uint8)
+        arrays[f"{split}_offsets"] = np.asarray(offsets, np.int64)
+        arrays[f"{split}_labels"] = np.asarray(data.labels, np.int64)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

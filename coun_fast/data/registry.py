@@ -1,0 +1,124 @@
+"""One entry point for every data set: :func:`load_dataset` by name (see :data:`DATASETS`).
+
+File-based data sets are decoded once and kept in the disk cache of :mod:`.cache` (keyed by the
+path, its modification times and the options); the built-in ones (digits, synthetic) are made
+in memory each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from coun_fast.data._pil import as_size, resize_all
+from coun_fast.data.cache import cache_key, cached_splits
+from coun_fast.data.cifar import load_cifar10, load_cifar100
+from coun_fast.data.dataset import DatasetSplits
+from coun_fast.data.embedded import load_digits, synthetic
+from coun_fast.data.folder import load_image_folder, load_tiny_imagenet
+from coun_fast.data.packed import load_npz
+
+DATASETS: dict[str, str] = {
+    "cifar10": "CIFAR-10: the cifar-10-batches-py pickle folder (or its parent), or a packed-JPEG .npz file",
+    "cifar100": "CIFAR-100: the cifar-100-python pickle folder (or its parent; option label_kind='fine' or "
+    "'coarse'), or a packed-JPEG .npz file",
+    "tinyimagenet": "TinyImageNet: the tiny-imagenet-200 folder (or its parent)",
+    "folder": "an image folder root/train/<class>/<images> with root/val/ (or root/test/); option name",
+    "npz": "a packed-JPEG .npz file (keys {split}_jpeg, {split}_offsets, {split}_labels, classes); option name",
+    "digits": "scikit-learn's bundled 8x8 digits (no path); options test_fraction, seed",
+    "synthetic": "generated class-dependent images (no path); options num_classes, train_per_class, "
+    "test_per_class, seed, name",
+}
+"""The data set names :func:`load_dataset` knows, each with what it reads."""
+
+BUILT_IN = ("digits", "synthetic")
+_OPTIONS: dict[str, frozenset[str]] = {
+    "cifar10": frozenset({"threads"}),
+    "cifar100": frozenset({"label_kind", "threads"}),
+    "tinyimagenet": frozenset({"threads"}),
+    "folder": frozenset({"name", "threads"}),
+    "npz": frozenset({"name", "threads"}),
+    "digits": frozenset({"test_fraction", "seed"}),
+    "synthetic": frozenset({"num_classes", "train_per_class", "test_per_class", "seed", "name"}),
+}
+
+
+def _resized(splits: DatasetSplits, size: tuple[int, int] | None, threads: int | None) -> DatasetSplits:
+    if size is None:
+        return splits
+    return DatasetSplits(
+        *(dataclasses.replace(d, images=resize_all(d.images, size, threads=threads)) for d in splits)
+    )
+
+
+def load_dataset(
+    name: str, /, path: str | Path | None = None, *, image_size: object = None, cache: bool = True,
+    cache_dir: str | Path | None = None, decode: bool = True, **options: object,
+) -> DatasetSplits:
+    """The train and test splits of data set ``name`` (one of :data:`DATASETS`).
+
+    Args:
+        name: a key of :data:`DATASETS` (any case); positional, so that ``name=`` can be the
+            option that names the loaded data set (folder, npz, synthetic).
+        path: where the files are; required by every data set except digits and synthetic, which
+            take none. For cifar10 and cifar100 a path ending in ``.npz`` is read as a packed file.
+        image_size: None (the stored size; for digits and synthetic 32), an int or (h, w): every
+            image is resized to it with bilinear interpolation.
+        cache: keep the decoded arrays of file-based data sets in the disk cache
+            (:mod:`coun_fast.data.cache`) and read them from there next time.
+        cache_dir: the cache folder; None uses ``$COUN_FAST_CACHE`` or ``~/.cache/coun_fast``.
+        decode: False keeps the JPEG bytes of a packed ``.npz`` file (for GPU decoding; never
+            cached, no ``image_size``); only packed files support it.
+        options: per data set (see :data:`DATASETS`); ``threads`` sets the decoding threads.
+
+    Raises ValueError for an unknown name or option, a missing or superfluous path, or an
+    unsupported combination; FileNotFoundError for a path that does not exist; and the loaders'
+    own errors for malformed files.
+    """
+    kind = name.lower() if isinstance(name, str) else name
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known data sets: {', '.join(DATASETS)}")
+    unknown = sorted(set(options) - _OPTIONS[kind])
+    if unknown:
+        raise ValueError(f"dataset {kind!r} does not take the options {unknown}; it accepts {sorted(_OPTIONS[kind]) or 'none'}")
+    size = as_size(image_size)
+
+    if kind in BUILT_IN:
+        if path is not None:
+            raise ValueError(f"dataset {kind!r} is built in and takes no path; got {path!r}")
+        if not decode:
+            raise ValueError(f"decode=False keeps JPEG bytes, which only packed .npz files have; dataset {kind!r} has none")
+        make = load_digits if kind == "digits" else synthetic
+        return make(**options, **({} if size is None else {"image_size": size}))
+
+    if path is None:
+        raise ValueError(f"dataset {kind!r} needs a path: {DATASETS[kind]}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {kind!r}: path does not exist: {path}")
+    packed = kind == "npz" or (kind in ("cifar10", "cifar100") and path.suffix.lower() == ".npz")
+    if not decode and not packed:
+        raise ValueError(f"decode=False keeps JPEG bytes, which only packed .npz files have; {path} is not one")
+    if not decode and size is not None:
+        raise ValueError("image_size resizes decoded images; it cannot be combined with decode=False")
+    if packed and "label_kind" in options:
+        raise ValueError(f"label_kind selects labels of the CIFAR-100 pickles; a packed file ({path}) has one set of labels")
+    threads = options.pop("threads", None)
+    if kind == "cifar100" and not packed:
+        options.setdefault("label_kind", "fine")  # one cache entry whether or not it is spelled out
+
+    def build() -> DatasetSplits:
+        if packed:
+            splits = load_npz(path, name=options.get("name", None if kind == "npz" else kind), decode=decode, threads=threads)
+            return _resized(splits, size, threads) if decode else splits
+        if kind == "cifar10":
+            return _resized(load_cifar10(path), size, threads)
+        if kind == "cifar100":
+            return _resized(load_cifar100(path, **options), size, threads)
+        if kind == "tinyimagenet":
+            return load_tiny_imagenet(path, image_size=size, threads=threads)
+        return load_image_folder(path, image_size=size, threads=threads, **options)
+
+    if not decode or not cache:
+        return build()
+    return cached_splits(cache_key(kind, path, image_size=size, **options), build, cache_dir)
