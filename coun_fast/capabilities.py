@@ -13,7 +13,7 @@ from coun_fast import _ext
 from coun_fast.ops.backend import MAX_DIM
 
 
-def _version() -> str:
+def package_version() -> str:
     try:
         return metadata.version("coun_fast")
     except metadata.PackageNotFoundError:  # running from a source tree without install
@@ -42,7 +42,7 @@ def info() -> dict:
         _ext.CUDA_COMPILED and torch.cuda.is_available() and _ext.C.cuda_device_count() > 0
     )
     return {
-        "version": _version(),
+        "version": package_version(),
         "cpu_kernels": _ext.C is not None,
         "cuda_compiled": _ext.CUDA_COMPILED,
         "cuda_archs": list(_ext.CUDA_ARCHS),

@@ -1,0 +1,106 @@
+"""ResNet-18 with the CIFAR stem: the ResNet of the CoUn paper's CIFAR and TinyImageNet tables.
+
+The stem is one 3x3 convolution at stride 1 (no 7x7 stride-2 convolution, no max-pool), so a 32x32
+image keeps its resolution through the first stage; then four stages of two BasicBlocks each, with
+widths 64, 128, 256, 512 and stride 2 at the start of stages 2-4 (a 1x1 convolution + BN on the
+shortcut where the shape changes), global average pooling to 512 features and a linear head.
+11.17 M parameters for 10 classes; 1.111 GFLOPs per 32x32 image (multiply-add = 2 FLOPs, as
+:func:`coun_fast.models.flops.forward_flops` counts), exactly 4x the convolution FLOPs at 64x64.
+Any input size works (global pooling); every stage halves it, so 8x8 images end at 1x1.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from coun_fast.models.base import ImageClassifier, check_num_classes, check_positive_int, init_conv_bn
+
+WIDTHS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = (2, 2, 2, 2)
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+    The shortcut is the identity, or a strided 1x1 conv + BN when the stride or the width changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(ImageClassifier):
+    """ResNet-18, CIFAR stem. ``forward_features``: (B, in_chans, H, W) -> (B, 512).
+
+    Args:
+        num_classes: an int >= 2, the width of the linear head ``fc``.
+        in_chans: input channels (3 for RGB).
+        zero_init_residual: start every block's last BN at weight 0, so each block begins as the
+            identity (a common trick for large-batch training; off by default, as in the paper's setup).
+
+    ``first_layer()`` is the stem convolution ``conv1`` (parameter index 0, what NoT negates).
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> None:
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes)
+        self.in_chans = check_positive_int(in_chans, "in_chans")
+        if not isinstance(zero_init_residual, bool):
+            raise ValueError(f"zero_init_residual must be a bool; got {zero_init_residual!r}")
+        self.conv1 = _conv3x3(self.in_chans, WIDTHS[0])
+        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages = []
+        channels = WIDTHS[0]
+        for index, (width, blocks) in enumerate(zip(WIDTHS, BLOCKS_PER_STAGE)):
+            stride = 1 if index == 0 else 2
+            layers = [BasicBlock(channels, width, stride)]
+            layers += [BasicBlock(width, width) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            channels = width
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = channels
+        self.fc = nn.Linear(channels, self.num_classes)
+        init_conv_bn(self)
+        if zero_init_residual:
+            for block in self.modules():
+                if isinstance(block, BasicBlock):
+                    nn.init.zeros_(block.bn2.weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled 512-d features of images ``x`` (B, in_chans, H, W)."""
+        self.check_images(x)
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x).flatten(1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits (B, num_classes) from features (B, 512)."""
+        return self.fc(features)
+
+    def first_layer(self) -> nn.Conv2d:
+        return self.conv1
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc

@@ -1,0 +1,376 @@
+"""The one training loop: Original, Retrain and every unlearning method run through :func:`fit`.
+
+A method is an :class:`Objective`: the augmentation recipe its batches need and a per-batch
+``(model, batch) -> (loss, parts)``. :func:`fit` owns everything else: the loader, SGD with the
+configured schedule, mixed precision, ``torch.compile``, progress bars, per-epoch evaluation hooks,
+and atomic checkpoints from which ``resume=True`` continues a killed run. Batches, augmentations
+and the torch RNG of every epoch are functions of ``(seed, epoch)``, so a resumed run on the CPU is
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coun_fast import checkpoint
+from coun_fast.data.dataset import ImageDataset
+from coun_fast.data.loader import AugmentedLoader, Batch
+
+SCHEDULES = ("multistep", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train. The defaults are the paper's Original/Retrain recipe (see :data:`PRESETS`).
+
+    Attributes:
+        epochs: passes over the training indices.
+        batch_size: samples per step.
+        lr, momentum, weight_decay, nesterov: SGD.
+        schedule: per-epoch learning rate: ``multistep`` (x ``gamma`` at each of ``milestones``,
+            fractions of ``epochs``), ``cosine`` (from ``lr`` down to ``min_lr`` at the end) or
+            ``constant``.
+        warmup_epochs: linear warm-up from lr / warmup_epochs to lr over these first epochs.
+        seed: order, augmentation, dropout: the whole run follows from it.
+        precision: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU), ``fp32``, ``bf16``, ``fp16``.
+        channels_last: channels-last images and weights; ``None`` = on a GPU only.
+        compile: ``torch.compile`` the model's ``forward_features`` and ``forward_head``.
+        augment_backend: ``auto`` | ``dali`` | ``torch`` | ``cpu`` (see ``coun_fast.data``).
+        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` = a GPU when there is one.
+        progress: show a progress bar per epoch.
+    """
+
+    epochs: int = 182
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    augment_backend: str = "auto"
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if not (isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs):
+            raise ValueError(f"warmup_epochs must be an integer >= 0; got {self.warmup_epochs!r}")
+        for name in ("lr", "momentum", "weight_decay", "min_lr", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {self.schedule!r}")
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ValueError(f"milestones must be fractions of the epochs in (0, 1]; got {self.milestones}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0; got {self.seed!r}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Original / Retrain in the paper (after NoT, SalUn, l1-sparse): SGD 0.1, momentum 0.9, wd 5e-4,
+    # batch 256, 182 epochs, lr x0.1 at 50% and 75%.
+    "paper": TrainConfig(),
+    # The paper's unlearning optimiser: 50 epochs, cosine decay to 1e-4 (lr tuned in [0.01, 0.1]).
+    "paper_unlearn": TrainConfig(epochs=50, lr=0.05, schedule="cosine", min_lr=1e-4),
+}
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) divided by ``config.lr``."""
+    if config.warmup_epochs and epoch < config.warmup_epochs:
+        return (epoch + 1) / config.warmup_epochs
+    if config.schedule == "multistep":
+        passed = sum(epoch >= int(m * config.epochs) for m in config.milestones)  # as the anchors: 91, 136
+        return config.gamma**passed
+    if config.schedule == "cosine":
+        span = max(1, config.epochs - config.warmup_epochs)
+        progress = (epoch - config.warmup_epochs) / span
+        low = config.min_lr / config.lr
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+# -- objectives ----------------------------------------------------------------------------------
+class Objective(Protocol):
+    """A method's per-batch loss.
+
+    Attributes:
+        recipe: the augmentation recipe of its batches (``train``, ``two_view``, ...).
+        extra_forward_views: forward-only passes per sample beyond the trained one, for the
+            paper's cost count (CoUn's second view: 1).
+    Calling it returns ``(loss, parts)``: the scalar loss to minimize and named detached scalars
+    for the log; ``parts["logits"]``, when given, are the trained view's logits, for accuracy.
+    """
+
+    recipe: str
+    extra_forward_views: int
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+@dataclasses.dataclass
+class CrossEntropy:
+    """Plain supervised training (Original, Retrain): cross-entropy on one augmented view."""
+
+    recipe: str = "train"
+    extra_forward_views: int = 0
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = model(batch.inputs)
+        loss = F.cross_entropy(logits, batch.labels)
+        return loss, {"ce": loss.detach(), "logits": logits.detach()}
+
+
+# -- the loop ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`fit` did: per-epoch history rows, wall time and images processed."""
+
+    history: list[dict]
+    seconds: float
+    trained_images: int
+    extra_forward_images: int
+    resumed_from_epoch: int = 0
+
+
+def resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was requested but no CUDA GPU is available to torch")
+    return device
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, 0x70C4]).generate_state(1)[0])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Meter:
+    """Running sums of one epoch, read without a device sync per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.correct: Tensor | None = None
+        self.samples = 0
+
+    def update(self, parts: dict[str, Tensor], labels: Tensor) -> None:
+        n = len(labels)
+        self.samples += n
+        for name, value in parts.items():
+            if name == "logits":
+                hits = (value.argmax(1) == labels).sum()
+                self.correct = hits if self.correct is None else self.correct + hits
+            else:
+                self.sums[name] = self.sums.get(name, 0) + value.float() * n
+
+    def means(self) -> dict[str, float]:
+        out = {name: float(total) / max(1, self.samples) for name, total in self.sums.items()}
+        if self.correct is not None:
+            out["acc"] = 100.0 * float(self.correct) / max(1, self.samples)
+        return out
+
+
+def fit(
+    model: nn.Module,
+    dataset: ImageDataset,
+    objective: Objective,
+    config: TrainConfig,
+    *,
+    indices=None,
+    normalization=None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    record: dict | None = None,
+    on_epoch_end: Callable[[nn.Module, int], dict] | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``dataset[indices]`` with ``objective`` under ``config``.
+
+    Args:
+        model: a timm-style classifier (``forward_features``, ``forward_head``); moved to the device.
+        dataset: the training split; ``indices`` picks the samples (e.g. the retain set).
+        objective: the per-batch loss (:class:`Objective`).
+        config: optimiser, schedule, precision, device, seed.
+        normalization: ``(mean, std)`` for the images; default the statistics of ``dataset``.
+        run_dir: where ``checkpoint.pt`` is written after every epoch (atomically); None = nowhere.
+        resume: continue from ``run_dir/checkpoint.pt`` when it exists (same config required).
+        record: extra JSON-safe facts stored in the checkpoint (split indices, model arguments...).
+        on_epoch_end: ``(model, epoch) -> dict`` of metrics added to that epoch's history row
+            (e.g. forget and retain accuracy); the model is handed over in eval mode.
+        description: the progress bar's label.
+
+    Returns:
+        :class:`TrainResult`; the trained weights are in ``model``.
+    """
+    device = resolve_device(config.device)
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loader = AugmentedLoader(
+        dataset, objective.recipe, batch_size=config.batch_size, indices=indices, backend=config.augment_backend,
+        device=device, seed=config.seed, normalization=normalization, channels_last=channels_last,
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
+    step_model = _compiled(model) if config.compile else model
+
+    history: list[dict] = []
+    start_epoch, spent, trained, extra = 0, 0.0, 0, 0
+    path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
+    if resume and path is not None and path.is_file():
+        state = checkpoint.load(path, map_location=device)
+        if state.get("config") != config.to_dict():
+            raise ValueError(
+                f"cannot resume from {str(path)!r}: it was written with another configuration "
+                f"({_config_difference(state.get('config') or {}, config.to_dict())}); use a new run folder"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"]
+        spent, trained, extra = state["seconds"], state["trained_images"], state["extra_forward_images"]
+    resumed_from = start_epoch
+
+    autocast = _autocast(config, device)
+    bar = _progress(loader, start_epoch, config, description)
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        model.train()
+        meter = _Meter()
+        _sync(device)
+        started = time.perf_counter()
+        for batch in loader.iterate(epoch):
+            with autocast:
+                loss, parts = objective(step_model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            meter.update({"loss": loss.detach(), **parts}, batch.labels)
+            if bar is not None:
+                bar.update(len(batch.labels))
+                if _due(bar):  # reading the running loss syncs the device: at most twice a second
+                    _show(bar, epoch, meter, time.perf_counter() - started)
+        _sync(device)
+        seconds = time.perf_counter() - started
+        if bar is not None:
+            _show(bar, epoch, meter, seconds)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        spent += seconds
+        trained += meter.samples
+        extra += meter.samples * objective.extra_forward_views
+        row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds, "images_per_s": meter.samples / seconds}
+        if on_epoch_end is not None:
+            model.eval()
+            row.update(on_epoch_end(model, epoch))
+        history.append(row)
+        if path is not None:
+            checkpoint.save(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "config": config.to_dict(), "history": history, "seconds": spent,
+                "trained_images": trained, "extra_forward_images": extra, "record": record or {},
+                "environment": checkpoint.environment(device),
+            })
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return TrainResult(history, spent, trained, extra, resumed_from)
+
+
+def _config_difference(old: dict, new: dict) -> str:
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    return "; ".join(changed) or "unknown"
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    """A view of ``model`` whose forward_features / forward_head / forward are compiled (same weights)."""
+
+    class Compiled(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.forward_features = torch.compile(inner.forward_features)
+            self.forward_head = torch.compile(inner.forward_head)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.forward_head(self.forward_features(x))
+
+    return Compiled(model)
+
+
+def _progress(loader: AugmentedLoader, start_epoch: int, config: TrainConfig, description: str):
+    """One bar for the whole run, counting images; None when progress is off."""
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=loader.num_samples * config.epochs, initial=loader.num_samples * start_epoch, desc=description,
+                unit="img", unit_scale=True, dynamic_ncols=True, leave=False)
+
+
+def _show(bar, epoch: int, meter: _Meter, seconds: float) -> None:
+    shown = meter.means()
+    bar.set_postfix_str(
+        f"epoch {epoch + 1} loss {shown['loss']:.3f} acc {shown.get('acc', float('nan')):.1f}% "
+        f"{meter.samples / max(seconds, 1e-9):.0f} img/s"
+    )
+
+
+def _due(bar) -> bool:
+    now = time.monotonic()
+    if now - getattr(bar, "_coun_last", 0.0) > 0.5:
+        bar._coun_last = now
+        return True
+    return False

@@ -1,0 +1,110 @@
+"""What every unlearning method shares: its inputs, its result, and the registry of methods.
+
+A method gets the Original model and the data it is allowed to see. Methods that declare
+``uses_forget=False`` (CoUn, FT, Retrain) are handed a :class:`RetainData`, which has no forget
+indices at all: they cannot read the forget set even by mistake. The others get a
+:class:`ForgetData`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from coun_fast.data.dataset import ImageDataset
+from coun_fast.data.recipes import Normalization
+from coun_fast.train import TrainConfig, TrainResult
+
+
+@dataclasses.dataclass(frozen=True)
+class RetainData:
+    """The training split, the retain indices into it, and the normalization of its images."""
+
+    train: ImageDataset
+    retain: np.ndarray
+    normalization: Normalization
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetData(RetainData):
+    """:class:`RetainData` plus the forget indices, for methods that use the forget set."""
+
+    forget: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclasses.dataclass
+class UnlearnResult:
+    """The unlearned model and how it was obtained."""
+
+    model: nn.Module
+    method: str
+    hparams: dict
+    train: TrainResult | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered unlearning method.
+
+    Attributes:
+        name: its registry name (``coun``, ``ft``, ``retrain``...).
+        run: ``(original, data, config, **hparams) -> UnlearnResult``; must not modify ``original``.
+        uses_forget: whether it reads the forget set (then ``data`` is a :class:`ForgetData`).
+        defaults: default hyperparameters.
+        search: the paper's search range of each hyperparameter, as text (for --help and docs).
+        summary: one line for listings.
+    """
+
+    name: str
+    run: Callable[..., UnlearnResult]
+    uses_forget: bool
+    defaults: dict
+    search: dict
+    summary: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"an unlearning method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown unlearning method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def hyperparameters(method: Method, given: dict) -> dict:
+    """``method``'s defaults updated with ``given``; an unknown name is an error naming the known ones."""
+    unknown = sorted(set(given) - set(method.defaults))
+    if unknown:
+        known = ", ".join(sorted(method.defaults)) or "none"
+        raise ValueError(f"method {method.name!r} has no hyperparameter {', '.join(unknown)}; it takes: {known}")
+    return {**method.defaults, **given}
+
+
+def non_negative(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+__all__ = [
+    "ForgetData", "METHODS", "Method", "RetainData", "TrainConfig", "UnlearnResult",
+    "get_method", "hyperparameters", "non_negative", "positive", "register",
+]
