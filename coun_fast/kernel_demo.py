@@ -1,4 +1,4 @@
-"""``coun-fast demo``: the fused contrastive losses next to the pure-PyTorch reference.
+"""``coun-fast kernels``: the fused contrastive losses next to the pure-PyTorch reference.
 
 For each loss, the same random features go through backend="fused" and backend="reference"
 (float64, the oracle); the demo prints both losses, the largest gradient difference, and the

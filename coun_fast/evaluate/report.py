@@ -42,8 +42,13 @@ def _number(value) -> float | None:
 
 
 def _cell(value, digits: int = 2) -> str:
+    """``digits`` decimals; a small non-zero value (a demo's PFLOPs) keeps two significant digits."""
     number = _number(value)
-    return "" if number is None else f"{number:.{digits}f}"
+    if number is None:
+        return ""
+    if number != 0 and abs(number) < 0.5 * 10**-digits:
+        return f"{number:.2g}"
+    return f"{number:.{digits}f}"
 
 
 def metrics_table(

@@ -1,0 +1,156 @@
+"""``coun-fast train | unlearn | evaluate``: argument parsing around :mod:`coun_fast.workflow`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from coun_fast.data import DATASETS, ForgetSplit
+from coun_fast.evaluate import metrics_table
+from coun_fast.models import MODELS
+from coun_fast.train import PRECISIONS, PRESETS, SCHEDULES, TrainConfig
+from coun_fast.unlearn import METHODS
+from coun_fast.workflow import DataSource, evaluate_run, load_run, make_forget_split, run_unlearning, train_original
+
+_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "min_lr", "warmup_epochs",
+                    "seed", "precision", "compile", "device")
+
+
+def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
+    base = PRESETS[preset]
+    group = parser.add_argument_group("training", f"optimiser and run settings (defaults: preset '{preset}')")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=preset,
+                       help=f"start from this preset; the options below override it (default: {preset})")
+    group.add_argument("--epochs", type=int, help=f"passes over the data ({base.epochs})")
+    group.add_argument("--batch-size", type=int, help=f"images per step ({base.batch_size})")
+    group.add_argument("--lr", type=float, help=f"SGD learning rate ({base.lr})")
+    group.add_argument("--momentum", type=float, help=f"SGD momentum ({base.momentum})")
+    group.add_argument("--weight-decay", type=float, help=f"SGD weight decay ({base.weight_decay})")
+    group.add_argument("--schedule", choices=SCHEDULES,
+                       help=f"learning-rate schedule per epoch ({base.schedule}; multistep: x0.1 at 50%% and 75%%)")
+    group.add_argument("--min-lr", type=float, help=f"final lr of the cosine schedule ({base.min_lr})")
+    group.add_argument("--warmup-epochs", type=int, help=f"linear warm-up epochs ({base.warmup_epochs})")
+    group.add_argument("--seed", type=int, help="seed of the order, the views and dropout (0)")
+    group.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on the CPU")
+    group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
+    group.add_argument("--augment-backend", choices=("auto", "dali", "torch", "cpu"),
+                       help="augmentation backend (auto: dali or torch on a GPU, cpu otherwise)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.pt")
+
+
+def _config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    base = base or PRESETS[args.preset]
+    changes = {field: getattr(args, field) for field in _TRAINING_FIELDS if getattr(args, field, None) is not None}
+    if args.augment_backend is not None:
+        changes["augment_backend"] = args.augment_backend
+    changes["progress"] = not args.no_progress
+    return base.replace(**changes)
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
+                       help="data set (default: digits, embedded; cifar10/cifar100/tinyimagenet/folder/npz need --data)")
+    group.add_argument("--data", metavar="PATH", help="its location: CIFAR pickle folder, image folder or packed .npz")
+    group.add_argument("--image-size", type=int, help="resize images to this square size when loading")
+
+
+# -- train -----------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_options(parser)
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18", help="architecture (resnet18)")
+    parser.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt")
+    _training_options(parser, "paper")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    run = train_original(DataSource(args.dataset, args.data, args.image_size), args.model, config, args.out,
+                         resume=args.resume)
+    last = run.record["history"][-1]
+    print(f"Original {args.model} on {args.dataset}: {config.epochs} epochs, last epoch loss {last['loss']:.4f}, "
+          f"train acc {last.get('acc', float('nan')):.2f}%; wrote {run.folder / 'model.pt'}")
+    return 0
+
+
+# -- unlearn ---------------------------------------------------------------------------------------
+def _hparam(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the value of {key!r} must be a number; got {value!r}") from None
+
+
+def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=sorted(METHODS), required=True,
+                        help="; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS)))
+    parser.add_argument("--original", required=True, metavar="RUN", help="the Original's run folder (or model.pt)")
+    parser.add_argument("--out", required=True, help="run folder: model.pt, split.npz, checkpoint.pt")
+    forget = parser.add_argument_group("forget request", "what to forget (ignored with --split)")
+    forget.add_argument("--forget", choices=("random", "class", "sequential"), default="random",
+                        help="random: a ratio of the training set; class: whole classes; sequential: chunks")
+    forget.add_argument("--ratio", type=float, default=0.1, help="fraction to forget, in (0, 1) (0.1)")
+    forget.add_argument("--classes", nargs="+", help="class names or indices to forget (--forget class)")
+    forget.add_argument("--chunks", type=int, help="number of sequential chunks (--forget sequential)")
+    forget.add_argument("--split-seed", type=int, default=0, help="seed of the forget set (0)")
+    forget.add_argument("--split", metavar="NPZ", help="reuse this split file instead (e.g. another run's split.npz)")
+    method = parser.add_argument_group("method hyperparameters")
+    method.add_argument("--lam", type=float, help="CoUn: weight of the contrastive term, >= 0 (1.0; paper: 0.1-6)")
+    method.add_argument("--temperature", type=float, help="CoUn: temperature tau > 0 (0.1; paper: (0, 0.3])")
+    method.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="NAME=VALUE",
+                        help="any other hyperparameter of the method (repeatable)")
+    _training_options(parser, "paper_unlearn")
+
+
+def run_unlearn(args: argparse.Namespace) -> int:
+    original = load_run(args.original)
+    if args.split:
+        split = ForgetSplit.load(args.split)
+    else:
+        classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+        split = make_forget_split(original, args.forget, ratio=None if args.forget == "class" else args.ratio,
+                                  classes=classes, num_chunks=args.chunks, seed=args.split_seed)
+    hparams = dict(args.hparam)
+    for name in ("lam", "temperature"):
+        if getattr(args, name) is not None:
+            hparams[name] = getattr(args, name)
+    # Retrain repeats the Original's recipe unless told otherwise.
+    base = TrainConfig(**original.record["config"]) if args.method == "retrain" and args.preset == "paper_unlearn" else None
+    config = _config(args, base)
+    run = run_unlearning(args.method, original, split, config, args.out, hparams=hparams, resume=args.resume)
+    print(f"{args.method}: forgot {len(split.forget)} of {len(split.train_indices)} training images in "
+          f"{run.record['cost'].get('seconds', 0):.1f} s; wrote {run.folder / 'model.pt'} and {run.folder / 'split.npz'}")
+    return 0
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or model.pt files) to evaluate")
+    parser.add_argument("--split", metavar="NPZ",
+                        help="the forget/retain split (default: each run's own split.npz; an Original has none)")
+    parser.add_argument("--retrain", metavar="RUN", help="the Retrain run: adds Avg.Gap to every other run")
+    parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
+    parser.add_argument("--device", help="evaluate on this device (default: cpu)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    split = ForgetSplit.load(args.split) if args.split else None
+    rows = {}
+    retrain = None
+    if args.retrain:
+        retrain = evaluate_run(args.retrain, split=split, device=args.device)
+        rows["Retrain"] = retrain
+    for path in args.runs:
+        name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
+        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device)
+    print(metrics_table(rows, "Retrain" if retrain is not None else None))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
