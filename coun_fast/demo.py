@@ -19,8 +19,8 @@ from coun_fast.train import TrainConfig
 from coun_fast.workflow import DataSource, evaluate_run, make_forget_split, run_unlearning, train_original
 
 # Defaults per data set: (model, image size, Original epochs, unlearning epochs, batch, Original lr, unlearn lr)
-_SMALL = dict(model="small_cnn", image_size=16, original_epochs=30, unlearn_epochs=10, batch_size=64,
-              original_lr=0.05, unlearn_lr=0.02)
+_SMALL = dict(model="small_cnn", image_size=16, original_epochs=80, unlearn_epochs=10, batch_size=64,
+              original_lr=0.05, unlearn_lr=0.01)
 _REAL = dict(model="resnet18", image_size=None, original_epochs=30, unlearn_epochs=10, batch_size=256,
              original_lr=0.1, unlearn_lr=0.04)
 
@@ -34,12 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="architecture (digits: small_cnn, else resnet18)")
     parser.add_argument("--ratio", type=float, default=0.1, help="fraction of the training set to forget (0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the training and the views (0)")
-    parser.add_argument("--original-epochs", type=int, default=None, help="epochs of Original and Retrain (30)")
+    parser.add_argument("--original-epochs", type=int, default=None, help="epochs of Original and Retrain (digits: 80, else 30)")
     parser.add_argument("--unlearn-epochs", type=int, default=None, help="epochs of FT and CoUn (10)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (digits: 64, else 256)")
-    parser.add_argument("--original-lr", type=float, default=None, help="lr of Original and Retrain")
-    parser.add_argument("--unlearn-lr", type=float, default=None, help="lr of FT and CoUn (cosine decay to 1e-4)")
-    parser.add_argument("--lam", type=float, default=1.0, help="CoUn's weight of the contrastive term (1.0)")
+    parser.add_argument("--original-lr", type=float, default=None, help="lr of Original and Retrain (digits: 0.05, else 0.1)")
+    parser.add_argument("--unlearn-lr", type=float, default=None, help="lr of FT and CoUn, cosine decay to 1e-4 (digits: 0.01, else 0.04)")
+    parser.add_argument("--lam", type=float, default=0.5, help="CoUn's weight of the contrastive term (0.5)")
     parser.add_argument("--temperature", type=float, default=0.1, help="CoUn's temperature tau (0.1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
     parser.add_argument("--out", default="coun_fast_demo", help="report folder (default: ./coun_fast_demo)")
