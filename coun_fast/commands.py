@@ -137,6 +137,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain", metavar="RUN", help="the Retrain run: adds Avg.Gap to every other run")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--device", help="evaluate on this device (default: cpu)")
+    parser.add_argument("--analyses", action="store_true",
+                        help="also the forget samples' predicted-class distribution and their distances to "
+                             "the retain class centroids (the paper's Tables 1, 4-6)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -144,12 +147,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     rows = {}
     retrain = None
     if args.retrain:
-        retrain = evaluate_run(args.retrain, split=split, device=args.device)
+        retrain = evaluate_run(args.retrain, split=split, device=args.device, analyses=args.analyses)
         rows["Retrain"] = retrain
     for path in args.runs:
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
-        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device)
+        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device, analyses=args.analyses)
     print(metrics_table(rows, "Retrain" if retrain is not None else None))
+    for name, row in rows.items():
+        if "forget_predictions" in row:
+            shares = ", ".join(f"{c} {p:.1f}%" for c, p in row["forget_predictions"].items())
+            nearest = sorted(row["centroid_distances"].items(), key=lambda item: item[1])[:3]
+            print(f"{name}: forget predicted as {shares}; nearest retain centroids "
+                  + ", ".join(f"{c} {d:.3f}" for c, d in nearest))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
         print(f"wrote {args.json}")

@@ -23,7 +23,7 @@ from torch import nn
 from coun_fast import checkpoint
 from coun_fast.data import DatasetSplits, ForgetSplit, check_within_training, load_dataset, make_split
 from coun_fast.data.recipes import Normalization
-from coun_fast.evaluate import Cost, avg_gap, unlearning_metrics
+from coun_fast.evaluate import Cost, avg_gap, centroid_distances, predict, prediction_distribution, unlearning_metrics
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
 from coun_fast.train import CrossEntropy, TrainConfig, fit
 from coun_fast.unlearn import get_method, unlearn
@@ -165,10 +165,13 @@ def run_unlearning(
 
 
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
-                 retrain: "dict | None" = None, device=None) -> dict:
+                 retrain: "dict | None" = None, device=None, analyses: bool = False) -> dict:
     """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
 
     ``split`` defaults to the run's own ``split.npz``; an Original (which has none) needs one.
+    ``analyses=True`` adds the paper's representation analyses: ``forget_predictions`` (share in %
+    of the forget samples predicted as each class, top 5) and ``centroid_distances`` (average
+    distance of the forget features to each retain class centroid, divided by the largest).
     """
     run = _as_run(run)
     if split is None:
@@ -188,4 +191,18 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     if retrain is not None:
         metrics["Avg.Gap"] = avg_gap(metrics, retrain)
     metrics.update({k: v for k, v in run.record.get("cost", {}).items() if k in ("seconds", "PFLOPs")})
+    if analyses:
+        metrics.update(representation_analyses(run, splits, split))
     return metrics
+
+
+def representation_analyses(run: Run, splits: DatasetSplits, split: ForgetSplit) -> dict:
+    """The forget samples' predicted-class distribution and their distances to retain class centroids."""
+    forget = predict(run.model, splits.train, split.forget, normalization=run.normalization, features=True)
+    retain = predict(run.model, splits.train, split.retain, normalization=run.normalization, features=True)
+    classes = splits.train.classes
+    distances = centroid_distances(forget.features, retain.features, retain.labels, len(classes))
+    return {
+        "forget_predictions": prediction_distribution(forget, classes, top=5),
+        "centroid_distances": {name: float(d) for name, d in zip(classes, distances)},
+    }

@@ -51,6 +51,10 @@ def test_workflow_end_to_end(original, tmp_path):
     assert 0 <= metrics["UA"] <= 100 and metrics["Avg.Gap"] >= 0
     with pytest.raises(ValueError, match="has no split.npz"):
         evaluate_run(original)
+    analysed = evaluate_run(again, analyses=True)
+    assert len(analysed["forget_predictions"]) == 5 and sum(analysed["forget_predictions"].values()) <= 100.0 + 1e-9
+    distances = analysed["centroid_distances"]
+    assert list(distances) == [str(d) for d in range(10)] and max(distances.values()) == pytest.approx(1.0)
 
 
 def test_checkpoint_of_another_architecture_or_class_count(original, tmp_path):
