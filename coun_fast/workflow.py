@@ -152,11 +152,13 @@ def run_unlearning(
     split.save(folder / SPLIT_FILE)
     result = unlearn(method, original.model, splits.train, split, config, normalization=original.normalization,
                      hparams=hparams, run_dir=folder, resume=resume, on_epoch_end=on_epoch_end,
-                     record={"kind": "unlearned", "method": method, "original": str(original.folder)})
+                     record={"kind": "unlearned", "method": method, "original": str(original.folder),
+                             "split": split.to_dict()})
     record = {
         "kind": "unlearned", "method": method, "hparams": result.hparams, "data": original.record["data"],
         "normalization": original.record["normalization"], "train_indices": original.record["train_indices"],
-        "original": str(original.folder), "split_file": SPLIT_FILE, "config": config.to_dict(),
+        "original": str(original.folder), "split_file": SPLIT_FILE, "split": split.to_dict(),
+        "config": config.to_dict(),
         "history": result.train.history if result.train else [],
         "cost": _cost(result.train, result.model, splits) if result.train else {},
         "environment": checkpoint.environment(next(result.model.parameters()).device),

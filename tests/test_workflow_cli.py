@@ -43,6 +43,8 @@ def test_workflow_end_to_end(original, tmp_path):
     for a, b in zip(coun.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a.cpu(), b)
     assert again.record["hparams"] == {"lam": 0.5, "temperature": 0.1}
+    assert again.record["split"]["forget"] == split.forget.tolist()
+    assert checkpoint.load(tmp_path / "coun" / "checkpoint.pt")["record"]["split"]["retain"] == split.retain.tolist()
     cost = again.record["cost"]
     assert cost["trained_images"] == len(split.retain) and cost["extra_forward_images"] == len(split.retain)
     assert cost["PFLOPs"] > 0
