@@ -134,6 +134,12 @@ class Objective(Protocol):
             paper's cost count (CoUn's second view: 1).
     Calling it returns ``(loss, parts)``: the scalar loss to minimize and named detached scalars
     for the log; ``parts["logits"]``, when given, are the trained view's logits, for accuracy.
+
+    Optional hooks, called by :func:`fit` when the objective defines them:
+    ``before_step(model)`` after the backward pass, before the optimizer step (e.g. to edit
+    gradients); ``after_step(model, optimizer)`` after the step (e.g. to restore weights a mask
+    froze, whatever weight decay and momentum did); ``should_stop(epoch, row) -> bool`` after each
+    epoch's history row (a method's stopping rule; the run ends after that epoch).
     """
 
     recipe: str
@@ -296,7 +302,13 @@ def fit(
                 loss, parts = objective(step_model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            before_step = getattr(objective, "before_step", None)
+            if before_step is not None:
+                before_step(model)
             optimizer.step()
+            after_step = getattr(objective, "after_step", None)
+            if after_step is not None:
+                after_step(model, optimizer)
             meter.update({"loss": loss.detach(), **parts}, batch.labels)
             if bar is not None:
                 bar.update(len(batch.labels))
@@ -316,6 +328,10 @@ def fit(
             model.eval()
             row.update(on_epoch_end(model, epoch))
         history.append(row)
+        should_stop = getattr(objective, "should_stop", None)
+        stop = bool(should_stop is not None and should_stop(epoch, row))
+        if stop:
+            row["stopped"] = "the method's stopping rule"
         if path is not None:
             checkpoint.save(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -323,6 +339,8 @@ def fit(
                 "trained_images": trained, "extra_forward_images": extra, "record": record or {},
                 "environment": checkpoint.environment(device),
             })
+        if stop:
+            break
     if bar is not None:
         bar.close()
     model.eval()
