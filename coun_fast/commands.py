@@ -88,8 +88,10 @@ def _hparam(text: str) -> tuple[str, float]:
 
 
 def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=sorted(METHODS), required=True,
-                        help="; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS)))
+    parser.add_argument("--method", choices=sorted(METHODS) + [f"{name}+cl" for name in sorted(METHODS)],
+                        required=True, metavar="METHOD",
+                        help="; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS))
+                        + ". NAME+cl adds CoUn's contrastive term to NAME's objective (--hparam cl_lam=, cl_temperature=)")
     parser.add_argument("--original", required=True, metavar="RUN", help="the Original's run folder (or model.pt)")
     parser.add_argument("--out", required=True, help="run folder: model.pt, split.npz, checkpoint.pt")
     forget = parser.add_argument_group("forget request", "what to forget (ignored with --split)")

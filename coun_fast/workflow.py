@@ -27,6 +27,7 @@ from coun_fast.evaluate import Cost, avg_gap, centroid_distances, predict, predi
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
 from coun_fast.train import CrossEntropy, TrainConfig, fit
 from coun_fast.unlearn import get_method, unlearn
+from coun_fast.unlearn.cl_plugin import split_name
 
 MODEL_FILE = "model.pt"
 SPLIT_FILE = "split.npz"
@@ -142,7 +143,7 @@ def run_unlearning(
     hparams: dict | None = None, resume: bool = False, on_epoch_end=None,
 ) -> Run:
     """Unlearn ``split.forget`` from the Original with ``method``; writes the model and the split."""
-    get_method(method)  # an unknown method fails before any data is loaded
+    get_method(split_name(method)[0])  # an unknown method fails before any data is loaded
     original = _as_run(original)
     splits = original.source.load()
     _check_classes(original.model, splits, "the Original model")

@@ -108,11 +108,11 @@ def test_forget_set_is_never_read(method, data, monkeypatch):
 
 def test_coun_refuses_data_with_a_forget_set(data):
     from coun_fast.unlearn.base import ForgetData
-    from coun_fast.unlearn.coun import run_coun
+    from coun_fast.unlearn.coun import plan_coun
 
     forget_data = ForgetData(data.train, np.arange(10), data.train.normalization, np.arange(10, 20))
     with pytest.raises(TypeError, match="never see the forget set"):
-        run_coun(TinyNet(), forget_data, config(), {"lam": 1.0, "temperature": 0.1})
+        plan_coun(TinyNet(), forget_data, config(), {"lam": 1.0, "temperature": 0.1})
     assert not hasattr(RetainData(data.train, np.arange(3), data.train.normalization), "forget")
 
 
@@ -125,3 +125,18 @@ def test_registry_errors(data):
         unlearn("coun", TinyNet(), data.train, split, config(), hparams={"tau": 0.1})
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         unlearn("coun", TinyNet(), data.train, split, config(), hparams={"lam": -1})
+
+
+def test_ft_plus_cl_equals_coun(data):
+    """The CL plug-in on FT is CoUn: same views, same forward passes in the same order, same loss."""
+    split = random_split(len(data.train), 0.25, seed=0)
+    torch.manual_seed(3)
+    original = TinyNet()
+    coun = unlearn("coun", original, data.train, split, config(), hparams={"lam": 0.7, "temperature": 0.2})
+    plugged = unlearn("ft+cl", original, data.train, split, config(), hparams={"cl_lam": 0.7, "cl_temperature": 0.2})
+    for (name, a), b in zip(coun.model.state_dict().items(), plugged.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+    assert strip(coun.train.history) == strip(plugged.train.history)
+    assert plugged.train.extra_forward_images == coun.train.extra_forward_images
+    assert plugged.hparams == {"cl_lam": 0.7, "cl_temperature": 0.2}

@@ -7,9 +7,10 @@ from torch import nn
 
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.splits import ForgetSplit
-from coun_fast.train import TrainConfig
+from coun_fast.train import TrainConfig, fit
 from coun_fast.unlearn import coun, retrain  # noqa: F401  (registers the methods)
 from coun_fast.unlearn.base import METHODS, ForgetData, Method, RetainData, UnlearnResult, get_method, hyperparameters
+from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, WithCL, split_name
 
 
 def unlearn(
@@ -25,12 +26,17 @@ def unlearn(
 ) -> UnlearnResult:
     """Run unlearning ``method`` from ``original`` (left untouched) for ``split`` of ``train``.
 
+    ``method`` is a registered name, or one with the ``+cl`` suffix (the CL plug-in: the method's
+    objective plus ``cl_lam`` x cross-view InfoNCE at ``cl_temperature`` on its retain batches).
     Methods that do not use the forget set receive the retain indices only. ``hparams`` are the
     method's hyperparameters (defaults in ``METHODS[method].defaults``); ``fit_options`` go to
     :func:`coun_fast.train.fit` (``run_dir``, ``resume``, ``on_epoch_end``, ``record``...).
     """
-    spec = get_method(method)
-    values = hyperparameters(spec, hparams or {})
+    base_name, with_cl = split_name(method)
+    spec = get_method(base_name)
+    given = dict(hparams or {})
+    cl_values = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
+    values = hyperparameters(spec, given)
     norm = train.normalization if normalization is None else normalization
     retain = np.asarray(split.retain)
     if spec.uses_forget:
@@ -38,7 +44,14 @@ def unlearn(
     else:
         data = RetainData(train, retain, norm)
     fit_options.setdefault("description", method)
-    return spec.run(original, data, config, values, **fit_options)
+    plan = spec.plan(original, data, config, values)
+    if plan.objective is None:
+        if with_cl:
+            raise ValueError(f"method {base_name!r} does not train, so it has no objective to add the CL term to")
+        return UnlearnResult(plan.model, method, values, None)
+    objective = WithCL(plan.objective, cl_values["cl_lam"], cl_values["cl_temperature"]) if with_cl else plan.objective
+    result = fit(plan.model, train, objective, config, indices=plan.indices, normalization=norm, **fit_options)
+    return UnlearnResult(plan.model, method, {**values, **cl_values}, result)
 
 
 __all__ = ["METHODS", "ForgetData", "Method", "RetainData", "UnlearnResult", "get_method", "unlearn"]

@@ -37,6 +37,17 @@ class ForgetData(RetainData):
 
 
 @dataclasses.dataclass
+class Plan:
+    """What a method trains: ``model`` (already prepared, never the Original itself), the per-batch
+    ``objective`` and the training ``indices`` it iterates (None: the method does not train; the
+    model is the result)."""
+
+    model: nn.Module
+    objective: object | None = None
+    indices: np.ndarray | None = None
+
+
+@dataclasses.dataclass
 class UnlearnResult:
     """The unlearned model and how it was obtained."""
 
@@ -52,7 +63,7 @@ class Method:
 
     Attributes:
         name: its registry name (``coun``, ``ft``, ``retrain``...).
-        run: ``(original, data, config, **hparams) -> UnlearnResult``; must not modify ``original``.
+        plan: ``(original, data, config, hparams) -> Plan``; must not modify ``original``.
         uses_forget: whether it reads the forget set (then ``data`` is a :class:`ForgetData`).
         defaults: default hyperparameters.
         search: the paper's search range of each hyperparameter, as text (for --help and docs).
@@ -60,7 +71,7 @@ class Method:
     """
 
     name: str
-    run: Callable[..., UnlearnResult]
+    plan: Callable[..., Plan]
     uses_forget: bool
     defaults: dict
     search: dict
@@ -105,6 +116,6 @@ def positive(value: object, name: str) -> float:
 
 
 __all__ = [
-    "ForgetData", "METHODS", "Method", "RetainData", "TrainConfig", "UnlearnResult",
+    "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
     "get_method", "hyperparameters", "non_negative", "positive", "register",
 ]

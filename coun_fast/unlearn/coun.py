@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
 from coun_fast.functional import cross_view_info_nce
-from coun_fast.train import TrainConfig, fit
-from coun_fast.unlearn.base import Method, RetainData, UnlearnResult, non_negative, positive, register
+from coun_fast.train import TrainConfig
+from coun_fast.unlearn.base import Method, Plan, RetainData, non_negative, positive, register
 
 
 def coun_objective(
@@ -89,28 +89,24 @@ class CoUnObjective:
         return coun_objective(model, x1, x2, batch.labels, lam=self.lam, temperature=self.temperature)
 
 
-def run_coun(original: nn.Module, data: RetainData, config: TrainConfig, hparams: dict, **fit_options) -> UnlearnResult:
-    """Unlearn with CoUn from a copy of ``original`` (left untouched); see the module docstring."""
+def plan_coun(original: nn.Module, data: RetainData, config: TrainConfig, hparams: dict) -> Plan:
+    """CoUn from a copy of ``original`` (left untouched) on the retain set; see the module docstring."""
     if not isinstance(data, RetainData) or hasattr(data, "forget"):
         raise TypeError("CoUn and FT take RetainData (the retain set only); they never see the forget set")
-    objective = CoUnObjective(hparams["lam"], hparams["temperature"])
-    model = copy.deepcopy(original)
-    result = fit(model, data.train, objective, config, indices=data.retain, normalization=data.normalization,
-                 **fit_options)
-    return UnlearnResult(model, "coun" if objective.lam > 0 else "ft", dict(hparams), result)
+    return Plan(copy.deepcopy(original), CoUnObjective(hparams["lam"], hparams["temperature"]), data.retain)
 
 
-def run_ft(original: nn.Module, data: RetainData, config: TrainConfig, hparams: dict, **fit_options) -> UnlearnResult:
+def plan_ft(original: nn.Module, data: RetainData, config: TrainConfig, hparams: dict) -> Plan:
     """FT: fine-tune on the retain set with cross-entropy alone (CoUn with lam = 0)."""
-    return run_coun(original, data, config, {"lam": 0.0, "temperature": 0.1}, **fit_options)
+    return plan_coun(original, data, config, {"lam": 0.0, "temperature": 0.1})
 
 
 register(Method(
-    name="coun", run=run_coun, uses_forget=False, defaults={"lam": 1.0, "temperature": 0.1},
+    name="coun", plan=plan_coun, uses_forget=False, defaults={"lam": 1.0, "temperature": 0.1},
     search={"lam": "[0.1, 6]", "temperature": "(0, 0.3], 0.1 best", "lr": "[0.01, 0.1]"},
     summary="CoUn: CE on the retain set + lam x cross-view InfoNCE between two views (NeurIPS 2025)",
 ))
 register(Method(
-    name="ft", run=run_ft, uses_forget=False, defaults={}, search={"lr": "[0.01, 0.1]"},
+    name="ft", plan=plan_ft, uses_forget=False, defaults={}, search={"lr": "[0.01, 0.1]"},
     summary="FT: fine-tune on the retain set with cross-entropy (CoUn with lam = 0)",
 ))
