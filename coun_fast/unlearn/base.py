@@ -103,6 +103,38 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return {**method.defaults, **given}
 
 
+class ForgetStream:
+    """Forget batches on demand, for objectives that pair each retain batch with a forget batch.
+
+    Iterates an :class:`~coun_fast.data.loader.AugmentedLoader` over ``data.forget`` epoch after
+    epoch (seeded by ``config.seed + seed_offset``, so independent of the retain order), on the
+    training device. Its position is not checkpointed: a resumed run restarts it at its first
+    batch, so resuming such a method is not bit-identical to an uninterrupted run.
+    """
+
+    def __init__(self, data: "ForgetData", config: TrainConfig, recipe: str = "train", *,
+                 batch_size: int | None = None, seed_offset: int = 1) -> None:
+        from coun_fast.data.loader import AugmentedLoader
+        from coun_fast.train import resolve_device
+
+        if len(data.forget) == 0:
+            raise ValueError("the forget set is empty: there is nothing to stream")
+        self.loader = AugmentedLoader(
+            data.train, recipe, batch_size=batch_size or config.batch_size, indices=data.forget,
+            backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
+            normalization=data.normalization,
+        )
+        self._batches = iter(())
+
+    def next(self):
+        """The next forget :class:`~coun_fast.data.loader.Batch` (a new epoch begins when one ends)."""
+        batch = next(self._batches, None)
+        if batch is None:
+            self._batches = iter(self.loader)
+            batch = next(self._batches)
+        return batch
+
+
 def non_negative(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
@@ -116,6 +148,6 @@ def positive(value: object, name: str) -> float:
 
 
 __all__ = [
-    "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
+    "ForgetData", "ForgetStream", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
     "get_method", "hyperparameters", "non_negative", "positive", "register",
 ]
