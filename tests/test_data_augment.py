@@ -256,3 +256,20 @@ def test_recipe_validation():
         get_recipe("simclr", scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="crop must be"):
         get_recipe("train", crop="centre")
+
+
+def test_auto_backend_rule(monkeypatch, caplog):
+    from coun_fast.data import backends
+
+    monkeypatch.setattr(backends, "dali_installed", lambda: True)
+    assert backends.resolve_backend("auto", torch.device("cuda", 0))[0] == "dali"
+    assert backends.resolve_backend("auto", torch.device("cpu"))[0] == "cpu"
+    monkeypatch.setattr(backends, "dali_installed", lambda: False)
+    backend, reason = backends.resolve_backend("auto", torch.device("cuda", 0))
+    assert backend == "torch" and "DALI is not installed" in reason
+    with pytest.raises(RuntimeError, match="pip install nvidia-dali"):
+        backends.resolve_backend("dali", torch.device("cpu"))
+    data = make_dataset(random_images(4, 4, 4))
+    with caplog.at_level("INFO", logger="coun_fast.data"):
+        AugmentedLoader(data, "eval", device="cpu")
+    assert "augmentation backend cpu on cpu (auto: the device is cpu)" in caplog.text
