@@ -136,10 +136,18 @@ class Objective(Protocol):
     for the log; ``parts["logits"]``, when given, are the trained view's logits, for accuracy.
 
     Optional hooks, called by :func:`fit` when the objective defines them:
-    ``before_step(model)`` after the backward pass, before the optimizer step (e.g. to edit
-    gradients); ``after_step(model, optimizer)`` after the step (e.g. to restore weights a mask
-    froze, whatever weight decay and momentum did); ``should_stop(epoch, row) -> bool`` after each
-    epoch's history row (a method's stopping rule; the run ends after that epoch).
+    ``start_epoch(model, optimizer, epoch)`` before an epoch's first batch, the model in train
+    mode and under the run's autocast (e.g. a pass of extra steps over other data, or a penalty
+    that depends on the epoch); ``before_step(model)`` after the backward pass, before the
+    optimizer step (e.g. to edit gradients); ``after_step(model, optimizer)`` after the step (e.g.
+    to restore weights a mask froze, whatever weight decay and momentum did);
+    ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
+    the run ends after that epoch).
+
+    Optional counters, for the cost: ``side_trained_images`` and ``side_forward_images``, running
+    totals of images the objective trained on (forward and backward) or only ran forward, beyond
+    its loop's batches and ``extra_forward_views`` (forget batches drawn beside retain batches,
+    the passes of ``start_epoch``...). :func:`fit` adds their growth over each epoch to the cost.
     """
 
     recipe: str
@@ -295,8 +303,14 @@ def fit(
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         model.train()
         meter = _Meter()
+        side_before = _side_images(objective)
         _sync(device)
         started = time.perf_counter()
+        start_epoch = getattr(objective, "start_epoch", None)
+        if start_epoch is not None:
+            with autocast:
+                start_epoch(step_model, optimizer, epoch)
+            model.train()
         for batch in loader.iterate(epoch):
             with autocast:
                 loss, parts = objective(step_model, batch)
@@ -321,8 +335,9 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         spent += seconds
-        trained += meter.samples
-        extra += meter.samples * objective.extra_forward_views
+        side_after = _side_images(objective)
+        trained += meter.samples + side_after[0] - side_before[0]
+        extra += meter.samples * objective.extra_forward_views + side_after[1] - side_before[1]
         row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds, "images_per_s": meter.samples / seconds}
         if on_epoch_end is not None:
             model.eval()
@@ -345,6 +360,10 @@ def fit(
         bar.close()
     model.eval()
     return TrainResult(history, spent, trained, extra, resumed_from)
+
+
+def _side_images(objective) -> tuple[int, int]:
+    return int(getattr(objective, "side_trained_images", 0)), int(getattr(objective, "side_forward_images", 0))
 
 
 def _config_difference(old: dict, new: dict) -> str:

@@ -9,7 +9,7 @@ from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.splits import ForgetSplit
 from coun_fast.train import TrainConfig, fit
 from coun_fast.unlearn import coun, retrain  # noqa: F401  (registers the methods)
-from coun_fast.unlearn.base import METHODS, ForgetData, Method, RetainData, UnlearnResult, get_method, hyperparameters
+from coun_fast.unlearn.base import METHODS, BatchStream, ForgetData, Method, RetainData, UnlearnResult, get_method, hyperparameters
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, WithCL, split_name
 
 
@@ -49,7 +49,11 @@ def unlearn(
         if with_cl:
             raise ValueError(f"method {base_name!r} does not train, so it has no objective to add the CL term to")
         return UnlearnResult(plan.model, method, values, None)
-    objective = WithCL(plan.objective, cl_values["cl_lam"], cl_values["cl_temperature"]) if with_cl else plan.objective
+    objective = plan.objective
+    if with_cl:
+        stream = BatchStream(train, retain, norm, config, "two_view", seed_offset=2) if plan.loop == "forget" else None
+        objective = WithCL(objective, cl_values["cl_lam"], cl_values["cl_temperature"], loop=plan.loop,
+                           retain_stream=stream)
     result = fit(plan.model, train, objective, config, indices=plan.indices, normalization=norm, **fit_options)
     return UnlearnResult(plan.model, method, {**values, **cl_values}, result)
 

@@ -13,7 +13,8 @@ import math
 from typing import Callable
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.recipes import Normalization
@@ -36,15 +37,35 @@ class ForgetData(RetainData):
     forget: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
+LOOPS = ("retain", "forget", "mixed")
+"""What a method's training loop iterates: retain samples only, forget samples only, or both."""
+
+
 @dataclasses.dataclass
 class Plan:
-    """What a method trains: ``model`` (already prepared, never the Original itself), the per-batch
-    ``objective`` and the training ``indices`` it iterates (None: the method does not train; the
-    model is the result)."""
+    """What a method trains.
+
+    Attributes:
+        model: already prepared, never the Original itself.
+        objective: the per-batch loss (:class:`coun_fast.train.Objective`); None when the method
+            does not train (then ``model`` is the result).
+        indices: the training indices its loop iterates.
+        loop: what those indices are (:data:`LOOPS`): ``"retain"``; ``"forget"`` (then the CL
+            plug-in draws its own retain batches); ``"mixed"`` (retain and forget samples in one
+            batch; then the objective has ``retain_rows(batch) -> bool tensor`` and the CL
+            plug-in uses those rows only).
+    """
 
     model: nn.Module
     objective: object | None = None
     indices: np.ndarray | None = None
+    loop: str = "retain"
+
+    def __post_init__(self) -> None:
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(map(repr, LOOPS))}; got {self.loop!r}")
+        if self.loop == "mixed" and self.objective is not None and not hasattr(self.objective, "retain_rows"):
+            raise TypeError("a 'mixed' loop's objective must define retain_rows(batch)")
 
 
 @dataclasses.dataclass
@@ -103,36 +124,52 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return {**method.defaults, **given}
 
 
-class ForgetStream:
-    """Forget batches on demand, for objectives that pair each retain batch with a forget batch.
+class BatchStream:
+    """Batches of some indices on demand, for objectives that draw a second kind of batch beside
+    their loop's (a forget batch with each retain batch, retain views for the CL plug-in...).
 
-    Iterates an :class:`~coun_fast.data.loader.AugmentedLoader` over ``data.forget`` epoch after
-    epoch (seeded by ``config.seed + seed_offset``, so independent of the retain order), on the
-    training device. Its position is not checkpointed: a resumed run restarts it at its first
-    batch, so resuming such a method is not bit-identical to an uninterrupted run.
+    Iterates an :class:`~coun_fast.data.loader.AugmentedLoader` over ``indices`` of ``train``
+    epoch after epoch (seeded by ``config.seed + seed_offset``, so independent of the loop's
+    order), on the training device. Its position is not checkpointed: a resumed run restarts it
+    at its first batch, so resuming such a method is not bit-identical to an uninterrupted run.
     """
 
-    def __init__(self, data: "ForgetData", config: TrainConfig, recipe: str = "train", *,
-                 batch_size: int | None = None, seed_offset: int = 1) -> None:
+    def __init__(self, train: ImageDataset, indices: np.ndarray, normalization: Normalization,
+                 config: TrainConfig, recipe: str = "train", *, batch_size: int | None = None,
+                 seed_offset: int = 1) -> None:
         from coun_fast.data.loader import AugmentedLoader
         from coun_fast.train import resolve_device
 
-        if len(data.forget) == 0:
-            raise ValueError("the forget set is empty: there is nothing to stream")
+        if len(indices) == 0:
+            raise ValueError("the stream's index set is empty: there is nothing to draw batches from")
         self.loader = AugmentedLoader(
-            data.train, recipe, batch_size=batch_size or config.batch_size, indices=data.forget,
+            train, recipe, batch_size=batch_size or config.batch_size, indices=indices,
             backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
-            normalization=data.normalization,
+            normalization=normalization,
         )
         self._batches = iter(())
 
     def next(self):
-        """The next forget :class:`~coun_fast.data.loader.Batch` (a new epoch begins when one ends)."""
+        """The next :class:`~coun_fast.data.loader.Batch` (a new epoch begins when one ends)."""
         batch = next(self._batches, None)
         if batch is None:
             self._batches = iter(self.loader)
             batch = next(self._batches)
         return batch
+
+
+def forget_stream(data: "ForgetData", config: TrainConfig, recipe: str = "train", *,
+                  batch_size: int | None = None, seed_offset: int = 1) -> BatchStream:
+    """A :class:`BatchStream` over the forget set of ``data``."""
+    if len(data.forget) == 0:
+        raise ValueError("the forget set is empty: there is nothing to stream")
+    return BatchStream(data.train, data.forget, data.normalization, config, recipe,
+                       batch_size=batch_size, seed_offset=seed_offset)
+
+
+def is_member(indices: Tensor, members: np.ndarray) -> Tensor:
+    """Boolean tensor: which of ``indices`` (a batch's sample indices) are in ``members``."""
+    return torch.isin(indices, torch.as_tensor(np.asarray(members, dtype=np.int64), device=indices.device))
 
 
 def non_negative(value: object, name: str) -> float:
@@ -147,7 +184,24 @@ def positive(value: object, name: str) -> float:
     return float(value)
 
 
+def fraction(value: object, name: str) -> float:
+    """``value`` as a float in (0, 1], or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1]; got {value!r}")
+    return float(value)
+
+
+def whole(value: object, name: str, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
+        raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}")
+    return int(value)
+
+
 __all__ = [
-    "ForgetData", "ForgetStream", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
-    "get_method", "hyperparameters", "non_negative", "positive", "register",
+    "LOOPS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
+    "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "non_negative", "positive", "register",
+    "whole",
 ]

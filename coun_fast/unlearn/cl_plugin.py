@@ -4,11 +4,15 @@
 method's own objective on view 1, and adds ``cl_lam * cross_view_info_nce(f1, f2, cl_temperature)``
 where f1 are the penultimate features the method's own forward pass computed for view 1 (read by a
 tap on ``forward_features``, so no extra forward) and f2 those of view 2. For FT this is exactly
-CoUn's computation, in the same order: ``ft+cl`` equals ``coun`` (tested).
+CoUn's computation, in the same order: ``ft+cl`` equals ``coun`` (tested). Methods whose batches
+mix retain and forget samples (RL, SalUn) get the term on their retain rows only; methods that
+train on forget batches alone (GA, Boundary Shrinking) get it on a retain batch drawn beside each
+forget batch.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
@@ -42,21 +46,51 @@ class FeatureTap(nn.Module):
 
 
 class WithCL:
-    """``base`` (a one-view objective on retain batches) plus the cross-view contrastive term."""
+    """``base`` (a one-view objective) plus the cross-view contrastive term on retain samples.
 
-    def __init__(self, base, lam: float, temperature: float) -> None:
+    ``loop`` is what the base objective's batches hold (see :class:`~coun_fast.unlearn.base.Plan`):
+    ``"retain"``: the term covers the whole batch; ``"mixed"``: only the rows
+    ``base.retain_rows(batch)`` marks; ``"forget"``: the base never sees a retain sample, so the
+    term is computed on a two-view retain batch drawn from ``retain_stream`` each step.
+    """
+
+    HOOKS = ("start_epoch", "before_step", "after_step", "should_stop", "retain_rows")
+
+    def __init__(self, base, lam: float, temperature: float, *, loop: str = "retain", retain_stream=None) -> None:
         if base.recipe != "train":
             raise ValueError(f"the CL plug-in adds views of 'train' batches; this method's batches use {base.recipe!r}")
+        if loop == "forget" and retain_stream is None:
+            raise ValueError("a method whose loop runs over the forget set needs a retain_stream for the CL term")
         self.base = base
         self.lam = non_negative(lam, "cl_lam")
         self.temperature = positive(temperature, "cl_temperature")
-        self.recipe = "two_view"
-        self.extra_forward_views = base.extra_forward_views + 1
-        for hook in ("before_step", "after_step", "should_stop"):
+        self.loop = loop
+        self.retain_stream = retain_stream
+        self.recipe = "train" if loop == "forget" else "two_view"
+        self.extra_forward_views = base.extra_forward_views + (1 if loop == "retain" else 0)
+        self._trained, self._forward = 0, 0
+        for hook in self.HOOKS:
             if hasattr(base, hook):
                 setattr(self, hook, getattr(base, hook))
 
+    @property
+    def side_trained_images(self) -> int:
+        return getattr(self.base, "side_trained_images", 0) + self._trained
+
+    @property
+    def side_forward_images(self) -> int:
+        return getattr(self.base, "side_forward_images", 0) + self._forward
+
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.loop == "forget":
+            loss, parts = self.base(model, batch)
+            if self.lam == 0:
+                return loss, parts
+            x1, x2 = self.retain_stream.next().inputs
+            self._trained += len(x1)  # the paper's count: view 1 trained, view 2 one more forward
+            self._forward += len(x2)
+            f1 = model.forward_features(x1)
+            return self._add(loss, parts, f1, model.forward_features(x2))
         x1, x2 = batch.inputs
         tap = FeatureTap(model, x1)
         loss, parts = self.base(tap, batch._replace(inputs=x1))
@@ -65,7 +99,17 @@ class WithCL:
                                "the CL plug-in needs the penultimate features of view 1")
         if self.lam == 0:
             return loss, parts
-        cl = cross_view_info_nce(tap.features, model.forward_features(x2), self.temperature)
+        f1 = tap.features
+        if self.loop == "mixed":
+            rows = self.base.retain_rows(batch)
+            if int(rows.sum()) == 0:
+                return loss, {**parts, "cl": torch.zeros((), device=loss.device)}
+            f1, x2 = f1[rows], x2[rows]
+            self._forward += len(x2)
+        return self._add(loss, parts, f1, model.forward_features(x2))
+
+    def _add(self, loss: Tensor, parts: dict, f1: Tensor, f2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        cl = cross_view_info_nce(f1, f2, self.temperature)
         return loss + self.lam * cl, {**parts, "cl": cl.detach()}
 
 
