@@ -8,7 +8,21 @@ from torch import nn
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.splits import ForgetSplit
 from coun_fast.train import TrainConfig, fit
-from coun_fast.unlearn import coun, retrain  # noqa: F401  (registers the methods)
+from coun_fast.unlearn import (  # noqa: F401  (importing a method's module registers it)
+    bad_teacher,
+    boundary_shrink,
+    contrastive_unlearning,
+    coun,
+    gradient_ascent,
+    l1_sparse,
+    negation,
+    neggrad_plus,
+    random_labels,
+    retrain,
+    salun,
+    scrub,
+    ssd,
+)
 from coun_fast.unlearn.base import METHODS, BatchStream, ForgetData, Method, RetainData, UnlearnResult, get_method, hyperparameters
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, WithCL, split_name
 

@@ -169,7 +169,7 @@ def forget_stream(data: "ForgetData", config: TrainConfig, recipe: str = "train"
 
 def is_member(indices: Tensor, members: np.ndarray) -> Tensor:
     """Boolean tensor: which of ``indices`` (a batch's sample indices) are in ``members``."""
-    return torch.isin(indices, torch.as_tensor(np.asarray(members, dtype=np.int64), device=indices.device))
+    return torch.isin(indices, torch.tensor(np.array(members, dtype=np.int64), device=indices.device))
 
 
 def non_negative(value: object, name: str) -> float:
