@@ -4,6 +4,7 @@
     coun-fast train     train an Original model
     coun-fast unlearn   unlearn a forget set from an Original (coun, ft, retrain, ...)
     coun-fast evaluate  UA, RA, TA, MIA-Efficacy and Avg.Gap of runs
+    coun-fast run       an experiment file: methods x seeds x scenario, cached Original/Retrain, tables, charts
     coun-fast data      a data set's summary, and a PNG grid of augmented views
     coun-fast kernels   the fused contrastive losses against the PyTorch reference
     coun-fast info      what this installation can do (extension, CUDA, DALI, versions)
@@ -49,6 +50,8 @@ SUBCOMMANDS = [
      "Evaluate runs on their forget/retain split: UA (100 - forget accuracy), RA, TA, MIA-Efficacy (SalUn's "
      "confidence SVC), and with --retrain the Avg.Gap to Retrain. Prints a markdown table.",
      commands_module.add_evaluate_arguments, commands_module.run_evaluate),
+    ("run", "run an experiment file (methods x seeds), with tables and charts",
+     commands_module.RUN_DESCRIPTION, commands_module.add_run_arguments, commands_module.run_experiment_command),
     ("data", "summarize a data set and draw augmented samples", preview.build_parser().description,
      preview.add_arguments, preview.run),
     ("kernels", "compare the fused losses with the PyTorch reference",

@@ -1,9 +1,11 @@
-"""``coun-fast train | unlearn | evaluate``: argument parsing around :mod:`coun_fast.workflow`."""
+"""``coun-fast train | unlearn | evaluate | run``: argument parsing around :mod:`coun_fast.workflow` and
+:mod:`coun_fast.experiment`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 from coun_fast.data import DATASETS, ForgetSplit
@@ -164,4 +166,66 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
         print(f"wrote {args.json}")
+    return 0
+
+
+# -- run -------------------------------------------------------------------------------------------
+RUN_DESCRIPTION = textwrap.fill(
+    "Run an experiment file: for each seed, the Original (trained once and kept in a cache keyed by data, "
+    "model, recipe and seed), the forget split, Retrain (cached too) and every listed method from the "
+    "Original (sequential scenarios: stage after stage, each method from its own previous model); each "
+    "model is evaluated (UA, RA, TA, MIA, Avg.Gap to that seed's Retrain, seconds, PFLOPs). Finished runs in "
+    "the output folder are skipped, so rerunning the command resumes. Writes results.json (every run, the "
+    "mean +- sample std over seeds, config, versions, git sha), results.csv (one row per method x seed x "
+    "stage), results.md (the paper's table layout) and avg_gap.png, ua_mia.png, curves.png. "
+    "EXPERIMENT is a shipped name (see --list) or a YAML file in the format below.", width=100)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from coun_fast.experiment import config
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the file format's layout
+    parser.epilog = "Experiment files (coun_fast/experiment/config.py):\n\n" + config.__doc__.split("\n\n", 1)[1]
+    parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT",
+                        help="a shipped experiment name (e.g. cpu_small) or the path of a YAML experiment file")
+    parser.add_argument("--list", action="store_true", help="list the shipped experiments and exit")
+    parser.add_argument("--output", metavar="DIR", help="results and run folders (default: the file's output, "
+                                                        "else runs/NAME)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="run these seeds instead of the file's")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="run only these of the file's methods (by label or registry name)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the file's, else a GPU if there is one)")
+    parser.add_argument("--data", metavar="PATH", help="the data set's location (sets data.path; the paper's "
+                                                       "experiments need it)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="first try each method's grid (the file's sweep section) on the held-out sweep seed, "
+                             "keep the point with the least Avg.Gap (sweep/best_hparams.json), then run the seeds "
+                             "with it")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="cache of Original and Retrain models (default: the file's, else $COUN_FAST_CACHE "
+                             "or ~/.cache/coun_fast)")
+    parser.add_argument("--check", action="store_true", help="validate the experiment file and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no training progress bars (step lines stay)")
+
+
+def run_experiment_command(args: argparse.Namespace) -> int:
+    from coun_fast import recipes
+    from coun_fast.experiment import load_config, run_experiment
+
+    if args.list:
+        shipped = recipes.available()
+        width = max(map(len, shipped), default=0)
+        for name, description in shipped.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    if args.experiment is None:
+        raise ValueError("name an experiment (a shipped name or a YAML file); --list shows the shipped ones")
+    config = load_config(recipes.resolve(args.experiment), seeds=args.seeds, methods=args.methods,
+                         output=args.output, device=args.device, cache=args.cache, data=args.data,
+                         sweep=args.sweep)
+    if args.check:
+        print(f"{config.name}: valid; {len(config.methods)} methods x {len(config.seeds)} seeds, "
+              f"{config.scenario.describe()}, output {config.output}")
+        return 0
+    run_experiment(config, progress=not args.no_progress)
     return 0

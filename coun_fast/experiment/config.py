@@ -1,0 +1,449 @@
+"""Experiment files: YAML -> a validated :class:`ExperimentConfig`, every error naming its key path.
+
+Schema (every key but ``methods`` is optional; unknown keys are errors)::
+
+    name: cpu_small                  # default: the file's stem
+    description: one line for listings
+    data: {dataset: digits, path: null, image_size: 16}       # path: required by file data sets
+    model: {name: small_cnn, kwargs: {}}
+    original: {preset: paper, epochs: 80, lr: 0.05, ...}      # TrainConfig fields; preset default 'paper'
+    retrain: {...}                   # default: the Original's; a preset here replaces it as the base
+    unlearn: {preset: paper_unlearn, epochs: 10, lr: 0.01}    # the base of every method
+    scenario: {kind: random, ratio: 0.1}   # (the default) or {kind: class, classes: [truck]}
+                                           # or {kind: sequential, ratio: 0.5, chunks: 5}
+    methods:                         # registry names of coun_fast.unlearn.METHODS, NAME+cl allowed
+      - {name: coun, hparams: {lam: 0.5}, train: {lr: 0.02}, label: CoUn}   # label default: name
+      - ft                           # a bare name is {name: ft}
+    seeds: [0, 1, 2]                 # one Original, split, Retrain and unlearning run per seed
+    device: null                     # cpu, cuda, cuda:1 ...; null = a GPU when there is one
+    output: runs/cpu_small           # default: runs/<name>
+    cache: null                      # Original/Retrain cache; null = $COUN_FAST_CACHE or ~/.cache/coun_fast
+    sweep: {seed: 100, enabled: false, grid: {CoUn: {lam: [0.1, 1.0], lr: [0.01, 0.05]}}}
+
+TrainConfig sections take the fields of :class:`coun_fast.train.TrainConfig` except ``seed``,
+``device`` and ``progress``, which the runner sets. A sweep grid's parameters are the method's
+hyperparameters or those TrainConfig fields. Method names and hyperparameters are checked against
+the registry (``cl_lam`` and ``cl_temperature`` for ``+cl``), so a typo fails before any training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from coun_fast.data import DATASETS
+from coun_fast.data.registry import BUILT_IN
+from coun_fast.models import MODELS
+from coun_fast.train import PRESETS, TrainConfig
+from coun_fast.unlearn import METHODS
+from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, split_name
+from coun_fast.workflow import DataSource
+
+SET_BY_RUNNER = ("seed", "device", "progress")
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in SET_BY_RUNNER)
+"""The TrainConfig fields an experiment file may set."""
+SCENARIO_KINDS = ("random", "class", "sequential")
+TOP_KEYS = ("name", "description", "data", "model", "original", "retrain", "unlearn", "scenario", "methods",
+            "seeds", "device", "output", "cache", "sweep")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment file; the message starts with the key path (``methods[2].name: ...``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kwargs: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """What to forget: ``kind`` with its ``ratio`` (random, sequential), ``classes`` (class) and
+    ``chunks`` (sequential: the forget set is removed in this many stages)."""
+
+    kind: str = "random"
+    ratio: float | None = None
+    classes: tuple | None = None
+    chunks: int | None = None
+
+    def split_arguments(self) -> dict:
+        """Keyword arguments of :func:`coun_fast.workflow.make_forget_split` (without the seed)."""
+        return {"kind": self.kind, "ratio": self.ratio, "classes": list(self.classes) if self.classes else None,
+                "num_chunks": self.chunks}
+
+    def describe(self) -> str:
+        if self.kind == "class":
+            return f"class-wise forgetting of {', '.join(map(str, self.classes))}"
+        if self.kind == "sequential":
+            return f"sequential forgetting of {self.ratio:.0%} in {self.chunks} stages"
+        return f"random {self.ratio:.0%} forgetting"
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One method of the experiment: registry ``name`` (maybe ``+cl``), its ``hparams``, the
+    TrainConfig overrides ``train`` (on top of the experiment's ``unlearn``) and its ``label``."""
+
+    name: str
+    label: str
+    hparams: dict
+    train: dict
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        return base.replace(**self.train)
+
+    def with_values(self, values: Mapping) -> "MethodSpec":
+        """A copy with ``values`` (a sweep point) set: hyperparameters into ``hparams``, the rest into ``train``."""
+        allowed = method_hparams(self.name)
+        hparams = {**self.hparams, **{k: v for k, v in values.items() if k in allowed}}
+        train = {**self.train, **{k: v for k, v in values.items() if k not in allowed}}
+        return dataclasses.replace(self, hparams=hparams, train=train)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Grid search on a held-out ``seed``: ``grid[label][param]`` lists the values to try; the
+    point with the smallest Avg.Gap is used for the main seeds. Runs when ``enabled``."""
+
+    seed: int
+    grid: dict
+    enabled: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment (see the module docstring for the file format)."""
+
+    name: str
+    description: str
+    data: DataSource
+    model: ModelSpec
+    original: TrainConfig
+    retrain: TrainConfig
+    unlearn: TrainConfig
+    scenario: Scenario
+    methods: tuple[MethodSpec, ...]
+    seeds: tuple[int, ...]
+    device: str | None
+    output: Path
+    cache: Path | None
+    sweep: Sweep | None
+
+    def to_dict(self) -> dict:
+        """JSON-safe values (paths as text), as stored in results.json."""
+        out = dataclasses.asdict(self)
+        out["output"] = str(self.output)
+        out["cache"] = None if self.cache is None else str(self.cache)
+        return out
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _fail(path: str, message: str):
+    raise ConfigError(f"{path}: {message}")
+
+
+def _mapping(value: Any, path: str, accepted: tuple[str, ...]) -> dict:
+    """``value`` as a dict (None -> {}) whose keys are all ``accepted``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail(path, f"must be a mapping with the keys {', '.join(accepted)}; got {type(value).__name__}")
+    unknown = [str(k) for k in value if k not in accepted]
+    if unknown:
+        _fail(f"{path}.{unknown[0]}" if path else unknown[0],
+              f"unknown key; accepted{' under ' + path if path else ''}: {', '.join(accepted)}")
+    return dict(value)
+
+
+def _whole(value: Any, path: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(path, f"must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
+def _train_config(base: TrainConfig, fields: dict, path: str) -> TrainConfig:
+    """``base`` with ``fields`` replaced; TrainConfig's own checks reported under ``path``."""
+    try:
+        return base.replace(**fields)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        field = message.split(" ", 1)[0]
+        if field in fields:
+            raise ConfigError(f"{path}.{message}") from None
+        raise ConfigError(f"{path}: {message}") from None
+
+
+def _train_section(raw: Any, path: str, default: TrainConfig, default_preset: str | None) -> TrainConfig:
+    fields = _mapping(raw, path, ("preset", *TRAIN_KEYS))
+    preset = fields.pop("preset", default_preset)
+    if preset is not None:
+        if preset not in PRESETS:
+            _fail(f"{path}.preset", f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
+        default = PRESETS[preset]
+    return _train_config(default, fields, path)
+
+
+def method_hparams(name: str) -> set[str]:
+    """The hyperparameter names method ``name`` (a registered name, maybe with ``+cl``) accepts."""
+    base, with_cl = split_name(name)
+    return set(METHODS[base].defaults) | (set(CL_DEFAULTS) if with_cl else set())
+
+
+def _method_names() -> str:
+    return ", ".join(sorted(n for n in METHODS if n != "retrain")) + f" (each also as NAME{SUFFIX})"
+
+
+# -- sections --------------------------------------------------------------------------------------
+def _data(raw: Any) -> DataSource:
+    fields = _mapping(raw, "data", ("dataset", "path", "image_size"))
+    dataset = fields.get("dataset", "digits")
+    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
+        _fail("data.dataset", f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
+    dataset = dataset.lower()
+    path = fields.get("path")
+    if dataset in BUILT_IN:
+        if path is not None:
+            _fail("data.path", f"dataset {dataset!r} is built in and takes no path; remove it")
+    elif path is None:
+        _fail("data.path", f"required for dataset {dataset!r} ({DATASETS[dataset]}); set it in the file or "
+                           "pass --data PATH")
+    else:
+        if not isinstance(path, str) or not Path(path).expanduser().exists():
+            _fail("data.path", f"no such file or folder: {path!r}")
+        path = str(Path(path).expanduser().resolve())
+    size = fields.get("image_size")
+    if size is not None:
+        _whole(size, "data.image_size", 1)
+    return DataSource(dataset, path, size)
+
+
+def _model(raw: Any) -> ModelSpec:
+    fields = _mapping(raw, "model", ("name", "kwargs"))
+    name = fields.get("name", "resnet18")
+    if not isinstance(name, str) or name.lower() not in MODELS:
+        _fail("model.name", f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    kwargs = fields.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        _fail("model.kwargs", f"must be a mapping of constructor arguments; got {type(kwargs).__name__}")
+    return ModelSpec(name.lower(), dict(kwargs))
+
+
+def _scenario(raw: Any) -> Scenario:
+    if raw is None:
+        return Scenario("random", 0.1)
+    fields = _mapping(raw, "scenario", ("kind", "ratio", "classes", "chunks"))
+    kind = fields.get("kind", "random")
+    if kind not in SCENARIO_KINDS:
+        _fail("scenario.kind", f"must be one of {', '.join(SCENARIO_KINDS)}; got {kind!r}")
+    needs = {"random": ("ratio",), "class": ("classes",), "sequential": ("ratio", "chunks")}[kind]
+    for key in ("ratio", "classes", "chunks"):
+        if key in needs and fields.get(key) is None:
+            _fail(f"scenario.{key}", f"required for kind {kind!r}")
+        if key not in needs and fields.get(key) is not None:
+            _fail(f"scenario.{key}", f"does not apply to kind {kind!r} (it takes {', '.join(needs)})")
+    ratio = fields.get("ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
+        _fail("scenario.ratio", f"must be a number in (0, 1); got {ratio!r}")
+    classes = fields.get("classes")
+    if classes is not None:
+        classes = classes if isinstance(classes, list) else [classes]
+        if not classes or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+            _fail("scenario.classes", f"must be class names or indices (one or a list); got {fields['classes']!r}")
+        classes = tuple(classes)
+    chunks = fields.get("chunks")
+    if chunks is not None:
+        _whole(chunks, "scenario.chunks", 1)
+    return Scenario(kind, None if ratio is None else float(ratio), classes, chunks)
+
+
+def _method(raw: Any, path: str, unlearn: TrainConfig) -> MethodSpec:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    fields = _mapping(raw, path, ("name", "label", "hparams", "train"))
+    name = fields.get("name")
+    if not isinstance(name, str):
+        _fail(f"{path}.name", f"required: a method name; available: {_method_names()}")
+    base, _ = split_name(name)
+    if base == "retrain":
+        _fail(f"{path}.name", "Retrain is run for every seed as the reference of Avg.Gap; remove it from methods")
+    if base not in METHODS:
+        _fail(f"{path}.name", f"unknown method {name!r}; available: {_method_names()}")
+    label = fields.get("label", name)
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or label in ("Retrain", "Original"):
+        _fail(f"{path}.label", f"must be a name of letters, digits and _.+- other than Retrain/Original; got {label!r}")
+    hparams = fields.get("hparams") or {}
+    if not isinstance(hparams, Mapping):
+        _fail(f"{path}.hparams", f"must be a mapping; got {type(hparams).__name__}")
+    allowed = method_hparams(name)
+    for key in hparams:
+        if key not in allowed:
+            _fail(f"{path}.hparams.{key}", f"method {name!r} has no such hyperparameter; it takes: "
+                                           f"{', '.join(sorted(allowed)) or 'none'}")
+    train = _mapping(fields.get("train"), f"{path}.train", TRAIN_KEYS)
+    _train_config(unlearn, train, f"{path}.train")
+    return MethodSpec(name, label, dict(hparams), train)
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    seeds = [0] if raw is None else raw if isinstance(raw, list) else [raw]
+    if not seeds:
+        _fail("seeds", "must list at least one seed")
+    for i, seed in enumerate(seeds):
+        _whole(seed, f"seeds[{i}]", 0)
+    if len(set(seeds)) != len(seeds):
+        _fail("seeds", f"must not repeat a seed; got {seeds}")
+    return tuple(seeds)
+
+
+def _sweep(raw: Any, methods: tuple[MethodSpec, ...], seeds: tuple[int, ...], unlearn: TrainConfig) -> Sweep | None:
+    if raw is None:
+        return None
+    fields = _mapping(raw, "sweep", ("seed", "grid", "enabled"))
+    if "seed" not in fields:
+        _fail("sweep.seed", "required: the held-out seed the grid is tried on")
+    seed = _whole(fields["seed"], "sweep.seed", 0)
+    if seed in seeds:
+        _fail("sweep.seed", f"must be held out: {seed} is among the seeds {list(seeds)}")
+    enabled = fields.get("enabled", False)
+    if not isinstance(enabled, bool):
+        _fail("sweep.enabled", f"must be true or false; got {enabled!r}")
+    grid = fields.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        _fail("sweep.grid", "must map method labels to {parameter: [values]}")
+    by_label = {m.label: m for m in methods}
+    checked = {}
+    for label, params in grid.items():
+        path = f"sweep.grid.{label}"
+        if label not in by_label:
+            _fail(path, f"no method has this label; labels: {', '.join(by_label)}")
+        if not isinstance(params, Mapping) or not params:
+            _fail(path, "must map parameters to lists of values")
+        spec = by_label[label]
+        allowed = method_hparams(spec.name)
+        for param, values in params.items():
+            if param not in allowed and param not in TRAIN_KEYS:
+                takes = ", ".join(sorted(allowed)) or "none"
+                _fail(f"{path}.{param}", f"not a hyperparameter of {spec.name!r} ({takes}) nor a training field "
+                                         f"({', '.join(TRAIN_KEYS)})")
+            if not isinstance(values, list) or not values:
+                _fail(f"{path}.{param}", f"must be a non-empty list of values; got {values!r}")
+            if param not in allowed:
+                for i, value in enumerate(values):
+                    _train_config(spec.train_config(unlearn), {param: value}, f"{path}.{param}[{i}]")
+        checked[label] = {param: list(values) for param, values in params.items()}
+    return Sweep(seed, checked, enabled)
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def parse_config(raw: Any, *, name: str = "experiment") -> ExperimentConfig:
+    """Validate the mapping of an experiment file; raises :class:`ConfigError` naming the key path."""
+    top = _mapping(raw, "", TOP_KEYS)
+    name = top.get("name", name)
+    if not isinstance(name, str) or not _LABEL.fullmatch(name):
+        _fail("name", f"must be a name of letters, digits and _.+-; got {name!r}")
+    data = _data(top.get("data"))
+    model = _model(top.get("model"))
+    original = _train_section(top.get("original"), "original", PRESETS["paper"], "paper")
+    retrain = _train_section(top.get("retrain"), "retrain", original, None)
+    unlearn = _train_section(top.get("unlearn"), "unlearn", PRESETS["paper_unlearn"], "paper_unlearn")
+    scenario = _scenario(top.get("scenario"))
+    raw_methods = top.get("methods")
+    if not isinstance(raw_methods, list) or not raw_methods:
+        _fail("methods", f"required: a non-empty list of methods; available: {_method_names()}")
+    methods = tuple(_method(m, f"methods[{i}]", unlearn) for i, m in enumerate(raw_methods))
+    labels = [m.label for m in methods]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        _fail("methods", f"labels must be unique; repeated: {', '.join(repeated)} (set a label to tell them apart)")
+    seeds = _seeds(top.get("seeds"))
+    device = top.get("device")
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            _fail("device", f"not a device: {device!r} (cpu, cuda, cuda:1 ...)")
+    for key in ("output", "cache", "description"):
+        if top.get(key) is not None and not isinstance(top[key], str):
+            _fail(key, f"must be text; got {top[key]!r}")
+    output = Path(top.get("output") or f"runs/{name}").expanduser()
+    cache = Path(top["cache"]).expanduser() if top.get("cache") else None
+    sweep = _sweep(top.get("sweep"), methods, seeds, unlearn)
+    return ExperimentConfig(name, top.get("description") or "", data, model, original, retrain, unlearn, scenario,
+                            methods, seeds, device, output, cache, sweep)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as text; this loader reads it as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in the YAML file ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no experiment file {str(path)!r}")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a mapping of the experiment's sections")
+    return raw
+
+
+def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=None, cache=None, data=None,
+                    sweep: bool = False) -> dict:
+    """A copy of the raw mapping with command-line overrides applied (None = keep the file's value).
+
+    ``methods`` keeps the listed methods (by label or name) and their sweep grids; ``sweep=True``
+    enables the file's sweep section (an error when it has none); ``data`` sets ``data.path``.
+    """
+    raw = copy.deepcopy(raw)
+    for key, value in (("seeds", seeds), ("output", output), ("device", device), ("cache", cache)):
+        if value is not None:
+            raw[key] = list(value) if key == "seeds" else str(value)
+    if data is not None:
+        if not isinstance(raw.get("data"), dict):
+            raw["data"] = {}
+        raw["data"]["path"] = str(data)
+    if methods is not None:
+        entries = [m if isinstance(m, dict) else {"name": m} for m in raw.get("methods") or []]
+        known = {e.get("label", e.get("name")): e for e in entries}
+        names = {e.get("name") for e in entries}
+        unknown = [m for m in methods if m not in known and m not in names]
+        if unknown:
+            raise ConfigError(f"--methods: {', '.join(unknown)} not in the experiment; its methods: {', '.join(known)}")
+        raw["methods"] = [e for label, e in known.items() if label in methods or e.get("name") in methods]
+        grid = (raw.get("sweep") or {}).get("grid")
+        if isinstance(grid, dict):
+            kept = {e.get("label", e.get("name")) for e in raw["methods"]}
+            raw["sweep"]["grid"] = {label: params for label, params in grid.items() if label in kept}
+    if sweep:
+        if not isinstance(raw.get("sweep"), dict):
+            raise ConfigError("--sweep: the experiment has no sweep section (sweep: {seed: N, grid: {...}})")
+        raw["sweep"]["enabled"] = True
+    return raw
+
+
+def load_config(source: str | Path | Mapping, **overrides) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a YAML file or a mapping, with :func:`apply_overrides`."""
+    if isinstance(source, Mapping):
+        raw, name = dict(source), "experiment"
+    else:
+        raw, name = read_yaml(source), Path(source).stem
+    return parse_config(apply_overrides(raw, **overrides), name=name)
+
+
+__all__ = ["ConfigError", "ExperimentConfig", "MethodSpec", "ModelSpec", "Scenario", "Sweep", "TRAIN_KEYS",
+           "apply_overrides", "load_config", "method_hparams", "parse_config", "read_yaml"]

@@ -1,0 +1,332 @@
+"""Run an experiment: per seed the Original, the split, Retrain and every method; then the results.
+
+Layout of ``config.output``::
+
+    config.json                 the validated experiment
+    seed_<s>/Retrain/metrics.json, seed_<s>/Original/metrics.json   (models in the cache)
+    seed_<s>/<label>/           a workflow run folder (model.pt, split.npz, checkpoint.pt) + metrics.json
+    sweep/...                   the grid runs on the sweep seed; best_hparams.json
+    results.json, results.csv, results.md, avg_gap.png, ua_mia.png, curves.png
+
+Sequential scenarios add a ``stage_<k>`` level below each of these folders. ``metrics.json``
+holds the row and the hash of everything that made it (method, hyperparameters, recipe, split,
+starting model): a run whose hash matches is skipped on the next call (resume); one that does
+not is run again, continuing a killed run from its checkpoint when ``run_key.txt`` shows the
+checkpoint belongs to the same hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from coun_fast import checkpoint
+from coun_fast.data import ForgetSplit
+from coun_fast.evaluate import accuracy, avg_gap, predict
+from coun_fast.experiment import plots
+from coun_fast.experiment.cache import (Cached, cached_original, cached_retrain, fingerprint, recipe, resumable,
+                                        split_fingerprint)
+from coun_fast.experiment.config import ExperimentConfig, MethodSpec
+from coun_fast.experiment.results import markdown_report, summarize, write_csv, write_json
+from coun_fast.train import TrainConfig, resolve_device
+from coun_fast.workflow import Run, evaluate_run, make_forget_split, run_unlearning
+
+CURVE_RETAIN_SAMPLES = 1000
+"""At most this many retain samples (a fixed random subset per seed) give the per-epoch retain accuracy."""
+METRICS_FILE = "metrics.json"
+_KEPT = ("UA", "RA", "TA", "MIA", "FA", "forgotten_class_test_acc", "seconds", "PFLOPs")
+
+
+class EpochAccuracy:
+    """``on_epoch_end`` hook: accuracy (%) on the whole forget set and on a fixed retain subset."""
+
+    def __init__(self, train, forget: np.ndarray, retain: np.ndarray, normalization, backend: str = "auto") -> None:
+        self.train, self.forget, self.retain = train, forget, retain
+        self.options = dict(normalization=normalization, backend=backend)
+
+    def __call__(self, model, epoch: int) -> dict:
+        return {"forget_acc": accuracy(predict(model, self.train, self.forget, **self.options)),
+                "retain_acc": accuracy(predict(model, self.train, self.retain, **self.options))}
+
+
+def retain_subset(split: ForgetSplit, seed: int, size: int = CURVE_RETAIN_SAMPLES) -> np.ndarray:
+    """A sorted random subset of ``split.retain`` of at most ``size`` indices, fixed by ``seed``."""
+    if len(split.retain) <= size:
+        return np.asarray(split.retain)
+    rng = np.random.default_rng([seed, 0xC0])
+    return np.sort(rng.choice(split.retain, size, replace=False))
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """The cartesian product of ``{param: [values]}`` as a list of ``{param: value}``."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def point_name(values: dict) -> str:
+    """A folder name for a grid point, e.g. ``lam=0.5,lr=0.01``."""
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(f"{k}={v}" for k, v in values.items()))
+
+
+def _row(label: str, method: str, seed: int, stage: int, metrics: dict, reference: dict, **extra) -> dict:
+    row = {"label": label, "method": method, "seed": seed, "stage": stage}
+    row.update({k: float(metrics[k]) for k in _KEPT if metrics.get(k) is not None})
+    row["Avg.Gap"] = avg_gap(metrics, reference)
+    row.update(extra)
+    return row
+
+
+def _finished(folder: Path, key: str) -> dict | None:
+    """The row stored in ``folder/metrics.json`` when it was made with ``key``."""
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return stored["row"] if stored.get("key") == key else None
+
+
+def _claim(folder: Path, key: str, config: TrainConfig) -> bool:
+    """Mark ``folder`` as the run of ``key``; True when its checkpoint continues that very run
+    (a checkpoint left by another key or recipe is deleted, so the run starts over)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "run_key.txt"
+    if marker.is_file() and marker.read_text() == key:
+        return resumable(folder, config)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    marker.write_text(key)
+    return False
+
+
+def _store(folder: Path, key: str, row: dict) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json({"key": key, "row": row}, folder / METRICS_FILE)
+    return row
+
+
+@dataclasses.dataclass
+class Stage:
+    """One forgetting step of a seed: its split, its Retrain and Retrain's metrics."""
+
+    index: int
+    split: ForgetSplit
+    retrain: Cached
+    reference: dict
+
+
+@dataclasses.dataclass
+class SeedSetup:
+    """What every method of one seed shares: the Original, the stages, the reference rows."""
+
+    seed: int
+    original: Cached
+    stages: list[Stage]
+    rows: list[dict]
+
+
+class Runner:
+    """Runs the steps of ``config``; ``progress`` shows training bars, ``log`` receives one line per step."""
+
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True, log: Callable[[str], None] | None = print):
+        self.config = config
+        self.progress = progress
+        self.log = log
+        self.device = resolve_device(config.device)
+        self.started = time.perf_counter()
+        self._train = None
+
+    def train_split(self):
+        """The training split of the experiment's data set, loaded once."""
+        if self._train is None:
+            self._train = self.config.data.load().train
+        return self._train
+
+    def say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(f"[{time.perf_counter() - self.started:7.1f}s] {text}")
+
+    def train_config(self, base: TrainConfig, seed: int) -> TrainConfig:
+        return base.replace(seed=seed, device=self.config.device, progress=self.progress)
+
+    def _stage_folder(self, base: Path, stage: int, stages: int) -> Path:
+        return base / f"stage_{stage}" if stages > 1 else base
+
+    def _where(self, seed: int, stage: int, stages: int) -> str:
+        return f"seed {seed}" + (f" stage {stage + 1}/{stages}" if stages > 1 else "")
+
+    # -- shared steps --------------------------------------------------------------------------
+    def setup(self, seed: int, root: Path) -> SeedSetup:
+        """The Original (cached), the split of ``seed``, and per stage Retrain (cached) and the
+        Retrain and Original rows (evaluations stored under ``root``)."""
+        c = self.config
+        original = cached_original(c.data, c.model.name, c.model.kwargs, self.train_config(c.original, seed),
+                                   c.cache, device=self.device)
+        self.say(f"seed {seed}: Original {'reused from the cache' if original.hit else 'trained'} "
+                 f"({original.run.folder})")
+        split = make_forget_split(original.run, seed=seed, **c.scenario.split_arguments())
+        stages, rows = [], []
+        for k in range(split.num_stages):
+            part = split.stage(k)
+            where = self._where(seed, k, split.num_stages)
+            retrain = cached_retrain(original, part, self.train_config(c.retrain, seed), c.cache, device=self.device)
+            self.say(f"{where}: forget {len(part.forget)} of {len(part.train_indices)}; Retrain "
+                     f"{'reused from the cache' if retrain.hit else 'trained'}")
+            folder = self._stage_folder(root / "Retrain", k, split.num_stages)
+            reference = _finished(folder, retrain.key)
+            if reference is None:
+                metrics = evaluate_run(retrain.run, split=part, device=self.device)
+                reference = _store(folder, retrain.key, _row("Retrain", "retrain", seed, k, metrics, metrics,
+                                                             folder=str(retrain.run.folder)))
+            rows.append(reference)
+            folder = self._stage_folder(root / "Original", k, split.num_stages)
+            key = fingerprint([original.key, retrain.key])
+            row = _finished(folder, key)
+            if row is None:
+                metrics = evaluate_run(original.run, split=part, device=self.device)
+                row = _store(folder, key, _row("Original", "original", seed, k, metrics, reference,
+                                               folder=str(original.run.folder)))
+            rows.append(row)
+            stages.append(Stage(k, part, retrain, reference))
+        return SeedSetup(seed, original, stages, rows)
+
+    # -- methods -------------------------------------------------------------------------------
+    def method_rows(self, setup: SeedSetup, spec: MethodSpec, base: Path, *, what: str = "") -> list[dict]:
+        """Run (or reuse) ``spec`` at every stage of ``setup``: stage 0 starts from the Original,
+        stage k from this method's model of stage k-1. One row per stage."""
+        start: Run | Path = setup.original.run
+        start_key = setup.original.key
+        config = self.train_config(spec.train_config(self.config.unlearn), setup.seed)
+        rows = []
+        for stage in setup.stages:
+            folder = self._stage_folder(base, stage.index, len(setup.stages))
+            where = f"{self._where(setup.seed, stage.index, len(setup.stages))} {what or spec.label}"
+            key = fingerprint({"method": spec.name, "hparams": spec.hparams, "config": recipe(config),
+                               "start": start_key, "split": split_fingerprint(stage.split)})
+            row = _finished(folder, key)
+            if row is not None:
+                self.say(f"{where}: finished before, skipped")
+            else:
+                row = self._run_method(setup, stage, spec, config, start, folder, key)
+                self.say(f"{where}: {row.get('seconds', 0.0):.1f} s, UA {row['UA']:.2f} RA {row['RA']:.2f} "
+                         f"TA {row['TA']:.2f} MIA {row['MIA']:.2f}, Avg.Gap {row['Avg.Gap']:.2f}")
+            rows.append(row)
+            start, start_key = folder, key
+        return rows
+
+    def _run_method(self, setup: SeedSetup, stage: Stage, spec: MethodSpec, config: TrainConfig,
+                    start: "Run | Path", folder: Path, key: str) -> dict:
+        original = setup.original.run
+        curve = EpochAccuracy(self.train_split(), stage.split.forget,
+                              retain_subset(stage.split, setup.seed), original.normalization, config.augment_backend)
+        run = run_unlearning(spec.name, start, stage.split, config, folder, hparams=spec.hparams,
+                             resume=_claim(folder, key, config), on_epoch_end=curve)
+        metrics = evaluate_run(run, split=stage.split, device=self.device)
+        points = [{"epoch": r["epoch"], "forget_acc": r["forget_acc"], "retain_acc": r["retain_acc"]}
+                  for r in run.record["history"] if "forget_acc" in r]
+        row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
+                   hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
+        return _store(folder, key, row)
+
+    # -- sweep ---------------------------------------------------------------------------------
+    def sweep(self, methods: tuple[MethodSpec, ...]) -> dict:
+        """Try each method's grid on the sweep seed; per label the point of least mean Avg.Gap
+        (over stages). Writes ``sweep/best_hparams.json``; returns ``{label: {best, Avg.Gap, trials}}``."""
+        sweep = self.config.sweep
+        root = self.config.output / "sweep"
+        setup = self.setup(sweep.seed, root / f"seed_{sweep.seed}")
+        chosen = {}
+        for spec in methods:
+            grid = sweep.grid.get(spec.label)
+            if not grid:
+                continue
+            trials = []
+            for values in grid_points(grid):
+                name = point_name(values)
+                rows = self.method_rows(setup, spec.with_values(values), root / spec.label / name,
+                                        what=f"sweep {spec.label} {name}")
+                trials.append({"values": values, "Avg.Gap": sum(r["Avg.Gap"] for r in rows) / len(rows)})
+            best = min(trials, key=lambda trial: trial["Avg.Gap"])
+            chosen[spec.label] = {"best": best["values"], "Avg.Gap": best["Avg.Gap"], "trials": trials}
+            self.say(f"sweep {spec.label}: best {point_name(best['values'])} (Avg.Gap {best['Avg.Gap']:.2f} "
+                     f"on seed {sweep.seed})")
+        write_json(chosen, root / "best_hparams.json")
+        return chosen
+
+
+def _git_sha() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | None, device) -> dict:
+    """results.json / .csv / .md and the three charts in ``config.output``; returns the JSON payload."""
+    out = config.output
+    summary = summarize(rows)
+    title = f"{config.name}: {config.data.dataset}, {config.model.name}, {config.scenario.describe()}"
+    details = (f"Seeds {list(config.seeds)}; Original {config.original.epochs} epochs, unlearning "
+               f"{config.unlearn.epochs} epochs (per-method overrides in results.json)."
+               + (" Hyperparameters chosen by the sweep on seed "
+                  f"{config.sweep.seed}: see sweep/best_hparams.json." if sweep else ""))
+    files = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md",
+             "avg_gap": out / "avg_gap.png", "ua_mia": out / "ua_mia.png", "curves": out / "curves.png"}
+    payload = {
+        "config": config.to_dict(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "environment": {**checkpoint.environment(device), "git_sha": _git_sha()},
+        "statistics": "mean and sample std (ddof=1; 0 for one seed) over seeds; Avg.Gap of the means",
+        "sweep": sweep or None, "summary": summary, "runs": rows, "files": {k: str(v) for k, v in files.items()},
+    }
+    write_json(payload, files["json"])
+    write_csv(rows, files["csv"])
+    files["markdown"].write_text(markdown_report(summary, title=title, details=details))
+    plots.avg_gap_chart(summary, files["avg_gap"], title=f"Avg.Gap: {config.name}")
+    plots.ua_mia_chart(summary, files["ua_mia"], title=f"UA vs MIA: {config.name}")
+    plots.curves_chart(rows, files["curves"], title=f"Per-epoch accuracy: {config.name}")
+    return payload
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = True,
+                   log: Callable[[str], None] | None = print) -> dict:
+    """Run ``config`` (resuming what its output folder already holds) and write its results.
+
+    With an enabled sweep, each method's grid is tried on the sweep seed first and the best point
+    is used for the main seeds. Returns the results.json payload (``runs``: one row per
+    method x seed x stage, Retrain and Original included; ``summary``: :func:`summarize`).
+    """
+    runner = Runner(config, progress=progress, log=log)
+    config.output.mkdir(parents=True, exist_ok=True)
+    write_json(config.to_dict(), config.output / "config.json")
+    methods = config.methods
+    chosen = runner.sweep(methods) if config.sweep is not None and config.sweep.enabled else {}
+    methods = tuple(spec.with_values(chosen[spec.label]["best"]) if spec.label in chosen else spec for spec in methods)
+    rows = []
+    for seed in config.seeds:
+        root = config.output / f"seed_{seed}"
+        setup = runner.setup(seed, root)
+        rows += setup.rows
+        for spec in methods:
+            rows += runner.method_rows(setup, spec, root / spec.label)
+    payload = write_results(config, rows, sweep=chosen, device=runner.device)
+    best = {e["label"]: e["Avg.Gap"] for e in payload["summary"]
+            if e["label"] not in ("Retrain", "Original") and e["Avg.Gap"] is not None}
+    runner.say(f"done: {len(rows)} rows; wrote {config.output / 'results.md'}"
+               + (f"; least Avg.Gap: {min(best, key=best.get)} ({min(best.values()):.2f})" if best else ""))
+    return payload
+
+
+__all__ = ["CURVE_RETAIN_SAMPLES", "EpochAccuracy", "Runner", "grid_points", "point_name", "retain_subset",
+           "run_experiment", "write_results"]
