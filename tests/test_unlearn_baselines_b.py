@@ -280,14 +280,15 @@ def test_cu_loss_equals_the_formula_and_survives_missing_classes():
 
 def test_cu_stopping_rule():
     rule = ContrastiveUnlearningObjective(None, num_classes=4)
-    assert rule.should_stop(0, {"acc": 50.0, "TA": 60.0})
-    assert not rule.should_stop(0, {"acc": 70.0, "TA": 60.0})
-    assert rule.should_stop(0, {"acc": 90.0, "FA": 55.0, "TA": 60.0})  # the evaluated FA wins over the loop's acc
+    assert rule.should_stop(0, {"acc": 50.0, "test_acc": 60.0})
+    assert not rule.should_stop(0, {"acc": 70.0, "test_acc": 60.0})
+    # the evaluated forget_acc wins over the loop's acc
+    assert rule.should_stop(0, {"acc": 90.0, "forget_acc": 55.0, "test_acc": 60.0})
     assert not rule.should_stop(0, {"acc": 10.0})  # no threshold: never
     assert rule.should_stop(0, {"acc": 90.0, "forgotten_class_test_acc": 25.0})  # class rule: <= 100 / C
     assert not rule.should_stop(0, {"acc": 0.0, "forgotten_class_test_acc": 30.0})
-    assert ContrastiveUnlearningObjective(None, stop_acc=80.0).should_stop(0, {"acc": 75.0, "TA": 60.0})
-    assert not ContrastiveUnlearningObjective(None, early_stop=False).should_stop(0, {"acc": 0.0, "TA": 60.0})
+    assert ContrastiveUnlearningObjective(None, stop_acc=80.0).should_stop(0, {"acc": 75.0, "test_acc": 60.0})
+    assert not ContrastiveUnlearningObjective(None, early_stop=False).should_stop(0, {"acc": 0.0, "test_acc": 60.0})
 
 
 def test_cu_stops_a_run_when_the_rule_fires(data, split):

@@ -47,23 +47,26 @@ _KEPT = ("UA", "RA", "TA", "MIA", "FA", "forgotten_class_test_acc", "seconds", "
 
 
 class EpochAccuracy:
-    """``on_epoch_end`` hook: accuracy (%) on the whole forget set and on a fixed retain subset."""
+    """``on_epoch_end`` hook: accuracy (%) on the whole forget set (``forget_acc``), on a fixed
+    retain subset (``retain_acc``) and on a fixed test subset (``test_acc``; CU's stopping rule
+    compares the forget accuracy with it)."""
 
-    def __init__(self, train, forget: np.ndarray, retain: np.ndarray, normalization, backend: str = "auto") -> None:
-        self.train, self.forget, self.retain = train, forget, retain
+    def __init__(self, train, test, forget: np.ndarray, retain: np.ndarray, test_indices: np.ndarray,
+                 normalization, backend: str = "auto") -> None:
+        self.sets = {"forget_acc": (train, forget), "retain_acc": (train, retain), "test_acc": (test, test_indices)}
         self.options = dict(normalization=normalization, backend=backend)
 
     def __call__(self, model, epoch: int) -> dict:
-        return {"forget_acc": accuracy(predict(model, self.train, self.forget, **self.options)),
-                "retain_acc": accuracy(predict(model, self.train, self.retain, **self.options))}
+        return {name: accuracy(predict(model, data, indices, **self.options))
+                for name, (data, indices) in self.sets.items()}
 
 
-def retain_subset(split: ForgetSplit, seed: int, size: int = CURVE_RETAIN_SAMPLES) -> np.ndarray:
-    """A sorted random subset of ``split.retain`` of at most ``size`` indices, fixed by ``seed``."""
-    if len(split.retain) <= size:
-        return np.asarray(split.retain)
+def fixed_subset(indices: np.ndarray, seed: int, size: int = CURVE_RETAIN_SAMPLES) -> np.ndarray:
+    """A sorted random subset of ``indices`` of at most ``size`` of them, fixed by ``seed``."""
+    if len(indices) <= size:
+        return np.asarray(indices)
     rng = np.random.default_rng([seed, 0xC0])
-    return np.sort(rng.choice(split.retain, size, replace=False))
+    return np.sort(rng.choice(indices, size, replace=False))
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -144,13 +147,13 @@ class Runner:
         self.log = log
         self.device = resolve_device(config.device)
         self.started = time.perf_counter()
-        self._train = None
+        self._splits = None
 
-    def train_split(self):
-        """The training split of the experiment's data set, loaded once."""
-        if self._train is None:
-            self._train = self.config.data.load().train
-        return self._train
+    def data_splits(self):
+        """The experiment's data set (training and test splits), loaded once."""
+        if self._splits is None:
+            self._splits = self.config.data.load()
+        return self._splits
 
     def say(self, text: str) -> None:
         if self.log is not None:
@@ -227,13 +230,14 @@ class Runner:
     def _run_method(self, setup: SeedSetup, stage: Stage, spec: MethodSpec, config: TrainConfig,
                     start: "Run | Path", folder: Path, key: str) -> dict:
         original = setup.original.run
-        curve = EpochAccuracy(self.train_split(), stage.split.forget,
-                              retain_subset(stage.split, setup.seed), original.normalization, config.augment_backend)
+        train, test = self.data_splits()
+        curve = EpochAccuracy(train, test, stage.split.forget, fixed_subset(stage.split.retain, setup.seed),
+                              fixed_subset(np.arange(len(test)), setup.seed), original.normalization,
+                              config.augment_backend)
         run = run_unlearning(spec.name, start, stage.split, config, folder, hparams=spec.hparams,
                              resume=_claim(folder, key, config), on_epoch_end=curve)
         metrics = evaluate_run(run, split=stage.split, device=self.device)
-        points = [{"epoch": r["epoch"], "forget_acc": r["forget_acc"], "retain_acc": r["retain_acc"]}
-                  for r in run.record["history"] if "forget_acc" in r]
+        points = [{key: r[key] for key in ("epoch", *curve.sets)} for r in run.record["history"] if "forget_acc" in r]
         row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
                    hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
         return _store(folder, key, row)
@@ -328,5 +332,5 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     return payload
 
 
-__all__ = ["CURVE_RETAIN_SAMPLES", "EpochAccuracy", "Runner", "grid_points", "point_name", "retain_subset",
+__all__ = ["CURVE_RETAIN_SAMPLES", "EpochAccuracy", "Runner", "grid_points", "point_name", "fixed_subset",
            "run_experiment", "write_results"]

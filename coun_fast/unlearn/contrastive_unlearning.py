@@ -24,10 +24,11 @@ repeats of a sample are spread over the epoch in shuffled batches (a batch may h
 
 Stopping rule (the authors' code, checked after every epoch; ``early_stop=True``): class unlearning
 (the epoch's row has ``forgotten_class_test_acc``, from a per-epoch evaluation) stops once that is
-<= 100 / C; sample unlearning stops once the forget accuracy (``FA`` from a per-epoch evaluation,
-else the loop's running ``acc`` on the augmented forget batches, train mode) is <= the threshold:
-``stop_acc`` when given (%, e.g. the Original's test accuracy), else the row's ``TA``; without
-either it never fires.
+<= 100 / C; sample unlearning stops once the forget accuracy (``forget_acc`` from a per-epoch
+evaluation such as the experiment runner's, else the loop's running ``acc`` on the augmented forget
+batches, train mode) is <= the threshold: ``stop_acc`` when given (%, e.g. the Original's test
+accuracy), else the row's ``test_acc`` (the runner's per-epoch test accuracy); without either it
+never fires.
 
 Deviations from the authors' code (documented choices): the embedding is the penultimate feature,
 L2-normalised (their models have a 128-d SupCon-style head whose normalised output the classifier
@@ -127,8 +128,8 @@ class ContrastiveUnlearningObjective:
             return False
         if "forgotten_class_test_acc" in row:  # class unlearning: the forgotten class at chance level
             return row["forgotten_class_test_acc"] <= 100.0 / self.num_classes
-        forget = row.get("FA", row.get("acc"))
-        threshold = self.stop_acc if self.stop_acc is not None else row.get("TA")
+        forget = row.get("forget_acc", row.get("acc"))
+        threshold = self.stop_acc if self.stop_acc is not None else row.get("test_acc")
         if forget is None or threshold is None or not math.isfinite(forget):
             return False
         return forget <= threshold
