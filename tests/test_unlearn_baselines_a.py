@@ -18,41 +18,20 @@ import coun_fast.unlearn.negation  # noqa: F401
 import coun_fast.unlearn.neggrad_plus  # noqa: F401
 import coun_fast.unlearn.random_labels  # noqa: F401
 import coun_fast.unlearn.salun  # noqa: F401
-from coun_fast.data.embedded import synthetic
 from coun_fast.data.loader import AugmentedLoader
-from coun_fast.data.splits import random_split
 from coun_fast.models import build
-from coun_fast.train import TrainConfig, fit
+from coun_fast.train import fit
 from coun_fast.unlearn import METHODS, unlearn
-from coun_fast.unlearn.base import ForgetData, RetainData
+from coun_fast.unlearn.base import RetainData
 from coun_fast.unlearn.gradient_ascent import GradientAscentObjective
 from coun_fast.unlearn.l1_sparse import L1SparseObjective
 from coun_fast.unlearn.negation import negate
 from coun_fast.unlearn.random_labels import RandomLabelObjective
 from coun_fast.unlearn.salun import top_fraction_mask
+from method_setup import config, data, forget_data, split  # noqa: F401  (data, split: fixtures)
 from nets import TinyNet
 
 METHOD_NAMES = ["ga", "neggrad_plus", "rl", "l1_sparse", "salun", "not"]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic(num_classes=4, train_per_class=20, test_per_class=4, image_size=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def split(data):
-    return random_split(len(data.train), 0.25, seed=0)
-
-
-def config(**changes):
-    base = TrainConfig(epochs=1, batch_size=16, lr=0.01, schedule="cosine", min_lr=1e-4, device="cpu",
-                       progress=False, augment_backend="cpu")
-    return base.replace(**changes)
-
-
-def forget_data(data, split):
-    return ForgetData(data.train, np.asarray(split.retain), data.train.normalization, np.asarray(split.forget))
 
 
 def same_state(a, b):

@@ -17,40 +17,17 @@ import coun_fast.unlearn.contrastive_unlearning  # noqa: F401
 import coun_fast.unlearn.scrub  # noqa: F401
 import coun_fast.unlearn.ssd  # noqa: F401
 from coun_fast.data.loader import AugmentedLoader
-from coun_fast.data.embedded import synthetic
-from coun_fast.data.splits import random_split
 from coun_fast.models import rebuild
-from coun_fast.train import TrainConfig
 from coun_fast.unlearn import unlearn
 from coun_fast.unlearn.bad_teacher import plan_bad_teacher
-from coun_fast.unlearn.base import ForgetData
 from coun_fast.unlearn.boundary_shrink import plan_boundary_shrink
 from coun_fast.unlearn.contrastive_unlearning import ContrastiveUnlearningObjective, contrastive_unlearning_loss
 from coun_fast.unlearn.distill import distill_kl
 from coun_fast.unlearn.scrub import plan_scrub
+from method_setup import config, data, forget_data, split  # noqa: F401  (data, split: fixtures)
 from nets import TinyNet
 
 TRAINING = ["bad_teacher", "scrub", "cu", "boundary_shrink"]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic(num_classes=4, train_per_class=20, test_per_class=4, image_size=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def split(data):
-    return random_split(len(data.train), 0.25, seed=0)
-
-
-def config(**changes):
-    base = TrainConfig(epochs=1, batch_size=16, lr=0.01, schedule="cosine", min_lr=1e-4, device="cpu",
-                       progress=False, augment_backend="cpu")
-    return base.replace(**changes)
-
-
-def forget_data(data, split):
-    return ForgetData(data.train, np.asarray(split.retain), data.train.normalization, np.asarray(split.forget))
 
 
 def first_batch(data, indices, recipe="eval", batch_size=16):

@@ -85,6 +85,8 @@ def cell(stat: dict | None, digits: int = 2) -> str:
     if not stat:
         return ""
     mean, std = stat["mean"], stat["std"]
+    if std <= 1e-9 * abs(mean):  # identical values whose mean has rounding noise: print 0
+        std = 0.0
     if mean != 0 and abs(mean) < 0.5 * 10**-digits:
         text = f"{mean:.2g}±{std:.2g}"
     else:
