@@ -280,3 +280,19 @@ def test_cli_help_list_and_check(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "cifar10_resnet18_random10"])
     assert exit_info.value.code == 2 and "data.path: required" in capsys.readouterr().err
+
+
+def test_curve_sets_follow_the_scenario():
+    from coun_fast.data.embedded import synthetic
+    from coun_fast.data.splits import class_split, random_split
+    from coun_fast.experiment.runner import curve_sets
+
+    data = synthetic(num_classes=4, train_per_class=10, test_per_class=5, image_size=8, seed=0)
+    random = curve_sets(data.train, data.test, random_split(len(data.train), 0.2, seed=0), seed=0)
+    assert list(random) == ["forget_acc", "retain_acc", "test_acc"]
+    assert len(random["test_acc"][1]) == len(data.test)
+    split = class_split(data.train.labels, [2], class_names=data.train.classes)
+    sets = curve_sets(data.train, data.test, split, seed=0)
+    assert set(data.test.labels[sets["forgotten_class_test_acc"][1]]) == {2}
+    assert 2 not in set(data.test.labels[sets["test_acc"][1]])
+    assert sets["forget_acc"][1].tolist() == split.forget.tolist()

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from coun_fast import checkpoint
-from coun_fast.data import ForgetSplit
+from coun_fast.data import ForgetSplit, class_test_subsets
 from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
 from coun_fast.experiment.cache import (Cached, cached_original, cached_retrain, fingerprint, recipe, resumable,
@@ -41,24 +41,38 @@ from coun_fast.train import TrainConfig, resolve_device
 from coun_fast.workflow import Run, evaluate_run, make_forget_split, run_unlearning
 
 CURVE_RETAIN_SAMPLES = 1000
-"""At most this many retain samples (a fixed random subset per seed) give the per-epoch retain accuracy."""
+"""At most this many retain (and test) samples, a fixed random subset per seed, give the per-epoch
+retain (and test) accuracy."""
 METRICS_FILE = "metrics.json"
 _KEPT = ("UA", "RA", "TA", "MIA", "FA", "forgotten_class_test_acc", "seconds", "PFLOPs")
 
 
 class EpochAccuracy:
-    """``on_epoch_end`` hook: accuracy (%) on the whole forget set (``forget_acc``), on a fixed
-    retain subset (``retain_acc``) and on a fixed test subset (``test_acc``; CU's stopping rule
-    compares the forget accuracy with it)."""
+    """``on_epoch_end`` hook: accuracy (%) of the model on each of ``sets``, ``{name: (data set,
+    indices)}`` (see :func:`curve_sets`)."""
 
-    def __init__(self, train, test, forget: np.ndarray, retain: np.ndarray, test_indices: np.ndarray,
-                 normalization, backend: str = "auto") -> None:
-        self.sets = {"forget_acc": (train, forget), "retain_acc": (train, retain), "test_acc": (test, test_indices)}
+    def __init__(self, sets: dict, normalization, backend: str = "auto") -> None:
+        self.sets = sets
         self.options = dict(normalization=normalization, backend=backend)
 
     def __call__(self, model, epoch: int) -> dict:
         return {name: accuracy(predict(model, data, indices, **self.options))
                 for name, (data, indices) in self.sets.items()}
+
+
+def curve_sets(train, test, split: ForgetSplit, seed: int) -> dict:
+    """What the per-epoch curves measure: the whole forget set (``forget_acc``), fixed subsets of
+    the retain set (``retain_acc``) and of the test set (``test_acc``; for class-wise forgetting
+    the retained classes' test images, plus ``forgotten_class_test_acc`` on the forgotten
+    classes'). CU's stopping rule reads these names."""
+    sets = {"forget_acc": (train, split.forget), "retain_acc": (train, fixed_subset(split.retain, seed))}
+    if split.kind == "class":
+        retained, forgotten = class_test_subsets(test.labels, split.forget_classes)
+        sets["test_acc"] = (test, fixed_subset(retained, seed))
+        sets["forgotten_class_test_acc"] = (test, fixed_subset(forgotten, seed))
+    else:
+        sets["test_acc"] = (test, fixed_subset(np.arange(len(test)), seed))
+    return sets
 
 
 def fixed_subset(indices: np.ndarray, seed: int, size: int = CURVE_RETAIN_SAMPLES) -> np.ndarray:
@@ -230,9 +244,7 @@ class Runner:
     def _run_method(self, setup: SeedSetup, stage: Stage, spec: MethodSpec, config: TrainConfig,
                     start: "Run | Path", folder: Path, key: str) -> dict:
         original = setup.original.run
-        train, test = self.data_splits()
-        curve = EpochAccuracy(train, test, stage.split.forget, fixed_subset(stage.split.retain, setup.seed),
-                              fixed_subset(np.arange(len(test)), setup.seed), original.normalization,
+        curve = EpochAccuracy(curve_sets(*self.data_splits(), stage.split, setup.seed), original.normalization,
                               config.augment_backend)
         run = run_unlearning(spec.name, start, stage.split, config, folder, hparams=spec.hparams,
                              resume=_claim(folder, key, config), on_epoch_end=curve)
@@ -332,5 +344,5 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     return payload
 
 
-__all__ = ["CURVE_RETAIN_SAMPLES", "EpochAccuracy", "Runner", "grid_points", "point_name", "fixed_subset",
+__all__ = ["CURVE_RETAIN_SAMPLES", "EpochAccuracy", "Runner", "curve_sets", "grid_points", "point_name", "fixed_subset",
            "run_experiment", "write_results"]
