@@ -204,7 +204,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, 0x70C4]).generate_state(1)[0])
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op on the CPU), so a wall-clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -304,7 +305,7 @@ def fit(
         model.train()
         meter = _Meter()
         side_before = _side_images(objective)
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         start_epoch = getattr(objective, "start_epoch", None)
         if start_epoch is not None:
@@ -328,7 +329,7 @@ def fit(
                 bar.update(len(batch.labels))
                 if _due(bar):  # reading the running loss syncs the device: at most twice a second
                     _show(bar, epoch, meter, time.perf_counter() - started)
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - started
         if bar is not None:
             _show(bar, epoch, meter, seconds)

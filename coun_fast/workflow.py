@@ -160,8 +160,8 @@ def run_unlearning(
         "normalization": original.record["normalization"], "train_indices": original.record["train_indices"],
         "original": str(original.folder), "split_file": SPLIT_FILE, "split": split.to_dict(),
         "config": config.to_dict(),
-        "history": result.train.history if result.train else [],
-        "cost": _cost(result.train, result.model, splits) if result.train else {},
+        "history": result.train.history,
+        "cost": _cost(result.train, result.model, splits),
         "environment": checkpoint.environment(next(result.model.parameters()).device),
     }
     return save_run(folder, result.model, record)

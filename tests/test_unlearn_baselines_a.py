@@ -148,7 +148,8 @@ def test_salun_freezes_masked_out_weights_under_weight_decay_and_momentum(data, 
     total = sum(m.numel() for m in mask)
     assert abs(sum(int(m.sum()) for m in mask) / total - 0.5) <= 0.5 / total
     result = fit(plan.model, data.train, plan.objective, cfg, indices=plan.indices)
-    assert result.trained_images == 2 * len(plan.indices) + len(split.forget)  # + the saliency pass
+    assert plan.prepared_images == len(split.forget)  # the saliency pass, added to the cost by unlearn()
+    assert result.trained_images == 2 * len(plan.indices)
     plugged = unlearn("salun+cl", original, data.train, split, cfg, hparams={"threshold": 0.5})
     for model in (plan.model, plugged.model):
         moved = 0
@@ -164,6 +165,8 @@ def test_salun_with_threshold_one_is_rl(data, split):
     rl = unlearn("rl", original, data.train, split, config())
     salun = unlearn("salun", original, data.train, split, config(), hparams={"threshold": 1.0})
     assert same_state(rl.model, salun.model)
+    # the saliency pass (forward and backward over the forget set) is part of SalUn's cost
+    assert salun.train.trained_images == rl.train.trained_images + len(split.forget)
 
 
 def test_not_negates_the_first_layer(data, split):

@@ -58,7 +58,10 @@ def test_ssd_does_not_train_and_refuses_the_cl_plug_in(data, split):
     original = TinyNet()
     before = state(original)
     result = unlearn("ssd", original, data.train, split, config(), hparams={"alpha": 1.0})
-    assert result.train is None and result.hparams == {"alpha": 1.0, "dampening": 1.0}
+    assert result.hparams == {"alpha": 1.0, "dampening": 1.0}
+    # no training: no history; the cost is the two importance passes (training set, forget set)
+    assert result.train.history == [] and result.train.seconds > 0
+    assert result.train.trained_images == len(data.train) + len(split.forget)
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
     with pytest.raises(ValueError, match="'ssd' does not train"):
         unlearn("ssd+cl", original, data.train, split, config())

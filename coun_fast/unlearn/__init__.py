@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from torch import nn
 
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.splits import ForgetSplit
-from coun_fast.train import TrainConfig, fit
+from coun_fast.train import TrainConfig, TrainResult, fit, resolve_device, synchronize
 from coun_fast.unlearn import (  # noqa: F401  (importing a method's module registers it)
     bad_teacher,
     boundary_shrink,
@@ -58,17 +60,24 @@ def unlearn(
     else:
         data = RetainData(train, retain, norm)
     fit_options.setdefault("description", method)
+    device = resolve_device(config.device)
+    synchronize(device)
+    started = time.perf_counter()
     plan = spec.plan(original, data, config, values)
+    synchronize(device)
+    prepared = TrainResult([], time.perf_counter() - started, plan.prepared_images, 0)
     if plan.objective is None:
         if with_cl:
             raise ValueError(f"method {base_name!r} does not train, so it has no objective to add the CL term to")
-        return UnlearnResult(plan.model, method, values, None)
+        return UnlearnResult(plan.model, method, values, prepared)
     objective = plan.objective
     if with_cl:
         stream = BatchStream(train, retain, norm, config, "two_view", seed_offset=2) if plan.loop == "forget" else None
         objective = WithCL(objective, cl_values["cl_lam"], cl_values["cl_temperature"], loop=plan.loop,
                            retain_stream=stream)
     result = fit(plan.model, train, objective, config, indices=plan.indices, normalization=norm, **fit_options)
+    result.seconds += prepared.seconds  # the preparation runs again when a run resumes: counted each time
+    result.trained_images += prepared.trained_images
     return UnlearnResult(plan.model, method, {**values, **cl_values}, result)
 
 

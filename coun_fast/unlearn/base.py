@@ -54,12 +54,16 @@ class Plan:
             plug-in draws its own retain batches); ``"mixed"`` (retain and forget samples in one
             batch; then the objective has ``retain_rows(batch) -> bool tensor`` and the CL
             plug-in uses those rows only).
+        prepared_images: images that went through a forward and a backward pass while the
+            method prepared the model (SalUn's saliency pass, SSD's importances), for the cost;
+            :func:`coun_fast.unlearn.unlearn` also adds the preparation's wall time.
     """
 
     model: nn.Module
     objective: object | None = None
     indices: np.ndarray | None = None
     loop: str = "retain"
+    prepared_images: int = 0
 
     def __post_init__(self) -> None:
         if self.loop not in LOOPS:
@@ -70,12 +74,14 @@ class Plan:
 
 @dataclasses.dataclass
 class UnlearnResult:
-    """The unlearned model and how it was obtained."""
+    """The unlearned model and how it was obtained: ``train`` holds the history and the cost
+    (seconds and images, the method's preparation included; a method that does not train has an
+    empty history and its preparation's cost)."""
 
     model: nn.Module
     method: str
     hparams: dict
-    train: TrainResult | None
+    train: TrainResult
 
 
 @dataclasses.dataclass(frozen=True)

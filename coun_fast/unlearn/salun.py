@@ -15,7 +15,7 @@ Saliency"): RL restricted to the parameters most salient for the forget set.
    Buffers (BN running statistics) are not parameters and do update, as in the reference code.
 
 Cost: the saliency pass (forward + backward over the forget set) is counted as trained images
-in the first epoch (``side_trained_images``, added by the epoch-0 ``start_epoch``).
+(``Plan.prepared_images``), its time in the method's seconds.
 
 Hyperparameters: ``threshold`` in (0, 1], default 0.5 (the repository's ``with_0.5.pt``); CoUn's
 search range [0.1, 1.0]; threshold = 1 is plain RL. Optimiser: the CoUn protocol's (SGD, momentum
@@ -70,18 +70,11 @@ class SalUnObjective(RandomLabelObjective):
     """RL whose steps move only the parameter elements where ``mask`` is True (see the module
     docstring). ``theta0``: the parameters' starting values, restored where the mask is False."""
 
-    def __init__(self, forget: np.ndarray, num_classes: int, mask: list[Tensor], theta0: list[Tensor],
-                 saliency_images: int = 0) -> None:
+    def __init__(self, forget: np.ndarray, num_classes: int, mask: list[Tensor], theta0: list[Tensor]) -> None:
         super().__init__(forget, num_classes)
         self.mask = mask
         self.theta0 = theta0
-        self.saliency_images = saliency_images
-        self.side_trained_images = 0
         self._partial = [not bool(m.all()) for m in mask]  # computed once: no device sync per step
-
-    def start_epoch(self, model: nn.Module, optimizer, epoch: int) -> None:
-        if epoch == 0:
-            self.side_trained_images += self.saliency_images
 
     def _frozen(self, model: nn.Module):
         """(parameter, mask, theta0) for every parameter with at least one masked-out element."""
@@ -113,8 +106,8 @@ def plan_salun(original: nn.Module, data: ForgetData, config: TrainConfig, hpara
                              normalization=data.normalization)
     mask = top_fraction_mask(saliency(model, loader), threshold)
     theta0 = [p.detach().clone() for p in model.parameters()]
-    objective = SalUnObjective(data.forget, data.train.num_classes, mask, theta0, saliency_images=len(data.forget))
-    return Plan(model, objective, union_indices(data), loop="mixed")
+    objective = SalUnObjective(data.forget, data.train.num_classes, mask, theta0)
+    return Plan(model, objective, union_indices(data), loop="mixed", prepared_images=len(data.forget))
 
 
 register(Method(

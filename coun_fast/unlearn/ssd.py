@@ -84,7 +84,7 @@ def plan_ssd(original: nn.Module, data: ForgetData, config: TrainConfig, hparams
     full = importances(model, data.train, everything, data.normalization, config)
     forget = importances(model, data.train, np.asarray(data.forget), data.normalization, config)
     dampen(model, full, forget, alpha, dampening)
-    return Plan(model.eval(), None)
+    return Plan(model.eval(), None, prepared_images=len(everything) + len(data.forget))
 
 
 register(Method(
