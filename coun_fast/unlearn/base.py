@@ -130,6 +130,21 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return {**method.defaults, **given}
 
 
+def run_loader(train: ImageDataset, indices: np.ndarray, normalization: Normalization, config: TrainConfig,
+               recipe: str = "train", *, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None):
+    """An :class:`~coun_fast.data.loader.AugmentedLoader` over ``indices`` of ``train`` with the run's
+    batch size (unless ``batch_size`` is given), augmentation backend and device, seeded by
+    ``config.seed + seed_offset``: the loader of a method's passes beside the training loop."""
+    from coun_fast.data.loader import AugmentedLoader
+    from coun_fast.train import resolve_device
+
+    return AugmentedLoader(
+        train, recipe, batch_size=batch_size or config.batch_size, indices=indices, shuffle=shuffle,
+        backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
+        normalization=normalization,
+    )
+
+
 class BatchStream:
     """Batches of some indices on demand, for objectives that draw a second kind of batch beside
     their loop's (a forget batch with each retain batch, retain views for the CL plug-in...).
@@ -143,16 +158,10 @@ class BatchStream:
     def __init__(self, train: ImageDataset, indices: np.ndarray, normalization: Normalization,
                  config: TrainConfig, recipe: str = "train", *, batch_size: int | None = None,
                  seed_offset: int = 1) -> None:
-        from coun_fast.data.loader import AugmentedLoader
-        from coun_fast.train import resolve_device
-
         if len(indices) == 0:
             raise ValueError("the stream's index set is empty: there is nothing to draw batches from")
-        self.loader = AugmentedLoader(
-            train, recipe, batch_size=batch_size or config.batch_size, indices=indices,
-            backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
-            normalization=normalization,
-        )
+        self.loader = run_loader(train, indices, normalization, config, recipe, seed_offset=seed_offset,
+                                 batch_size=batch_size)
         self._batches = iter(())
 
     def next(self):
@@ -209,5 +218,5 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
     "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "non_negative", "positive", "register",
-    "whole",
+    "run_loader", "whole",
 ]

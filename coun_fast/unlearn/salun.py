@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, fraction, register
+from coun_fast.unlearn.base import ForgetData, Method, Plan, fraction, register, run_loader
 from coun_fast.unlearn.random_labels import RandomLabelObjective, union_indices
 
 
@@ -101,9 +101,7 @@ def plan_salun(original: nn.Module, data: ForgetData, config: TrainConfig, hpara
     threshold = fraction(hparams["threshold"], "threshold")
     device = resolve_device(config.device)
     model = copy.deepcopy(original).to(device)
-    loader = AugmentedLoader(data.train, "eval", batch_size=config.batch_size, indices=data.forget, shuffle=False,
-                             backend=config.augment_backend, device=device, seed=config.seed,
-                             normalization=data.normalization)
+    loader = run_loader(data.train, data.forget, data.normalization, config, "eval", shuffle=False)
     mask = top_fraction_mask(saliency(model, loader), threshold)
     theta0 = [p.detach().clone() for p in model.parameters()]
     objective = SalUnObjective(data.forget, data.train.num_classes, mask, theta0)

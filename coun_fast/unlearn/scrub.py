@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader, Batch
-from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, non_negative, positive, register, whole
+from coun_fast.train import TrainConfig
+from coun_fast.unlearn.base import ForgetData, Method, Plan, non_negative, positive, register, run_loader, whole
 from coun_fast.unlearn.distill import distill_kl, frozen_copy
 
 
@@ -93,10 +93,7 @@ def plan_scrub(original: nn.Module, data: ForgetData, config: TrainConfig, hpara
     if msteps > 0:
         if len(data.forget) == 0:
             raise ValueError("scrub's max steps (msteps > 0) need a non-empty forget set")
-        loader = AugmentedLoader(
-            data.train, "train", batch_size=config.batch_size, indices=data.forget, backend=config.augment_backend,
-            device=resolve_device(config.device), seed=config.seed + 3, normalization=data.normalization,
-        )
+        loader = run_loader(data.train, data.forget, data.normalization, config, "train", seed_offset=3)
     objective = ScrubObjective(frozen_copy(original, config), loader, hparams["temperature"], msteps,
                                hparams["gamma"], hparams["alpha"])
     return Plan(copy.deepcopy(original), objective, data.retain, loop="retain")

@@ -28,20 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coun_fast.data.dataset import ImageDataset
-from coun_fast.data.loader import AugmentedLoader
 from coun_fast.data.recipes import Normalization
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, positive, register
+from coun_fast.unlearn.base import ForgetData, Method, Plan, positive, register, run_loader
 
 
 def importances(model: nn.Module, dataset: ImageDataset, indices: np.ndarray, normalization: Normalization,
                 config: TrainConfig) -> dict[str, Tensor]:
     """Mean over the mini-batches of ``indices`` of the squared CE gradient of every parameter
-    (``model`` in eval mode; its gradients are cleared afterwards). Keys: parameter names."""
-    device = next(model.parameters()).device
-    loader = AugmentedLoader(dataset, "eval", batch_size=config.batch_size, indices=indices, shuffle=False,
-                             backend=config.augment_backend, device=device, seed=config.seed,
-                             normalization=normalization)
+    (``model``, on ``config``'s device, in eval mode; its gradients are cleared afterwards). Keys:
+    parameter names."""
+    loader = run_loader(dataset, indices, normalization, config, "eval", shuffle=False)
     model.eval()
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named}
