@@ -359,6 +359,17 @@ def serve_worker(spec_json: str, measure: Callable[[dict], dict]) -> int:
     return 0
 
 
+def prepare_driver(device: str, threads: int | None) -> int | None:
+    """Driver side, before any measurement: refuse ``--device cuda`` without a usable GPU (prints
+    why, returns exit code 2) and apply ``--threads``; returns None when the run can go on."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: CUDA is not available to torch", file=sys.stderr)
+        return 2
+    if threads:
+        torch.set_num_threads(threads)
+    return None
+
+
 def _kill_group(process: subprocess.Popen) -> None:
     """Kill the process group of a worker started in its own session (the worker and its children)."""
     try:

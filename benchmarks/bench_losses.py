@@ -455,11 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return harness.serve_worker(args.worker, measure)
     config = make_config(args)
-    if config.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: CUDA is not available to torch", file=sys.stderr)
-        return 2
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    refused = harness.prepare_driver(config.device, config.threads)
+    if refused is not None:
+        return refused
     unavailable = unavailable_providers(config)
     for provider, reason in unavailable.items():
         print(f"skipping provider {provider}: {reason}")
