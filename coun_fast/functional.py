@@ -18,7 +18,8 @@ from torch import Tensor
 from coun_fast import validation
 from coun_fast.ops import backend as backends
 from coun_fast.ops import reference
-from coun_fast.ops.contrastive import contrastive_forward
+from coun_fast.ops.contrastive import (PATH_EXACT, REDUCTIONS, RULE_DIAGONAL, RULE_INDEX, RULE_LABELS,
+                                       RULE_PARTNER, contrastive_loss)
 from coun_fast.ops.contrastive import similarity as _fused_similarity
 
 __all__ = ["info_nce", "nt_xent", "cross_view_info_nce", "sup_con", "similarity"]
@@ -85,13 +86,14 @@ def info_nce(
     if symmetric and candidates is None:
         raise ValueError("symmetric=True needs separate candidates; the anchors-against-themselves problem is already symmetric")
 
+    rule = RULE_INDEX
     if positive_index is None and anchor_labels is None:
         if candidate_labels is not None:
             raise ValueError("candidate_labels was given without anchor_labels")
         if m != n or exclude_self:
             raise ValueError("give positive_index or anchor_labels: the default pairs anchor i with candidate i, "
                              "which needs M == N and exclude_self=False")
-        positive_index = torch.arange(m, device=anchors.device)
+        rule = RULE_DIAGONAL
     elif positive_index is not None:
         if anchor_labels is not None or candidate_labels is not None:
             raise ValueError("give either positive_index or labels, not both")
@@ -105,6 +107,7 @@ def info_nce(
                                  f"candidates as anchors; got {m} anchors and {n} candidates")
             validation.is_permutation(positive_index, "positive_index")
     else:
+        rule = RULE_LABELS
         anchor_labels = validation.integer_vector(anchor_labels, "anchor_labels", m, anchors, "anchors")
         if candidate_labels is None:
             if candidates is not None:
@@ -113,16 +116,29 @@ def info_nce(
             candidate_labels = validation.integer_vector(
                 candidate_labels, "candidate_labels", n, anchors if candidates is None else candidates,
                 "anchors" if candidates is None else "candidates")
+    return _loss(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                 exclude_self, symmetric, reduction, backend)
 
+
+def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: int, positive_index: Tensor | None,
+          anchor_labels: Tensor | None, candidate_labels: Tensor | None, exclude_self: bool, symmetric: bool,
+          reduction: str, backend: str) -> Tensor:
+    """The loss of validated arguments, on the fused kernels or the reference (see ``backend``)."""
     inputs = (anchors,) if candidates is None else (anchors, candidates)
     if backends.resolve(backend, *inputs) == "fused":
-        loss, _, count = contrastive_forward(anchors, candidates, temperature, positive_index, anchor_labels,
-                                             candidate_labels, exclude_self, symmetric)
-        valid = count > 0
-    else:
-        loss, valid = reference.info_nce_rows(
-            anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
-            candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric)
+        path = PATH_EXACT
+        if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
+            path = backends.cuda_path(anchors.dtype)
+        return contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
+                                candidate_labels, exclude_self, symmetric, REDUCTIONS[reduction], path)
+    m = anchors.shape[0]
+    if rule == RULE_DIAGONAL:
+        positive_index = torch.arange(m, device=anchors.device)
+    elif rule == RULE_PARTNER:
+        positive_index = torch.arange(m, device=anchors.device).roll(m // 2)
+    loss, valid = reference.info_nce_rows(
+        anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
+        candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric)
     return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
 
 
@@ -151,10 +167,9 @@ def nt_xent(
         Scalar loss; log(2N - 1) when all rows are identical.
     """
     _pair(z1, z2, check_finite)
-    n = z1.shape[0]
-    rows = torch.cat([z1, z2])
-    partner = torch.arange(2 * n, device=rows.device).roll(n)  # i -> i + N (mod 2N)
-    return info_nce(rows, None, temperature, positive_index=partner, exclude_self=True, backend=backend)
+    temperature = validation.temperature(temperature)
+    rows = torch.cat([z1, z2])  # row i's partner is row i + N (mod 2N)
+    return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend)
 
 
 def cross_view_info_nce(
@@ -173,7 +188,8 @@ def cross_view_info_nce(
         backend, check_finite: as in :func:`info_nce`.
     """
     _pair(z1, z2, check_finite)
-    return info_nce(z1, z2, temperature, symmetric=True, backend=backend)
+    temperature = validation.temperature(temperature)
+    return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend)
 
 
 def sup_con(
@@ -204,7 +220,8 @@ def sup_con(
             labels = labels.repeat_interleave(views)
     features = validation.features(features, "features", check_finite=check_finite)
     labels = validation.integer_vector(labels, "labels", features.shape[0], features, "features")
-    return info_nce(features, None, temperature, anchor_labels=labels, exclude_self=True, backend=backend)
+    temperature = validation.temperature(temperature)
+    return _loss(features, None, temperature, RULE_LABELS, None, labels, None, True, False, "mean", backend)
 
 
 def similarity(a: Tensor, b: Tensor | None = None, temperature: float = 1.0, *, backend: str = "auto") -> Tensor:

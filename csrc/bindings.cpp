@@ -19,17 +19,12 @@ namespace {
 
 // (data_ptr, rows, dim, row_stride, col_stride, dtype_code)
 using MatrixArg = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t, int>;
-// (index_ptr, anchor_labels_ptr, candidate_labels_ptr); 0 for absent
-using PositivesArg = std::tuple<uintptr_t, uintptr_t, uintptr_t>;
-// (positives, lse_ptr, count_ptr, grad_ptr)
-using DirectionArg = std::tuple<PositivesArg, uintptr_t, uintptr_t, uintptr_t>;
-// device index (-1: CPU), stream handle, workspace pointer, CPU threads
-struct Target {
-  int device;
-  uintptr_t stream;
-  uintptr_t workspace;
-  int num_threads;
-};
+// (a, b or None, temperature, rule, index_ptr, anchor_labels_ptr, candidate_labels_ptr,
+//  exclude_self, symmetric, reduction); pointers are 0 when absent.
+using ProblemArg = std::tuple<MatrixArg, std::optional<MatrixArg>, float, int, uintptr_t, uintptr_t,
+                              uintptr_t, bool, bool, int>;
+// (device index or -1 for the CPU, stream handle, CUDA path, saved ptr, scratch ptr, CPU threads)
+using TargetArg = std::tuple<int, uintptr_t, int, uintptr_t, uintptr_t, int>;
 
 void require(bool condition, const std::string& message) {
   if (!condition) throw std::invalid_argument(message);
@@ -47,35 +42,53 @@ MatrixView to_view(const MatrixArg& arg, const char* name) {
                     static_cast<DType>(dtype)};
 }
 
-Positives to_positives(const PositivesArg& arg) {
-  const auto& [index, anchor_labels, candidate_labels] = arg;
-  require(index != 0 || (anchor_labels != 0 && candidate_labels != 0),
-          "positives: give an index, or both anchor and candidate labels");
-  return Positives{reinterpret_cast<const int64_t*>(index),
-                   reinterpret_cast<const int64_t*>(anchor_labels),
-                   reinterpret_cast<const int64_t*>(candidate_labels)};
-}
-
-std::optional<Direction> to_direction(const std::optional<DirectionArg>& arg) {
-  if (!arg) return std::nullopt;
-  const auto& [positives, lse, count, grad] = *arg;
-  require(lse != 0 && count != 0 && grad != 0, "direction: lse, count and grad are required");
-  return Direction{to_positives(positives),
-                   RowStats{reinterpret_cast<const float*>(lse),
-                            reinterpret_cast<const float*>(count),
-                            reinterpret_cast<const float*>(grad)}};
-}
-
 void check_temperature(float temperature) {
   require(std::isfinite(temperature) && temperature > 0.f,
           "temperature must be a finite number > 0, got " + std::to_string(temperature));
 }
 
+Problem to_problem(const ProblemArg& arg) {
+  const auto& [a_arg, b_arg, temperature, rule, index, anchor_labels, candidate_labels,
+               exclude_self, symmetric, reduction] = arg;
+  Problem p{};
+  p.a = to_view(a_arg, "anchors");
+  p.self = !b_arg.has_value();
+  p.b = p.self ? p.a : to_view(*b_arg, "candidates");
+  require(p.a.dim == p.b.dim, "anchors and candidates differ in feature dimension");
+  p.exclude_self = exclude_self;
+  p.symmetric = symmetric;
+  require(!exclude_self || p.a.rows == p.b.rows, "exclude_self needs as many candidates as anchors");
+  require(!(symmetric && p.self), "symmetric needs separate candidates");
+  check_temperature(temperature);
+  p.temperature = temperature;
+  require(rule >= 0 && rule <= 3, "positive rule must be 0 (index), 1 (labels), 2 (diagonal) or 3 (partner)");
+  const auto positive_rule = static_cast<PositiveRule>(rule);
+  require(positive_rule != PositiveRule::kIndex || index != 0, "the index rule needs an index");
+  require(positive_rule != PositiveRule::kLabels || (anchor_labels != 0 && candidate_labels != 0),
+          "the label rule needs anchor and candidate labels");
+  require(positive_rule != PositiveRule::kDiagonal || p.a.rows == p.b.rows,
+          "the diagonal rule needs as many candidates as anchors");
+  require(positive_rule != PositiveRule::kPartner || (p.self && p.a.rows % 2 == 0),
+          "the partner rule needs one input with an even number of rows");
+  p.positives = Positives{positive_rule,
+                          reinterpret_cast<const int64_t*>(index),
+                          reinterpret_cast<const int64_t*>(anchor_labels),
+                          reinterpret_cast<const int64_t*>(candidate_labels),
+                          p.a.rows / 2,
+                          false};
+  require(reduction >= 0 && reduction <= 2, "reduction must be 0 (none), 1 (sum) or 2 (mean)");
+  p.reduction = static_cast<Reduction>(reduction);
+  return p;
+}
+
 #ifdef COUN_FAST_WITH_CUDA
-CudaLaunch to_launch(const Target& target) {
-  require(target.workspace != 0, "CUDA call without a workspace");
-  return CudaLaunch{target.device, reinterpret_cast<void*>(target.stream),
-                    reinterpret_cast<float*>(target.workspace)};
+CudaLaunch to_launch(const TargetArg& target, const Problem* problem = nullptr) {
+  const auto& [device, stream, path, saved, scratch, threads] = target;
+  require(path == 0 || path == 1, "CUDA path must be 0 (exact) or 1 (tensor cores)");
+  require(path == 0 || problem == nullptr || problem->a.dtype == problem->b.dtype,
+          "the tensor-core path needs anchors and candidates of one dtype");
+  return CudaLaunch{device, reinterpret_cast<void*>(stream), static_cast<CudaPath>(path),
+                    reinterpret_cast<void*>(saved), reinterpret_cast<void*>(scratch)};
 }
 
 void check_cuda(int status, const char* what) {
@@ -83,79 +96,75 @@ void check_cuda(int status, const char* what) {
 }
 #endif
 
+#ifndef COUN_FAST_WITH_CUDA
 [[noreturn]] void no_cuda() {
   throw std::runtime_error("coun_fast._C was built without CUDA kernels (nvcc was not found, or "
                            "COUN_FAST_CUDA=0); rebuild with nvcc on PATH");
 }
+#endif
 
-void forward(const MatrixArg& anchors_arg, const MatrixArg& candidates_arg, float temperature,
-             const PositivesArg& positives_arg, bool exclude_self, uintptr_t loss, uintptr_t lse,
-             uintptr_t count, const Target& target) {
-  const MatrixView anchors = to_view(anchors_arg, "anchors");
-  const MatrixView candidates = to_view(candidates_arg, "candidates");
-  require(anchors.dim == candidates.dim, "anchors and candidates differ in feature dimension");
-  require(!exclude_self || anchors.rows == candidates.rows,
-          "exclude_self needs as many candidates as anchors");
-  check_temperature(temperature);
-  const Positives positives = to_positives(positives_arg);
-  auto* loss_ptr = reinterpret_cast<float*>(loss);
-  auto* lse_ptr = reinterpret_cast<float*>(lse);
-  auto* count_ptr = reinterpret_cast<float*>(count);
-  if (target.device < 0) {
+void forward(const ProblemArg& problem_arg, uintptr_t out, uintptr_t stats, const TargetArg& target) {
+  const Problem problem = to_problem(problem_arg);
+  require(out != 0 && stats != 0, "forward: null output pointer");
+  auto* out_ptr = reinterpret_cast<float*>(out);
+  auto* stats_ptr = reinterpret_cast<float*>(stats);
+  if (std::get<0>(target) < 0) {
     py::gil_scoped_release release;
-    contrastive_forward_cpu(anchors, candidates, temperature, positives, exclude_self, loss_ptr,
-                            lse_ptr, count_ptr, target.num_threads);
+    contrastive_forward_cpu(problem, out_ptr, stats_ptr, std::get<5>(target));
     return;
   }
 #ifdef COUN_FAST_WITH_CUDA
-  check_cuda(contrastive_forward_cuda(anchors, candidates, temperature, positives, exclude_self,
-                                      loss_ptr, lse_ptr, count_ptr, to_launch(target)),
+  check_cuda(contrastive_forward_cuda(problem, out_ptr, stats_ptr, to_launch(target, &problem)),
              "contrastive_forward_cuda");
 #else
   no_cuda();
 #endif
 }
 
-void backward(const MatrixArg& owner_arg, const MatrixArg& other_arg, float temperature,
-              bool exclude_self, const std::optional<DirectionArg>& as_anchor_arg,
-              const std::optional<DirectionArg>& as_candidate_arg, uintptr_t grad_owner,
-              const Target& target) {
-  const MatrixView owner = to_view(owner_arg, "owner");
-  const MatrixView other = to_view(other_arg, "other");
-  require(owner.dim == other.dim, "owner and other differ in feature dimension");
-  check_temperature(temperature);
-  require(grad_owner != 0, "grad_owner: null data pointer");
-  const std::optional<Direction> as_anchor = to_direction(as_anchor_arg);
-  const std::optional<Direction> as_candidate = to_direction(as_candidate_arg);
-  require(as_anchor || as_candidate, "backward needs at least one direction");
-  const Direction* anchor_ptr = as_anchor ? &*as_anchor : nullptr;
-  const Direction* candidate_ptr = as_candidate ? &*as_candidate : nullptr;
-  void* grad = reinterpret_cast<void*>(grad_owner);
-  if (target.device < 0) {
+void backward(const ProblemArg& problem_arg, uintptr_t grad_out, uintptr_t stats, uintptr_t grad_a,
+              uintptr_t grad_b, const TargetArg& target) {
+  const Problem problem = to_problem(problem_arg);
+  require(grad_out != 0 && stats != 0 && grad_a != 0, "backward: null pointer");
+  require(problem.self || grad_b != 0, "backward: null gradient of the candidates");
+  const auto* grad_ptr = reinterpret_cast<const float*>(grad_out);
+  const auto* stats_ptr = reinterpret_cast<const float*>(stats);
+  void* a_ptr = reinterpret_cast<void*>(grad_a);
+  void* b_ptr = reinterpret_cast<void*>(grad_b);
+  if (std::get<0>(target) < 0) {
     py::gil_scoped_release release;
-    contrastive_backward_cpu(owner, other, temperature, exclude_self, anchor_ptr, candidate_ptr,
-                             grad, target.num_threads);
+    contrastive_backward_cpu(problem, grad_ptr, stats_ptr, a_ptr, b_ptr, std::get<5>(target));
     return;
   }
 #ifdef COUN_FAST_WITH_CUDA
-  check_cuda(contrastive_backward_cuda(owner, other, temperature, exclude_self, anchor_ptr,
-                                       candidate_ptr, grad, to_launch(target)),
+  check_cuda(contrastive_backward_cuda(problem, grad_ptr, stats_ptr, a_ptr, b_ptr, to_launch(target, &problem)),
              "contrastive_backward_cuda");
 #else
   no_cuda();
 #endif
 }
 
+// (saved bytes, forward scratch bytes, backward scratch bytes) of a CUDA call.
+std::tuple<int64_t, int64_t, int64_t> workspace(const ProblemArg& problem_arg, int path, int device) {
+#ifdef COUN_FAST_WITH_CUDA
+  require(path == 0 || path == 1, "CUDA path must be 0 (exact) or 1 (tensor cores)");
+  const CudaWorkspace w = cuda_workspace(to_problem(problem_arg), static_cast<CudaPath>(path), device);
+  return {w.saved_bytes, w.forward_scratch_bytes, w.backward_scratch_bytes};
+#else
+  (void)problem_arg, (void)path, (void)device;
+  return {0, 0, 0};
+#endif
+}
+
 void similarity(const MatrixArg& a_arg, const MatrixArg& b_arg, float temperature, uintptr_t out,
-                const Target& target) {
+                const TargetArg& target) {
   const MatrixView a = to_view(a_arg, "a");
   const MatrixView b = to_view(b_arg, "b");
   require(a.dim == b.dim, "a and b differ in feature dimension");
   check_temperature(temperature);
   auto* out_ptr = reinterpret_cast<float*>(out);
-  if (target.device < 0) {
+  if (std::get<0>(target) < 0) {
     py::gil_scoped_release release;
-    similarity_cpu(a, b, temperature, out_ptr, target.num_threads);
+    similarity_cpu(a, b, temperature, out_ptr, std::get<5>(target));
     return;
   }
 #ifdef COUN_FAST_WITH_CUDA
@@ -170,20 +179,13 @@ void similarity(const MatrixArg& a_arg, const MatrixArg& b_arg, float temperatur
 PYBIND11_MODULE(_C, m) {
   m.doc() = "coun_fast kernels: fused contrastive losses over raw pointers (CPU and CUDA).";
 
-  py::class_<Target>(m, "Target")
-      .def(py::init<int, uintptr_t, uintptr_t, int>(), py::arg("device"), py::arg("stream"),
-           py::arg("workspace"), py::arg("num_threads"))
-      .def_readonly("device", &Target::device)
-      .def_readonly("num_threads", &Target::num_threads);
-
-  m.def("forward", &forward, py::arg("anchors"), py::arg("candidates"), py::arg("temperature"),
-        py::arg("positives"), py::arg("exclude_self"), py::arg("loss"), py::arg("lse"),
-        py::arg("count"), py::arg("target"),
-        "Per-anchor loss, log-sum-exp and positive count (float32, length M).");
-  m.def("backward", &backward, py::arg("owner"), py::arg("other"), py::arg("temperature"),
-        py::arg("exclude_self"), py::arg("as_anchor"), py::arg("as_candidate"),
-        py::arg("grad_owner"), py::arg("target"),
-        "Gradient of the loss with respect to the owner's raw rows (owner's dtype, contiguous).");
+  m.def("forward", &forward, py::arg("problem"), py::arg("out"), py::arg("stats"), py::arg("target"),
+        "The reduced loss (or T per-anchor losses) into out and the statistics into stats.");
+  m.def("backward", &backward, py::arg("problem"), py::arg("grad_out"), py::arg("stats"),
+        py::arg("grad_a"), py::arg("grad_b"), py::arg("target"),
+        "Gradients of both inputs' raw rows (their dtypes, contiguous); grad_b is 0 when self.");
+  m.def("workspace", &workspace, py::arg("problem"), py::arg("path"), py::arg("device"),
+        "(saved, forward scratch, backward scratch) bytes of a CUDA call.");
   m.def("similarity", &similarity, py::arg("a"), py::arg("b"), py::arg("temperature"),
         py::arg("out"), py::arg("target"), "out (M x N float32) = norm(a) norm(b)^T / tau.");
 
@@ -192,12 +194,9 @@ PYBIND11_MODULE(_C, m) {
   m.attr("CUDA_COMPILED") = true;
   m.attr("CUDA_ARCHS") = std::string(cuda_architectures());
   m.def("cuda_device_count", &cuda_device_count, "Visible CUDA devices (0 without a driver).");
-  m.def("cuda_workspace_floats", &cuda_workspace_floats, py::arg("rows"), py::arg("cols"),
-        py::arg("dim"));
 #else
   m.attr("CUDA_COMPILED") = false;
   m.attr("CUDA_ARCHS") = std::string();
   m.def("cuda_device_count", [] { return 0; });
-  m.def("cuda_workspace_floats", [](int64_t, int64_t, int64_t) -> int64_t { return 0; });
 #endif
 }

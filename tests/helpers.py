@@ -11,7 +11,12 @@ Tolerance rule (see :func:`check_against_oracle`), for the loss and every gradie
   error of the oracle run in the input dtype, ``max|fused - ref64| <= 2 max|ref_same - ref64| +
   atol``, where atol is a few float32 ulps of the scale for the float32 loss and one ulp of the
   input dtype for gradients returned in that dtype (their rounding alone costs half of it), plus
-  the same rounding floor."""
+  the same rounding floor.
+* float32 inputs on TF32 tensor cores (``tf32=True``): against the float64 oracle within the bound
+  that TF32's rounding implies. Operands rounded to 10 mantissa bits (unit roundoff u = 2^-11) move
+  a logit of unit rows by at most ds = 2u / tau; a per-anchor loss by 2 ds, the loss (at most two
+  directions' means) by 4 ds; a softmax entry by a relative 2 ds, and the gradient product rounds
+  its operands too, so gradients move by at most (4 ds + 4u) max|grad|."""
 
 from __future__ import annotations
 
@@ -78,11 +83,27 @@ def scale_of(t: Tensor) -> float:
     return float(t.detach().abs().max()) if t.numel() else 0.0
 
 
+TF32_UNIT_ROUNDOFF = 2.0**-11
+
+
+def tf32_tolerance(temperature: float, gradient: bool, scale: float) -> float:
+    """The TF32 bound of the module docstring, absolute."""
+    logit_error = 2 * TF32_UNIT_ROUNDOFF / temperature
+    if not gradient:
+        return 4 * logit_error
+    return (4 * logit_error + 4 * TF32_UNIT_ROUNDOFF) * scale
+
+
 def check_result(name: str, dtype: torch.dtype, fused: Tensor, same_dtype: Tensor | None, ref64: Tensor,
-                 floor: float) -> None:
+                 floor: float, tf32_temperature: float | None = None) -> None:
     """The dtype tolerance rule of this module, for one output (loss or gradient). ``floor`` is the
-    float32 rounding level of the output, the absolute tolerance where the exact value is ~0."""
+    float32 rounding level of the output, the absolute tolerance where the exact value is ~0;
+    ``tf32_temperature``: float32 inputs ran on TF32 tensor cores at this temperature."""
     scale = scale_of(ref64)
+    if dtype == torch.float32 and tf32_temperature is not None:
+        tolerance = tf32_tolerance(tf32_temperature, name.startswith("grad"), scale)
+        assert_close_verbose(name, fused, ref64, rtol=0.0, atol=tolerance + floor)
+        return
     if dtype == torch.float32:
         assert_close_verbose(name, fused, ref64, rtol=FP32_RTOL, atol=max(FP32_ATOL * scale, floor))
         return
@@ -155,10 +176,11 @@ def evaluate(fn: Callable[..., Tensor], features: Sequence[Feature], dtype: torc
 
 def check_against_oracle(fused: Callable[..., Tensor], oracle: Callable[..., Tensor], features: Sequence[Feature],
                          dtype: torch.dtype, device: str, temperature: float, weights: Tensor | None = None,
-                         names: Sequence[str] | None = None) -> None:
+                         names: Sequence[str] | None = None, tf32: bool = False) -> None:
     """The fused call against the float64 oracle (and the same-dtype oracle for float16/bfloat16):
     the output, and the gradient of every feature input, of ``sum(weights * out)`` (``out.sum()``
-    without weights). ``oracle(*views, upcast=...)``."""
+    without weights). ``oracle(*views, upcast=...)``. ``tf32``: float32 inputs run on TF32 tensor
+    cores (the TF32 rule of the module docstring)."""
     out, grads = evaluate(fused, features, dtype, device, weights)
     expected_dtype = torch.float32
     assert out.dtype == expected_dtype, f"fused output is {out.dtype}, expected {expected_dtype}"
@@ -170,10 +192,11 @@ def check_against_oracle(fused: Callable[..., Tensor], oracle: Callable[..., Ten
         out_same, grads_same = evaluate(lambda *xs: oracle(*xs, upcast=False), features, dtype, "cpu", weights)
     names = names or [f"input{i}" for i in range(len(features))]
     weight = 1.0 if weights is None else max(scale_of(weights), 1e-30)
-    check_result("loss", dtype, out, out_same, out64, rounding_floor(temperature, 1.0))
+    tf32_temperature = temperature if tf32 else None
+    check_result("loss", dtype, out, out_same, out64, rounding_floor(temperature, 1.0), tf32_temperature)
     for name, grad, grad_same, grad64, feature in zip(names, grads, grads_same, grads64, features):
         floor = rounding_floor(temperature, weight, feature.view(feature.storage))
-        check_result(f"grad[{name}]", dtype, grad, grad_same, grad64, floor)
+        check_result(f"grad[{name}]", dtype, grad, grad_same, grad64, floor, tf32_temperature)
 
 
 def reference_info_nce(anchors: Tensor, candidates: Tensor | None, temperature: float, *, reduction: str = "mean",

@@ -13,7 +13,7 @@ import coun_fast
 from coun_fast import _ext, losses
 from coun_fast import functional as F
 from coun_fast.ops import backend as backends
-from coun_fast.ops.contrastive import contrastive_forward
+from coun_fast.ops.contrastive import PATH_EXACT, REDUCTIONS, RULE_INDEX, contrastive_forward
 
 INFO_KEYS = ("version", "cpu_kernels", "cuda_compiled", "cuda_archs", "cuda_available", "dali_available",
              "torch_version")
@@ -252,7 +252,8 @@ def test_extension_enforces_the_same_maximum_dimension():
     assert _ext.C.MAX_DIM == backends.MAX_DIM
     assert coun_fast.info()["max_dim"] == backends.MAX_DIM
     with pytest.raises(ValueError, match=rf"feature dimension must be in \[1, {backends.MAX_DIM}\]"):
-        contrastive_forward(x(2, backends.MAX_DIM + 1), None, 0.1, torch.arange(2), None, None, False, False)
+        contrastive_forward(x(2, backends.MAX_DIM + 1), None, 0.1, RULE_INDEX, torch.arange(2), None, None, False,
+                            False, REDUCTIONS["mean"], PATH_EXACT)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=str)

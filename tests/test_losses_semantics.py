@@ -13,7 +13,8 @@ from coun_fast import functional as F
 from coun_fast import losses
 from coun_fast.ops import reference
 from coun_fast.ops.backend import MAX_DIM
-from coun_fast.ops.contrastive import contrastive_backward, contrastive_forward, similarity
+from coun_fast.ops.contrastive import (PATH_EXACT, REDUCTIONS, RULE_DIAGONAL, RULE_INDEX, RULE_LABELS, RULE_PARTNER,
+                                       contrastive_backward, contrastive_forward, contrastive_loss, similarity)
 from helpers import DEVICES, assert_close_verbose
 
 BACKENDS = ("fused", "reference")
@@ -318,14 +319,22 @@ def test_large_batch_matches_float64_reference(device):
 
 
 def forward_samples() -> dict[str, tuple]:
+    """Op arguments: (anchors, candidates, temperature, rule, positive_index, anchor_labels,
+    candidate_labels, exclude_self, symmetric, reduction, path)."""
     a, b = leaf(5, 7), leaf(6, 7)
-    square = leaf(6, 7)
+    square, pair = leaf(6, 7), leaf(5, 7)
+    none, total, mean = REDUCTIONS["none"], REDUCTIONS["sum"], REDUCTIONS["mean"]
     return {
-        "index": (a, b, 0.5, torch.randint(0, 6, (5,)), None, None, False, False),
-        "labels": (a, b, 0.3, None, torch.tensor([0, 1, 1, 2, 0]), torch.tensor([1, 1, 0, 2, 3, 0]), False, True),
-        "self_labels": (square, None, 0.2, None, torch.tensor([0, 1, 0, 1, 2, 2]), None, True, False),
-        "symmetric_index": (square, b, 1.0, torch.randperm(6), None, None, True, True),
-        "half": (a.detach().half().requires_grad_(), b.detach().half(), 0.1, torch.arange(5), None, None, False, False),
+        "index": (a, b, 0.5, RULE_INDEX, torch.randint(0, 6, (5,)), None, None, False, False, none, PATH_EXACT),
+        "labels": (a, b, 0.3, RULE_LABELS, None, torch.tensor([0, 1, 1, 2, 0]), torch.tensor([1, 1, 0, 2, 3, 0]),
+                   False, True, mean, PATH_EXACT),
+        "self_labels": (square, None, 0.2, RULE_LABELS, None, torch.tensor([0, 1, 0, 1, 2, 2]), None, True, False,
+                        total, PATH_EXACT),
+        "symmetric_index": (square, b, 1.0, RULE_INDEX, torch.randperm(6), None, None, True, True, mean, PATH_EXACT),
+        "diagonal": (a, pair, 0.1, RULE_DIAGONAL, None, None, None, False, True, mean, PATH_EXACT),
+        "partner": (square, None, 0.5, RULE_PARTNER, None, None, None, True, False, mean, PATH_EXACT),
+        "half": (a.detach().half().requires_grad_(), b.detach().half(), 0.1, RULE_INDEX, torch.arange(5), None, None,
+                 False, False, none, PATH_EXACT),
     }
 
 
@@ -338,8 +347,22 @@ def test_opcheck_contrastive_forward(sample):
 def test_opcheck_contrastive_backward(sample):
     """The backward op is called on detached saved tensors (it has no double-backward formula)."""
     args = tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in forward_samples()[sample])
-    loss, lse, count = contrastive_forward(*args)
-    torch.library.opcheck(contrastive_backward, (torch.randn_like(loss), *args, lse, count))
+    out, stats, saved = contrastive_forward(*args)
+    torch.library.opcheck(contrastive_backward, (torch.randn_like(out), *args, stats, saved))
+
+
+@pytest.mark.parametrize("sample", list(forward_samples()))
+def test_eager_function_and_custom_op_agree_bit_for_bit(sample):
+    """The eager autograd.Function route and the custom-op route run the same kernels."""
+    args = forward_samples()[sample]
+    inputs = [x for x in args[:2] if x is not None and x.requires_grad]
+    eager = contrastive_loss(*args)
+    op = contrastive_forward(*args)[0]
+    assert torch.equal(eager, op)
+    weights = torch.randn_like(eager)
+    for name, g, h in zip(("anchors", "candidates"), grads((eager * weights).sum(), *inputs),
+                          grads((op * weights).sum(), *inputs)):
+        assert torch.equal(g, h), name
 
 
 @pytest.mark.parametrize("same", [False, True], ids=["a_b", "a_self"])

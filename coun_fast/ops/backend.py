@@ -4,18 +4,63 @@
 oracle in ``coun_fast.ops.reference``, and ``"auto"`` the fused kernels whenever they support the
 call, else the reference. Asking for ``"fused"`` where it cannot run raises an error that lists
 every reason.
+
+On a GPU the fused kernels have two paths (:func:`cuda_path`):
+
+* exact (the default): float32 SIMT arithmetic for every input dtype;
+* tensor cores, opt-in while unverified on hardware (``COUN_FAST_TENSOR_CORES=1`` in the
+  environment, or :func:`tensor_cores`): bfloat16 and float16 inputs run on tensor cores
+  (operands in the input precision, float32 accumulation and softmax); float32 inputs run on TF32
+  tensor cores only where ``torch.backends.cuda.matmul.allow_tf32`` is True (PyTorch's own switch
+  for TF32 matrix products), and on the exact path otherwise.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from coun_fast import _ext
-from coun_fast.ops.contrastive import SUPPORTED_DEVICES, SUPPORTED_DTYPES
+from coun_fast.ops.contrastive import PATH_EXACT, PATH_TENSOR_CORES, SUPPORTED_DEVICES, SUPPORTED_DTYPES
 
 BACKENDS = ("auto", "fused", "reference")
 MAX_DIM = 2048  # the kernels' kMaxDim (csrc/include/coun_fast/contrastive.h); _C checks it too
+TENSOR_CORES_ENV = "COUN_FAST_TENSOR_CORES"
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_tensor_cores_override: bool | None = None
+
+
+def tensor_cores_enabled() -> bool:
+    """Whether the tensor-core path is switched on: by :func:`tensor_cores`, else by the environment
+    variable ``COUN_FAST_TENSOR_CORES`` ("1", "true", "yes" or "on"), read at every call."""
+    if _tensor_cores_override is not None:
+        return _tensor_cores_override
+    return os.environ.get(TENSOR_CORES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def tensor_cores(enabled: bool = True) -> Iterator[None]:
+    """Switch the tensor-core path on (or off) inside a ``with`` block, whatever the environment says."""
+    global _tensor_cores_override
+    previous = _tensor_cores_override
+    _tensor_cores_override = bool(enabled)
+    try:
+        yield
+    finally:
+        _tensor_cores_override = previous
+
+
+def cuda_path(dtype: torch.dtype) -> int:
+    """The CUDA path of a fused call on inputs of ``dtype`` (see the module docstring)."""
+    if not tensor_cores_enabled():
+        return PATH_EXACT
+    if dtype in _LOW_PRECISION or (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32):
+        return PATH_TENSOR_CORES
+    return PATH_EXACT
 
 
 def installation_reasons(device: torch.device) -> list[str]:
@@ -44,6 +89,17 @@ def input_reasons(*tensors: Tensor) -> list[str]:
     return reasons
 
 
+def fused_supported(*tensors: Tensor) -> bool:
+    """The common case without building reason lists: fused kernels can run these features."""
+    first = tensors[0]
+    device = first.device.type
+    if _ext.C is None or device not in SUPPORTED_DEVICES or first.shape[-1] > MAX_DIM:
+        return False
+    if device == "cuda" and not _ext.CUDA_COMPILED:
+        return False
+    return all(t.dtype in SUPPORTED_DTYPES for t in tensors)
+
+
 def resolve(backend: str, *tensors: Tensor) -> str:
     """``"fused"`` or ``"reference"`` for a call on ``tensors`` with the requested ``backend``.
 
@@ -57,6 +113,8 @@ def resolve(backend: str, *tensors: Tensor) -> str:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     if backend == "reference":
         return "reference"
+    if fused_supported(*tensors):
+        return "fused"
     installation, inputs = installation_reasons(tensors[0].device), input_reasons(*tensors)
     if not installation and not inputs:
         return "fused"

@@ -1,13 +1,24 @@
-"""Torch custom ops over the fused kernels of ``coun_fast._C``.
+"""Torch ops over the fused kernels of ``coun_fast._C``.
 
-``coun_fast::contrastive_forward`` returns per-anchor loss, log-sum-exp and positive count (each
-float32, length T = M, or M + N when ``symmetric``); ``coun_fast::contrastive_backward`` returns the
-gradients of both inputs. Both have fake implementations and the forward has a registered autograd
-formula, so they trace under ``torch.compile`` and CUDA graphs and show up by name in profiles.
-``coun_fast::similarity`` materializes norm(a) norm(b)^T / tau.
+One loss call is one *problem*: anchors (M, D) against candidates (N, D) (or the anchors against
+themselves), positives by a rule, optionally the transposed direction too (``symmetric``), and a
+reduction. The statement of the problem, materialized, is ``coun_fast.ops.reference``.
 
-These ops trust their arguments: they are validated by ``coun_fast.functional``. The problem they
-solve is stated in ``coun_fast.ops.reference`` (the same semantics, materialized).
+``coun_fast::contrastive_forward`` returns ``(out, stats, saved)``: the loss (a scalar for "sum" and
+"mean", else the T = M (+ N when symmetric) per-anchor losses), the per-anchor statistics the
+backward needs (``stats[:T]`` log-sum-exp, ``stats[T:2T]`` positive counts, ``stats[2T:]`` the
+anchors with a positive in each direction) and the tensor-core path's saved workspace (normalized
+rows; empty on the other paths). ``coun_fast::contrastive_backward`` returns the gradients of both
+inputs. Both have fake implementations and the forward has a registered autograd formula, so they
+trace under ``torch.compile`` and show up by name in compiled graphs.
+
+In eager mode :func:`contrastive_loss` runs the same kernels through a plain
+``torch.autograd.Function``: the custom-op machinery costs tens of microseconds of Python per
+call, more than the kernels of a small batch. Both routes run the same two functions,
+:func:`forward_impl` and :func:`backward_impl`, and give bit-identical results.
+
+Nothing here validates arguments: ``coun_fast.functional`` does. Every route is capturable in a
+CUDA graph (no host synchronization, no host-side values read from the device).
 """
 
 from __future__ import annotations
@@ -18,11 +29,18 @@ import torch
 from torch import Tensor
 
 from coun_fast import _ext
-from coun_fast.ops.reference import inverse_permutation, normalize
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
 SUPPORTED_DEVICES = ("cpu", "cuda")
+
+# Positive rules and reductions, as the kernels number them (csrc/include/coun_fast/math.h).
+RULE_INDEX, RULE_LABELS, RULE_DIAGONAL, RULE_PARTNER = 0, 1, 2, 3
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+# CUDA paths (csrc/include/coun_fast/contrastive.h): exact float32 SIMT, or tensor cores.
+PATH_EXACT, PATH_TENSOR_CORES = 0, 1
+
+_EMPTY_BYTES = (0, 0, 0)
 
 
 def _matrix(x: Tensor) -> tuple:
@@ -34,50 +52,132 @@ def _pointer(x: Optional[Tensor]) -> int:
     return 0 if x is None else x.data_ptr()
 
 
-def _target(like: Tensor, rows: int, cols: int) -> tuple:
-    """The _C.Target of a call on ``like``'s device, and the workspace tensor it points into
-    (returned so it stays alive until the call returns)."""
-    if like.device.type == "cpu":
-        return _ext.C.Target(-1, 0, 0, torch.get_num_threads()), None
-    floats = _ext.C.cuda_workspace_floats(rows, cols, like.shape[1])
-    workspace = torch.empty(floats, dtype=torch.float32, device=like.device)
-    stream = torch.cuda.current_stream(like.device).cuda_stream
-    return _ext.C.Target(like.device.index, stream, workspace.data_ptr(), 0), workspace
+def _problem(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+             positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+             candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int) -> tuple:
+    """The problem tuple _C takes (see csrc/bindings.cpp)."""
+    labels_b = anchor_labels if candidate_labels is None else candidate_labels
+    return (_matrix(anchors), None if candidates is None else _matrix(candidates), temperature, rule,
+            _pointer(positive_index), _pointer(anchor_labels), _pointer(labels_b), exclude_self, symmetric,
+            reduction)
 
 
-class _Problem:
-    """The directions of one loss call: which matrix plays anchors and which candidates, and the
-    positives of each direction, in the form _C takes."""
+def _raw_stream(device: torch.device) -> int:
+    """The current CUDA stream of ``device`` as an integer handle (without building a Stream object)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    get_raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get_raw(index) if get_raw is not None else torch.cuda.current_stream(index).cuda_stream
 
-    def __init__(
-        self,
-        anchors: Tensor,
-        candidates: Optional[Tensor],
-        positive_index: Optional[Tensor],
-        anchor_labels: Optional[Tensor],
-        candidate_labels: Optional[Tensor],
-        symmetric: bool,
-    ) -> None:
-        self.anchors = anchors
-        self.candidates = anchors if candidates is None else candidates
-        self.is_self = candidates is None
-        self.symmetric = symmetric
-        if candidate_labels is None:
-            candidate_labels = anchor_labels
-        self.positives = (_pointer(positive_index), _pointer(anchor_labels), _pointer(candidate_labels))
-        self.reverse_index = None
-        if symmetric:
-            if positive_index is not None:
-                self.reverse_index = inverse_permutation(positive_index)
-            self.reverse_positives = (
-                _pointer(self.reverse_index),
-                _pointer(candidate_labels),
-                _pointer(anchor_labels),
-            )
 
-    @property
-    def num_anchors(self) -> int:
-        return self.anchors.shape[0]
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _workspace_bytes(problem: tuple, device: torch.device, path: int) -> tuple[int, int, int]:
+    """(saved, forward scratch, backward scratch) bytes of a call on ``device``."""
+    if device.type != "cuda":
+        return _EMPTY_BYTES
+    return _ext.C.workspace(problem, path, _device_index(device))
+
+
+def _bytes(count: int, device: torch.device) -> Tensor:
+    return torch.empty(count, dtype=torch.uint8, device=device)
+
+
+def _target(device: torch.device, path: int, saved: Optional[Tensor], scratch: Optional[Tensor]) -> tuple:
+    """The _C target tuple of a call on ``device``."""
+    if device.type == "cpu":
+        return (-1, 0, 0, 0, 0, torch.get_num_threads())
+    return (_device_index(device), _raw_stream(device), path, _pointer(saved), _pointer(scratch), 0)
+
+
+def _output_shape(anchors: Tensor, candidates: Optional[Tensor], symmetric: bool, reduction: int) -> tuple:
+    total = anchors.shape[0] + (candidates.shape[0] if symmetric else 0)
+    return (total,) if reduction == REDUCTIONS["none"] else ()
+
+
+def _total_rows(anchors: Tensor, candidates: Optional[Tensor], symmetric: bool) -> int:
+    return anchors.shape[0] + (candidates.shape[0] if symmetric else 0)
+
+
+def forward_impl(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+                 positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+                 candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int,
+                 path: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Run the forward kernels: ``(out, stats, saved)`` (``saved`` None when the path keeps nothing)."""
+    device = anchors.device
+    problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                       exclude_self, symmetric, reduction)
+    total = _total_rows(anchors, candidates, symmetric)
+    out = torch.empty(_output_shape(anchors, candidates, symmetric, reduction), dtype=torch.float32, device=device)
+    stats = torch.empty(2 * total + 2, dtype=torch.float32, device=device)
+    saved_bytes, scratch_bytes, _ = _workspace_bytes(problem, device, path)
+    saved = _bytes(saved_bytes, device) if saved_bytes else None
+    scratch = _bytes(scratch_bytes, device) if scratch_bytes else None
+    _ext.C.forward(problem, out.data_ptr(), stats.data_ptr(), _target(device, path, saved, scratch))
+    return out, stats, saved
+
+
+def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+                  positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+                  candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int, path: int,
+                  stats: Tensor, saved: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """Run the backward kernels: the gradients of the anchors and of the candidates (None when the
+    anchors are their own candidates), each in its input's dtype."""
+    device = anchors.device
+    problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                       exclude_self, symmetric, reduction)
+    grad_out = grad_out.to(torch.float32).contiguous()
+    grad_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=device)
+    grad_candidates = None
+    if candidates is not None:
+        grad_candidates = torch.empty(candidates.shape, dtype=candidates.dtype, device=device)
+    _, _, scratch_bytes = _workspace_bytes(problem, device, path)
+    scratch = _bytes(scratch_bytes, device) if scratch_bytes else None
+    _ext.C.backward(problem, grad_out.data_ptr(), stats.data_ptr(), grad_anchors.data_ptr(),
+                    _pointer(grad_candidates), _target(device, path, saved, scratch))
+    return grad_anchors, grad_candidates
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager route: a plain autograd.Function
+
+
+class _ContrastiveLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                exclude_self, symmetric, reduction, path):
+        out, stats, saved = forward_impl(anchors, candidates, temperature, rule, positive_index, anchor_labels,
+                                         candidate_labels, exclude_self, symmetric, reduction, path)
+        ctx.save_for_backward(anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved)
+        ctx.options = (temperature, rule, exclude_self, symmetric, reduction, path)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved = ctx.saved_tensors
+        temperature, rule, exclude_self, symmetric, reduction, path = ctx.options
+        grad_anchors, grad_candidates = backward_impl(
+            grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+            exclude_self, symmetric, reduction, path, stats, saved)
+        return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None
+
+
+def contrastive_loss(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+                     positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+                     candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int,
+                     path: int) -> Tensor:
+    """The loss on the fused kernels, differentiable in ``anchors`` and ``candidates``: the custom op
+    while ``torch.compile`` traces, the lean autograd.Function in eager mode."""
+    args = (anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
+            symmetric, reduction, path)
+    if torch.compiler.is_compiling():
+        return contrastive_forward(*args)[0]
+    return _ContrastiveLoss.apply(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom-op route (torch.compile)
 
 
 @torch.library.custom_op("coun_fast::contrastive_forward", mutates_args=())
@@ -85,82 +185,79 @@ def contrastive_forward(
     anchors: Tensor,
     candidates: Optional[Tensor],
     temperature: float,
+    rule: int,
     positive_index: Optional[Tensor],
     anchor_labels: Optional[Tensor],
     candidate_labels: Optional[Tensor],
     exclude_self: bool,
     symmetric: bool,
+    reduction: int,
+    path: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    problem = _Problem(anchors, candidates, positive_index, anchor_labels, candidate_labels, symmetric)
-    m, n = problem.anchors.shape[0], problem.candidates.shape[0]
-    total = m + n if symmetric else m
-    loss, lse, count = (torch.empty(total, dtype=torch.float32, device=anchors.device) for _ in range(3))
-    target, _workspace = _target(anchors, m, n)
-    A, B = _matrix(problem.anchors), _matrix(problem.candidates)
-    _ext.C.forward(A, B, temperature, problem.positives, exclude_self,
-                   loss.data_ptr(), lse.data_ptr(), count.data_ptr(), target)
-    if symmetric:
-        _ext.C.forward(B, A, temperature, problem.reverse_positives, exclude_self,
-                       loss[m:].data_ptr(), lse[m:].data_ptr(), count[m:].data_ptr(), target)
-    return loss, lse, count
+    out, stats, saved = forward_impl(anchors, candidates, temperature, rule, positive_index, anchor_labels,
+                                     candidate_labels, exclude_self, symmetric, reduction, path)
+    return out, stats, _bytes(0, anchors.device) if saved is None else saved
 
 
 @contrastive_forward.register_fake
-def _(anchors, candidates, temperature, positive_index, anchor_labels, candidate_labels, exclude_self, symmetric):
-    total = anchors.shape[0] + (candidates.shape[0] if symmetric else 0)
-    return tuple(anchors.new_empty(total, dtype=torch.float32) for _ in range(3))
+def _(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
+      symmetric, reduction, path):
+    total = _total_rows(anchors, candidates, symmetric)
+    out = anchors.new_empty(_output_shape(anchors, candidates, symmetric, reduction), dtype=torch.float32)
+    stats = anchors.new_empty(2 * total + 2, dtype=torch.float32)
+    saved_bytes = 0
+    if anchors.device.type == "cuda":
+        shape = _problem_shape(anchors, candidates, rule, exclude_self, symmetric, reduction)
+        saved_bytes = _ext.C.workspace(shape, path, _device_index(anchors.device))[0]
+    return out, stats, anchors.new_empty(saved_bytes, dtype=torch.uint8)
+
+
+def _problem_shape(anchors: Tensor, candidates: Optional[Tensor], rule: int, exclude_self: bool, symmetric: bool,
+                   reduction: int) -> tuple:
+    """A problem tuple with placeholder pointers: enough for the workspace sizes, which depend on the
+    shapes and dtypes alone (used where the tensors have no data, under fake tensors)."""
+    def shaped(x: Tensor) -> tuple:
+        return (1, x.shape[0], x.shape[1], x.shape[1], 1, _DTYPE_CODES[x.dtype])
+
+    placeholder = 1
+    return (shaped(anchors), None if candidates is None else shaped(candidates), 1.0, rule, placeholder,
+            placeholder, placeholder, exclude_self, symmetric, reduction)
 
 
 @torch.library.custom_op("coun_fast::contrastive_backward", mutates_args=())
 def contrastive_backward(
-    grad_loss: Tensor,
+    grad_out: Tensor,
     anchors: Tensor,
     candidates: Optional[Tensor],
     temperature: float,
+    rule: int,
     positive_index: Optional[Tensor],
     anchor_labels: Optional[Tensor],
     candidate_labels: Optional[Tensor],
     exclude_self: bool,
     symmetric: bool,
-    lse: Tensor,
-    count: Tensor,
+    reduction: int,
+    path: int,
+    stats: Tensor,
+    saved: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Gradients of sum_i grad_loss[i] * loss[i] with respect to the anchors and the candidates
-    (an empty tensor for the candidates when they are the anchors)."""
-    problem = _Problem(anchors, candidates, positive_index, anchor_labels, candidate_labels, symmetric)
-    m, n = problem.anchors.shape[0], problem.candidates.shape[0]
-    grad_loss = grad_loss.to(torch.float32).contiguous()
-    lse, count = lse.contiguous(), count.contiguous()
-
-    def direction(positives: tuple, start: int) -> tuple:
-        return (positives, lse[start:].data_ptr(), count[start:].data_ptr(), grad_loss[start:].data_ptr())
-
-    forward_direction = direction(problem.positives, 0)
-    reverse_direction = direction(problem.reverse_positives, m) if symmetric else None
-    A, B = _matrix(problem.anchors), _matrix(problem.candidates)
-    grad_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=anchors.device)
-    target, _workspace = _target(anchors, max(m, n), max(m, n))
-    if problem.is_self:
-        _ext.C.backward(A, A, temperature, exclude_self, forward_direction, forward_direction,
-                        grad_anchors.data_ptr(), target)
-        return grad_anchors, anchors.new_empty(0)
-    grad_candidates = torch.empty(candidates.shape, dtype=candidates.dtype, device=candidates.device)
-    _ext.C.backward(A, B, temperature, exclude_self, forward_direction, reverse_direction,
-                    grad_anchors.data_ptr(), target)
-    _ext.C.backward(B, A, temperature, exclude_self, reverse_direction, forward_direction,
-                    grad_candidates.data_ptr(), target)
-    return grad_anchors, grad_candidates
+    """Gradients of ``sum(grad_out * out)`` with respect to the anchors and the candidates (an empty
+    tensor for the candidates when they are the anchors)."""
+    grad_anchors, grad_candidates = backward_impl(
+        grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+        exclude_self, symmetric, reduction, path, stats, saved if saved.numel() else None)
+    return grad_anchors, anchors.new_empty(0) if grad_candidates is None else grad_candidates
 
 
 @contrastive_backward.register_fake
-def _(grad_loss, anchors, candidates, temperature, positive_index, anchor_labels, candidate_labels,
-      exclude_self, symmetric, lse, count):
+def _(grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+      exclude_self, symmetric, reduction, path, stats, saved):
     grad_candidates = anchors.new_empty(0) if candidates is None else torch.empty_like(candidates)
     return torch.empty_like(anchors), grad_candidates
 
 
-_FORWARD_ARGS = ("anchors", "candidates", "temperature", "positive_index", "anchor_labels",
-                 "candidate_labels", "exclude_self", "symmetric")
+_FORWARD_ARGS = ("anchors", "candidates", "temperature", "rule", "positive_index", "anchor_labels",
+                 "candidate_labels", "exclude_self", "symmetric", "reduction", "path")
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -168,30 +265,33 @@ def _setup_context(ctx, inputs, output) -> None:
     tensors = {name: value for name, value in arguments.items() if isinstance(value, Tensor)}
     ctx.arguments = {name: value for name, value in arguments.items() if name not in tensors}
     ctx.tensor_names = list(tensors)
-    _, lse, count = output
-    ctx.save_for_backward(*tensors.values(), lse, count)
+    _, stats, saved = output
+    ctx.save_for_backward(*tensors.values(), stats, saved)
 
 
-def _backward(ctx, grad_loss, _grad_lse, _grad_count):
-    *saved, lse, count = ctx.saved_tensors
-    arguments = dict(ctx.arguments, **dict(zip(ctx.tensor_names, saved)))
-    if grad_loss is None:
-        grad_loss = torch.zeros_like(lse)
-    grad_anchors, grad_candidates = contrastive_backward(grad_loss, **arguments, lse=lse, count=count)
+def _backward(ctx, grad_out, _grad_stats, _grad_saved):
+    *inputs, stats, saved = ctx.saved_tensors
+    arguments = dict(ctx.arguments, **dict(zip(ctx.tensor_names, inputs)))
+    grad_anchors, grad_candidates = contrastive_backward(grad_out, **arguments, stats=stats, saved=saved)
     if arguments["candidates"] is None:
         grad_candidates = None
-    return grad_anchors, grad_candidates, None, None, None, None, None, None
+    return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None
 
 
 contrastive_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The similarity matrix
 
 
 @torch.library.custom_op("coun_fast::similarity", mutates_args=())
 def similarity(a: Tensor, b: Optional[Tensor], temperature: float) -> Tensor:
     b_ = a if b is None else b
     out = torch.empty(a.shape[0], b_.shape[0], dtype=torch.float32, device=a.device)
-    target, _workspace = _target(a, a.shape[0], b_.shape[0])
-    _ext.C.similarity(_matrix(a), _matrix(b_), temperature, out.data_ptr(), target)
+    scratch = _bytes(4 * (a.shape[0] + b_.shape[0]), a.device) if a.device.type == "cuda" else None
+    _ext.C.similarity(_matrix(a), _matrix(b_), temperature, out.data_ptr(),
+                      _target(a.device, PATH_EXACT, None, scratch))
     return out
 
 
@@ -209,6 +309,8 @@ def _similarity_setup(ctx, inputs, output) -> None:
 
 def _normalize_backward(x: Tensor, grad_unit: Tensor) -> Tensor:
     """Gradient through x / max(||x||, eps), given the gradient with respect to the unit rows."""
+    from coun_fast.ops.reference import normalize
+
     x32 = x.to(torch.float32)
     _, vjp = torch.func.vjp(normalize, x32)
     return vjp(grad_unit)[0].to(x.dtype)
@@ -216,6 +318,8 @@ def _normalize_backward(x: Tensor, grad_unit: Tensor) -> Tensor:
 
 def _similarity_backward(ctx, grad_out):
     # The gradient is two matrix products: done with torch ops, not a kernel.
+    from coun_fast.ops.reference import normalize
+
     a, b = ctx.saved_tensors
     a_unit = normalize(a.to(torch.float32))
     b_unit = normalize(b.to(torch.float32))

@@ -14,13 +14,17 @@
 // - Work is split into tasks of kTaskRows rows. A task sweeps the columns in tiles of kTileCols:
 //   it computes the S tile with a register-blocked micro-GEMM, then consumes it.
 // - Forward: an online log-sum-exp per row (running max and rescaled sum), so any temperature is
-//   safe; positive logits are summed from the tile (labels) or taken by one dot product (index).
+//   safe; positive logits are summed from the tile (positives found by comparison) or taken by
+//   one dot product (a positive named by the rule).
 //   Only lse, count and loss per row are written.
 // - Backward (row owner): the tile is recomputed, turned in place into dL/ds for up to two
 //   directions (the owner's rows as anchors, and as candidates of the other matrix, which is how
 //   a symmetric loss or A-is-B gets its full gradient in one pass), then multiplied into the
 //   task's gradient rows by the same micro-GEMM. One task owns its rows from start to end and
 //   adds tiles in a fixed order: no atomics, and results are bit-identical run to run.
+// - Small problems run on the calling thread (see parallel.h), larger ones on a persistent pool.
+// - The reduction of the per-anchor losses (sum, or each direction's mean over anchors with a
+//   positive) is summed in row order in double precision.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -133,26 +137,23 @@ void effective_stats(const Direction* direction, int64_t count, int64_t size,
   weight.assign(size, 0.f);
   lse.assign(size, kInf);
   if (direction == nullptr) return;
+  const float scale = gradient_scale(direction->stats);
   for (int64_t i = 0; i < count; ++i) {
-    weight[i] = anchor_weight(direction->stats, i);
+    weight[i] = anchor_weight(direction->stats, i, scale);
     if (weight[i] != 0.f) lse[i] = direction->stats.lse[i];
   }
 }
 
-}  // namespace
-}  // namespace cpu
-
-// ---- forward ----
-
-void contrastive_forward_cpu(const MatrixView& anchors, const MatrixView& candidates,
-                             float temperature, const Positives& positives, bool exclude_self,
-                             float* loss, float* lse, float* count, int num_threads) {
-  using namespace cpu;
-  const Packed packed(anchors, candidates, temperature, inverse_norms(candidates, num_threads),
-                      num_threads);
+// One direction of the forward: per-anchor loss, lse and count of `anchors` against `candidates`.
+void forward_direction(const MatrixView& anchors, const MatrixView& candidates, float temperature,
+                       const Positives& positives, bool exclude_self, float* loss, float* lse,
+                       float* count, int num_threads) {
+  const int threads = threads_for(anchors.rows * candidates.rows * anchors.dim, num_threads);
+  const Packed packed(anchors, candidates, temperature, inverse_norms(candidates, threads), threads);
   const int64_t num_anchors = packed.rows, num_candidates = packed.cols;
+  const bool named = positives.named();
 
-  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+  parallel_for(packed.tasks(), threads, [&](int64_t task) {
     const int64_t r0 = task * kTaskRows;
     std::vector<float> tile(kTaskRows * kTileCols);
     float row_max[kTaskRows], row_sum[kTaskRows], positive_sum[kTaskRows], positive_count[kTaskRows];
@@ -167,7 +168,7 @@ void contrastive_forward_cpu(const MatrixView& anchors, const MatrixView& candid
       for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
         const int64_t r = r0 + i;
         float* s = tile.data() + i * kTileCols;
-        if (positives.index == nullptr) {
+        if (!named) {
           for (int64_t c = 0; c < valid_cols; ++c) {
             if (is_compared(r, c0 + c, exclude_self) && positives.is_positive(r, c0 + c)) {
               positive_sum[i] += s[c];
@@ -195,8 +196,8 @@ void contrastive_forward_cpu(const MatrixView& anchors, const MatrixView& candid
 
     for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
       const int64_t r = r0 + i;
-      if (positives.index != nullptr) {
-        const int64_t p = positives.index[r];
+      if (named) {
+        const int64_t p = positives.single(r);
         const bool valid = index_positive_valid(p, r, num_candidates, exclude_self);
         positive_sum[i] = valid ? packed.logit(r, p) : 0.f;
         positive_count[i] = valid ? 1.f : 0.f;
@@ -208,23 +209,24 @@ void contrastive_forward_cpu(const MatrixView& anchors, const MatrixView& candid
   });
 }
 
-// ---- backward ----
-
-void contrastive_backward_cpu(const MatrixView& owner, const MatrixView& other, float temperature,
-                              bool exclude_self, const Direction* as_anchor,
-                              const Direction* as_candidate, void* grad_owner, int num_threads) {
-  using namespace cpu;
-  std::vector<float> other_inv_norm = inverse_norms(other, num_threads);
-  const Packed packed(owner, other, temperature, other_inv_norm, num_threads);
+// The gradient of the owner's raw rows for up to two directions: the owner's rows as anchors
+// (as_anchor, stats over the owner's rows) and as candidates of the other matrix's anchors
+// (as_candidate, stats over the other's rows).
+void backward_owner(const MatrixView& owner, const MatrixView& other, float temperature,
+                    bool exclude_self, const Direction* as_anchor, const Direction* as_candidate,
+                    void* grad_owner, int num_threads) {
+  const int threads = threads_for(owner.rows * other.rows * owner.dim, num_threads);
+  std::vector<float> other_inv_norm = inverse_norms(other, threads);
+  const Packed packed(owner, other, temperature, other_inv_norm, threads);
   const int64_t num_rows = packed.rows, num_cols = packed.cols, dim_pad = packed.dim_pad;
   const std::vector<float> other_rows =
-      pack_rows(other, other_inv_norm, 1.f, packed.cols_pad, dim_pad, num_threads);
+      pack_rows(other, other_inv_norm, 1.f, packed.cols_pad, dim_pad, threads);
 
   std::vector<float> row_weight, row_lse, col_weight, col_lse;
   effective_stats(as_anchor, num_rows, packed.rows_pad, row_weight, row_lse);
   effective_stats(as_candidate, num_cols, packed.cols_pad, col_weight, col_lse);
 
-  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+  parallel_for(packed.tasks(), threads, [&](int64_t task) {
     const int64_t r0 = task * kTaskRows;
     const int64_t task_rows = std::min(kTaskRows, num_rows - r0);
     std::vector<float> tile(kTaskRows * kTileCols);
@@ -250,15 +252,15 @@ void contrastive_backward_cpu(const MatrixView& owner, const MatrixView& other, 
         if (as_anchor != nullptr && row_weight[r] != 0.f) {
           const Positives& positives = as_anchor->positives;
           const float minus = positive_gradient(row_weight[r], as_anchor->stats.count[r]);
-          if (positives.index != nullptr) {
-            const int64_t p = positives.index[r];
+          if (positives.named()) {
+            const int64_t p = positives.single(r);
             if (p >= c0 && p < c0 + valid_cols) s[p - c0] -= minus;
           } else {
             for (int64_t c = 0; c < valid_cols; ++c)
               if (positives.is_positive(r, c0 + c)) s[c] -= minus;
           }
         }
-        if (as_candidate != nullptr && as_candidate->positives.index == nullptr) {
+        if (as_candidate != nullptr && !as_candidate->positives.named()) {
           const Positives& positives = as_candidate->positives;
           for (int64_t c = 0; c < valid_cols; ++c) {
             const int64_t j = c0 + c;
@@ -267,11 +269,12 @@ void contrastive_backward_cpu(const MatrixView& owner, const MatrixView& other, 
           }
         }
       }
-      if (as_candidate != nullptr && as_candidate->positives.index != nullptr) {
+      if (as_candidate != nullptr && as_candidate->positives.named()) {
         for (int64_t c = 0; c < valid_cols; ++c) {
-          const int64_t j = c0 + c, p = as_candidate->positives.index[j];
+          const int64_t j = c0 + c, p = as_candidate->positives.single(j);
           if (col_weight[j] != 0.f && p >= r0 && p < r0 + task_rows)
-            tile[(p - r0) * kTileCols + c] -= positive_gradient(col_weight[j], 1.f);
+            tile[(p - r0) * kTileCols + c] -=
+                positive_gradient(col_weight[j], as_candidate->stats.count[j]);
         }
       }
       // Entries that are not compared carry no gradient (padding columns are zero rows already).
@@ -308,13 +311,68 @@ void contrastive_backward_cpu(const MatrixView& owner, const MatrixView& other, 
   });
 }
 
+}  // namespace
+}  // namespace cpu
+
+// ---- forward ----
+
+void contrastive_forward_cpu(const Problem& problem, float* out, float* stats, int num_threads) {
+  using namespace cpu;
+  const int64_t m = problem.a.rows, total = problem.total_rows();
+  const bool keep_rows = problem.reduction == Reduction::kNone;
+  std::vector<float> rows(keep_rows ? 0 : total);
+  float* loss = keep_rows ? out : rows.data();
+  float* lse = stats;
+  float* count = stats + total;
+  forward_direction(problem.a, problem.b, problem.temperature, problem.positives,
+                    problem.exclude_self, loss, lse, count, num_threads);
+  if (problem.symmetric)
+    forward_direction(problem.b, problem.a, problem.temperature, problem.positives.reversed(),
+                      problem.exclude_self, loss + m, lse + m, count + m, num_threads);
+
+  // Anchors with a positive per direction, and the reduced loss (row order, double precision).
+  double sums[2] = {0.0, 0.0}, valid[2] = {0.0, 0.0};
+  for (int64_t r = 0; r < total; ++r) {
+    const int d = r < m ? 0 : 1;
+    sums[d] += loss[r];
+    valid[d] += count[r] > 0.f ? 1.0 : 0.0;
+  }
+  stats[2 * total] = static_cast<float>(valid[0]);
+  stats[2 * total + 1] = static_cast<float>(valid[1]);
+  if (problem.reduction == Reduction::kSum) {
+    out[0] = static_cast<float>(sums[0] + sums[1]);
+  } else if (problem.reduction == Reduction::kMean) {
+    out[0] = static_cast<float>(sums[0] / std::max(valid[0], 1.0) + sums[1] / std::max(valid[1], 1.0));
+  }
+}
+
+// ---- backward ----
+
+void contrastive_backward_cpu(const Problem& problem, const float* grad_out, const float* stats,
+                              void* grad_a, void* grad_b, int num_threads) {
+  using namespace cpu;
+  const Direction forward{problem.positives, direction_stats(problem, stats, grad_out, 0)};
+  const Direction reverse{problem.positives.reversed(), direction_stats(problem, stats, grad_out, 1)};
+  const Direction* reverse_ptr = problem.symmetric ? &reverse : nullptr;
+  if (problem.self) {
+    backward_owner(problem.a, problem.a, problem.temperature, problem.exclude_self, &forward,
+                   &forward, grad_a, num_threads);
+    return;
+  }
+  backward_owner(problem.a, problem.b, problem.temperature, problem.exclude_self, &forward,
+                 reverse_ptr, grad_a, num_threads);
+  backward_owner(problem.b, problem.a, problem.temperature, problem.exclude_self, reverse_ptr,
+                 &forward, grad_b, num_threads);
+}
+
 // ---- similarity matrix ----
 
 void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature, float* out,
                     int num_threads) {
   using namespace cpu;
-  const Packed packed(a, b, temperature, inverse_norms(b, num_threads), num_threads);
-  parallel_for(packed.tasks(), num_threads, [&](int64_t task) {
+  const int threads = threads_for(a.rows * b.rows * a.dim, num_threads);
+  const Packed packed(a, b, temperature, inverse_norms(b, threads), threads);
+  parallel_for(packed.tasks(), threads, [&](int64_t task) {
     const int64_t r0 = task * kTaskRows;
     std::vector<float> tile(kTaskRows * kTileCols);
     for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {

@@ -26,7 +26,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include <algorithm>
+
 #include "coun_fast/contrastive.h"
+#include "reduce.cuh"
+#include "tc.h"
 
 namespace coun_fast {
 namespace {
@@ -35,6 +39,7 @@ constexpr int kThreads = 16;                    // threads per block side (16 x 
 constexpr int kPerThread = 4;                   // rows (and columns) of S per thread
 constexpr int kTile = kThreads * kPerThread;    // 64 rows x 64 columns per tile
 constexpr int kSlice = 16;                      // features per shared-memory slice
+constexpr int kReduceThreads = 256;             // threads of the reduction block
 constexpr float kInf = INFINITY;
 
 // ---- kernels ----
@@ -176,19 +181,30 @@ struct BackwardDirections {
   Direction as_anchor, as_candidate;
 };
 
+// The directions' gradient scales (1 / anchors with a positive for a mean), read once per thread.
+struct DirectionScales {
+  float as_anchor, as_candidate;
+};
+
+__device__ DirectionScales direction_scales(const BackwardDirections& d) {
+  return {d.has_anchor ? gradient_scale(d.as_anchor.stats) : 0.f,
+          d.has_candidate ? gradient_scale(d.as_candidate.stats) : 0.f};
+}
+
 // dL/ds for owner row r and other row c (0 when the pair is not compared or out of range).
 __device__ float pair_gradient(float s, int64_t r, int64_t c, int64_t rows, int64_t cols,
-                               bool exclude_self, const BackwardDirections& d) {
+                               bool exclude_self, const BackwardDirections& d,
+                               const DirectionScales& scales) {
   if (r >= rows || c >= cols || !is_compared(r, c, exclude_self)) return 0.f;
   float g = 0.f;
   if (d.has_anchor) {
-    const float w = anchor_weight(d.as_anchor.stats, r);
+    const float w = anchor_weight(d.as_anchor.stats, r, scales.as_anchor);
     if (w != 0.f)
       g += logit_gradient(__expf(s - d.as_anchor.stats.lse[r]), d.as_anchor.positives.is_positive(r, c),
                           w, d.as_anchor.stats.count[r]);
   }
   if (d.has_candidate) {
-    const float w = anchor_weight(d.as_candidate.stats, c);
+    const float w = anchor_weight(d.as_candidate.stats, c, scales.as_candidate);
     if (w != 0.f)
       g += logit_gradient(__expf(s - d.as_candidate.stats.lse[c]),
                           d.as_candidate.positives.is_positive(c, r), w,
@@ -211,6 +227,7 @@ __global__ void __launch_bounds__(kThreads* kThreads)
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t dim = owner.dim;
   const int tid = threadIdx.y * kThreads + threadIdx.x;
+  const DirectionScales scales = direction_scales(directions);
 
   for (int64_t c0 = 0; c0 < other.rows; c0 += kTile) {
     float s[kPerThread][kPerThread];
@@ -221,7 +238,8 @@ __global__ void __launch_bounds__(kThreads* kThreads)
       for (int j = 0; j < kPerThread; ++j) {
         const int ri = threadIdx.y + kThreads * i, cj = threadIdx.x + kThreads * j;
         smem.grad_logits[ri][cj] =
-            pair_gradient(s[i][j], r0 + ri, c0 + cj, owner.rows, other.rows, exclude_self, directions);
+            pair_gradient(s[i][j], r0 + ri, c0 + cj, owner.rows, other.rows, exclude_self, directions,
+                          scales);
       }
 
     // grad rows [r0, r0 + 64) += dS_tile . B_tile, 64 features at a time.
@@ -296,6 +314,13 @@ __global__ void __launch_bounds__(kThreads* kThreads)
   }
 }
 
+// The op's output and the valid-anchor counts from the per-anchor losses (reduce.cuh).
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_kernel(const float* loss, const float* count, int64_t split, int64_t total,
+                  Reduction reduction, float* valid_out, float* out) {
+  reduce_losses<kReduceThreads>(loss, count, split, total, reduction, valid_out, out);
+}
+
 // ---- launchers ----
 
 unsigned blocks_for(int64_t rows) { return static_cast<unsigned>((rows + kTile - 1) / kTile); }
@@ -306,59 +331,105 @@ void launch_inverse_norms(const MatrixView& x, float* out, cudaStream_t stream) 
   inverse_norms_kernel<<<blocks, kNormThreads, 0, stream>>>(x, out);
 }
 
-// Sets the device and computes both inputs' inverse norms into the workspace.
-int prepare(const MatrixView& a, const MatrixView& b, const CudaLaunch& launch, float** inv_a,
-            float** inv_b) {
+// Sets the device and computes both inputs' inverse norms into `inv` (a.rows + b.rows floats).
+int prepare(const MatrixView& a, const MatrixView& b, const CudaLaunch& launch, float* inv) {
   const cudaError_t status = cudaSetDevice(launch.device);
   if (status != cudaSuccess) return status;
   auto stream = static_cast<cudaStream_t>(launch.stream);
-  *inv_a = launch.workspace;
-  *inv_b = launch.workspace + a.rows;
-  launch_inverse_norms(a, *inv_a, stream);
-  launch_inverse_norms(b, *inv_b, stream);
+  launch_inverse_norms(a, inv, stream);
+  launch_inverse_norms(b, inv + a.rows, stream);
   return cudaSuccess;
+}
+
+// Scratch of the exact path, in floats: inverse norms of both inputs, then either the per-anchor
+// losses of a reduced forward (T) or the backward's float32 gradient rows (rows x dim).
+int64_t exact_scratch_floats(const Problem& problem, bool backward) {
+  const int64_t norms = problem.a.rows + problem.b.rows;
+  if (!backward) return norms + problem.total_rows();
+  return norms + std::max(problem.a.rows, problem.b.rows) * problem.a.dim;
+}
+
+int exact_forward(const Problem& problem, float* out, float* stats, const CudaLaunch& launch) {
+  auto* scratch = static_cast<float*>(launch.scratch);
+  const int64_t m = problem.a.rows, total = problem.total_rows();
+  if (int status = prepare(problem.a, problem.b, launch, scratch)) return status;
+  const float* inv_a = scratch;
+  const float* inv_b = scratch + m;
+  float* loss = problem.reduction == Reduction::kNone ? out : scratch + m + problem.b.rows;
+  auto stream = static_cast<cudaStream_t>(launch.stream);
+  const float inv_temperature = 1.f / problem.temperature;
+  forward_kernel<<<blocks_for(m), dim3(kThreads, kThreads), 0, stream>>>(
+      problem.a, problem.b, inv_a, inv_b, inv_temperature, problem.positives, problem.exclude_self,
+      loss, stats, stats + total);
+  if (problem.symmetric)
+    forward_kernel<<<blocks_for(problem.b.rows), dim3(kThreads, kThreads), 0, stream>>>(
+        problem.b, problem.a, inv_b, inv_a, inv_temperature, problem.positives.reversed(),
+        problem.exclude_self, loss + m, stats + m, stats + total + m);
+  reduce_kernel<<<1, kReduceThreads, 0, stream>>>(loss, stats + total, m, total,
+                                                   problem.reduction, stats + 2 * total, out);
+  return cudaGetLastError();
+}
+
+int exact_backward_owner(const MatrixView& owner, const MatrixView& other, float temperature,
+                         bool exclude_self, const Direction* as_anchor,
+                         const Direction* as_candidate, void* grad_owner,
+                         const CudaLaunch& launch) {
+  auto* scratch = static_cast<float*>(launch.scratch);
+  if (int status = prepare(owner, other, launch, scratch)) return status;
+  BackwardDirections directions{as_anchor != nullptr, as_candidate != nullptr, {}, {}};
+  if (as_anchor) directions.as_anchor = *as_anchor;
+  if (as_candidate) directions.as_candidate = *as_candidate;
+  float* grad_accum = scratch + owner.rows + other.rows;
+  backward_kernel<<<blocks_for(owner.rows), dim3(kThreads, kThreads), 0,
+                    static_cast<cudaStream_t>(launch.stream)>>>(
+      owner, other, scratch, scratch + owner.rows, temperature, exclude_self, directions,
+      grad_accum, grad_owner);
+  return cudaGetLastError();
+}
+
+int exact_backward(const Problem& problem, const float* grad_out, const float* stats, void* grad_a,
+                   void* grad_b, const CudaLaunch& launch) {
+  const Direction forward{problem.positives, direction_stats(problem, stats, grad_out, 0)};
+  const Direction reverse{problem.positives.reversed(), direction_stats(problem, stats, grad_out, 1)};
+  const Direction* reverse_ptr = problem.symmetric ? &reverse : nullptr;
+  const float tau = problem.temperature;
+  if (problem.self)
+    return exact_backward_owner(problem.a, problem.a, tau, problem.exclude_self, &forward,
+                                &forward, grad_a, launch);
+  if (int status = exact_backward_owner(problem.a, problem.b, tau, problem.exclude_self, &forward,
+                                        reverse_ptr, grad_a, launch))
+    return status;
+  return exact_backward_owner(problem.b, problem.a, tau, problem.exclude_self, reverse_ptr,
+                              &forward, grad_b, launch);
 }
 
 }  // namespace
 
-int64_t cuda_workspace_floats(int64_t rows, int64_t cols, int64_t dim) {
-  return rows + cols + rows * dim;
+CudaWorkspace cuda_workspace(const Problem& problem, CudaPath path, int device) {
+  if (path == CudaPath::kTensorCores) return tc::workspace(problem, device);
+  return CudaWorkspace{0, 4 * exact_scratch_floats(problem, false),
+                       4 * exact_scratch_floats(problem, true)};
 }
 
-int contrastive_forward_cuda(const MatrixView& anchors, const MatrixView& candidates,
-                             float temperature, const Positives& positives, bool exclude_self,
-                             float* loss, float* lse, float* count, const CudaLaunch& launch) {
-  float *inv_a, *inv_b;
-  if (int status = prepare(anchors, candidates, launch, &inv_a, &inv_b)) return status;
-  forward_kernel<<<blocks_for(anchors.rows), dim3(kThreads, kThreads), 0,
-                   static_cast<cudaStream_t>(launch.stream)>>>(
-      anchors, candidates, inv_a, inv_b, 1.f / temperature, positives, exclude_self, loss, lse, count);
-  return cudaGetLastError();
+int contrastive_forward_cuda(const Problem& problem, float* out, float* stats,
+                             const CudaLaunch& launch) {
+  if (launch.path == CudaPath::kTensorCores) return tc::forward(problem, out, stats, launch);
+  return exact_forward(problem, out, stats, launch);
 }
 
-int contrastive_backward_cuda(const MatrixView& owner, const MatrixView& other, float temperature,
-                              bool exclude_self, const Direction* as_anchor,
-                              const Direction* as_candidate, void* grad_owner,
-                              const CudaLaunch& launch) {
-  float *inv_owner, *inv_other;
-  if (int status = prepare(owner, other, launch, &inv_owner, &inv_other)) return status;
-  BackwardDirections directions{as_anchor != nullptr, as_candidate != nullptr, {}, {}};
-  if (as_anchor) directions.as_anchor = *as_anchor;
-  if (as_candidate) directions.as_candidate = *as_candidate;
-  float* grad_accum = launch.workspace + owner.rows + other.rows;
-  backward_kernel<<<blocks_for(owner.rows), dim3(kThreads, kThreads), 0,
-                    static_cast<cudaStream_t>(launch.stream)>>>(
-      owner, other, inv_owner, inv_other, temperature, exclude_self, directions, grad_accum,
-      grad_owner);
-  return cudaGetLastError();
+int contrastive_backward_cuda(const Problem& problem, const float* grad_out, const float* stats,
+                              void* grad_a, void* grad_b, const CudaLaunch& launch) {
+  if (launch.path == CudaPath::kTensorCores)
+    return tc::backward(problem, grad_out, stats, grad_a, grad_b, launch);
+  return exact_backward(problem, grad_out, stats, grad_a, grad_b, launch);
 }
 
 int similarity_cuda(const MatrixView& a, const MatrixView& b, float temperature, float* out,
                     const CudaLaunch& launch) {
-  float *inv_a, *inv_b;
-  if (int status = prepare(a, b, launch, &inv_a, &inv_b)) return status;
+  auto* inv = static_cast<float*>(launch.scratch);
+  if (int status = prepare(a, b, launch, inv)) return status;
   similarity_kernel<<<dim3(blocks_for(a.rows), blocks_for(b.rows)), dim3(kThreads, kThreads), 0,
-                      static_cast<cudaStream_t>(launch.stream)>>>(a, b, inv_a, inv_b,
+                      static_cast<cudaStream_t>(launch.stream)>>>(a, b, inv, inv + a.rows,
                                                                   1.f / temperature, out);
   return cudaGetLastError();
 }

@@ -126,16 +126,69 @@ struct MatrixView {
   }
 };
 
-// Which candidates are the positives of an anchor: one index per anchor (index != nullptr),
-// or every compared candidate whose label equals the anchor's.
+// Which candidates are the positives of an anchor. The rule is one of four; the three structured
+// rules need no index tensor (the callers' common cases), the index and label rules read device or
+// host memory.
+//
+//   kIndex     anchor a's one positive is index[a] (the forward direction); in the transposed
+//              direction (transposed = true: anchors are the forward direction's candidates) the
+//              positives of anchor c are the rows a with index[a] == c, so no inverse permutation
+//              is ever built.
+//   kLabels    every compared candidate with the anchor's label.
+//   kDiagonal  anchor a's positive is candidate a (paired rows: CoUn's cross-view loss, CLIP).
+//   kPartner   anchor a's positive is its partner a +- half in [0, 2 half) (SimCLR's NT-Xent over
+//              cat(view1, view2), half = N).
+enum class PositiveRule : int32_t { kIndex = 0, kLabels = 1, kDiagonal = 2, kPartner = 3 };
+
 struct Positives {
-  const int64_t* index;             // [anchors] or nullptr
-  const int64_t* anchor_labels;     // [anchors], used when index == nullptr
-  const int64_t* candidate_labels;  // [candidates], used when index == nullptr
+  PositiveRule rule;
+  const int64_t* index;             // kIndex: [forward anchors]
+  const int64_t* anchor_labels;     // kLabels: [anchors of this direction]
+  const int64_t* candidate_labels;  // kLabels: [candidates of this direction]
+  int64_t half;                     // kPartner
+  bool transposed;                  // kIndex: this is the forward direction transposed
 
   COUN_FAST_HD bool is_positive(int64_t anchor, int64_t candidate) const {
-    return index != nullptr ? index[anchor] == candidate
-                            : anchor_labels[anchor] == candidate_labels[candidate];
+    switch (rule) {
+      case PositiveRule::kIndex:
+        return transposed ? index[candidate] == anchor : index[anchor] == candidate;
+      case PositiveRule::kLabels:
+        return anchor_labels[anchor] == candidate_labels[candidate];
+      case PositiveRule::kDiagonal:
+        return anchor == candidate;
+      default:
+        return candidate == (anchor < half ? anchor + half : anchor - half);
+    }
+  }
+
+  // The one positive of `anchor` when the rule names it directly, else -1 (find positives by
+  // comparing each candidate with is_positive).
+  COUN_FAST_HD int64_t single(int64_t anchor) const {
+    switch (rule) {
+      case PositiveRule::kIndex:
+        return transposed ? -1 : index[anchor];
+      case PositiveRule::kLabels:
+        return -1;
+      case PositiveRule::kDiagonal:
+        return anchor;
+      default:
+        return anchor < half ? anchor + half : anchor - half;
+    }
+  }
+
+  // Whether single() names every anchor's positive (else positives are found by comparison).
+  COUN_FAST_HD bool named() const {
+    return rule == PositiveRule::kDiagonal || rule == PositiveRule::kPartner ||
+           (rule == PositiveRule::kIndex && !transposed);
+  }
+
+  // The positives of the transposed direction (candidates as anchors against the anchors).
+  COUN_FAST_HD Positives reversed() const {
+    Positives r = *this;
+    r.anchor_labels = candidate_labels;
+    r.candidate_labels = anchor_labels;
+    r.transposed = !transposed;
+    return r;
   }
 };
 
@@ -144,7 +197,7 @@ COUN_FAST_HD bool is_compared(int64_t anchor, int64_t candidate, bool exclude_se
   return !(exclude_self && anchor == candidate);
 }
 
-// An index-given positive counts only when it is a candidate the anchor is compared with; an
+// A directly named positive counts only when it is a candidate the anchor is compared with; an
 // out-of-range index (possible only when input checks were skipped) means "no positive", never an
 // out-of-bounds read.
 COUN_FAST_HD bool index_positive_valid(int64_t positive, int64_t anchor, int64_t num_candidates,
@@ -152,12 +205,20 @@ COUN_FAST_HD bool index_positive_valid(int64_t positive, int64_t anchor, int64_t
   return positive >= 0 && positive < num_candidates && is_compared(anchor, positive, exclude_self);
 }
 
-// Per-anchor statistics of one direction: the forward writes lse and count; the backward adds the
-// upstream gradient of each anchor's loss.
+// How the per-anchor losses are reduced to the op's output: kNone keeps them (T values); kSum adds
+// them; kMean averages each direction over its anchors that have a positive and adds the
+// directions' means (the symmetric CLIP / CoUn form).
+enum class Reduction : int32_t { kNone = 0, kSum = 1, kMean = 2 };
+
+// Per-anchor statistics of one direction: the forward writes lse and count; the backward reads the
+// upstream gradient: grad[i * grad_stride] (stride 0: one scalar for a reduced loss), divided by
+// *valid_anchors for kMean (valid_anchors: the forward's count of anchors with a positive).
 struct RowStats {
-  const float* lse;    // [anchors] log-sum-exp of the anchor's compared logits
-  const float* count;  // [anchors] number of positives; 0 means the loss is the constant 0
-  const float* grad;   // [anchors] dLoss / d(loss of this anchor)
+  const float* lse;            // [anchors] log-sum-exp of the anchor's compared logits
+  const float* count;          // [anchors] number of positives; 0 means the loss is the constant 0
+  const float* grad;           // upstream gradient (see above)
+  int64_t grad_stride;         // 1: one value per anchor; 0: one value for all
+  const float* valid_anchors;  // kMean: the direction's anchors with a positive; else nullptr
 };
 
 // One direction of the loss as seen by the backward: anchors of that direction x candidates.
@@ -171,9 +232,17 @@ COUN_FAST_HD float anchor_loss(float lse, float positive_logit_sum, float count)
   return count > 0.f ? lse - positive_logit_sum / count : 0.f;
 }
 
-// The anchor's upstream weight: its loss is constant (weight 0) when it has no positive.
-COUN_FAST_HD float anchor_weight(const RowStats& stats, int64_t anchor) {
-  return stats.count[anchor] > 0.f ? stats.grad[anchor] : 0.f;
+// The scale the upstream gradient of a direction is multiplied by: 1 / (anchors with a positive)
+// for kMean, else 1.
+COUN_FAST_HD float gradient_scale(const RowStats& stats) {
+  if (stats.valid_anchors == nullptr) return 1.f;
+  const float valid = *stats.valid_anchors;
+  return 1.f / (valid > 1.f ? valid : 1.f);
+}
+
+// The anchor's upstream weight w_i = dL / d l_i: 0 when its loss is constant (no positive).
+COUN_FAST_HD float anchor_weight(const RowStats& stats, int64_t anchor, float scale) {
+  return stats.count[anchor] > 0.f ? stats.grad[anchor * stats.grad_stride] * scale : 0.f;
 }
 
 // The positive part of the logit gradient below: w_i / count_i for each positive of anchor i.

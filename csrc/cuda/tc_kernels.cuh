@@ -1,0 +1,797 @@
+// Tensor-core kernels of the contrastive-loss family (FlashAttention-style), templated on the
+// operand path (tc_primitives.cuh: Bf16Path, F16Path, Tf32Path).
+//
+// Math (contrastive.h, math.h): a_i = x_i / max(||x_i||, eps), s_ij = a_i . b_j / tau,
+//   l_i = lse_i - mean_{p in Pos(i)} s_ip,   lse_i = log sum_{j compared} exp(s_ij),
+//   dL/ds_ij = w_i exp(s_ij - lse_i) - [j in Pos(i)] w_i / |Pos(i)|      (w_i = dL/dl_i)
+//   dL/dx_i  = (g_i - (g_i . a_i) a_i) / max(||x_i||, eps),  g_i = (1/tau) sum_j dL/ds_ij b_j.
+// Fixed shift: for tau >= 1/32 the exponentials are taken as E_ij = exp(s_ij - 1/tau) <= 1 (unit
+// rows give s_ij <= 1/tau), so no running maximum is needed, and the backward's two directions
+// share one exponential: w_i exp(s_ij - lse_i) = E_ij * w_i exp(1/tau - lse_i), where the second
+// factor ("coef") is one number per row, saved by the forward. Below 1/32 the forward keeps an
+// online maximum and the backward takes one exponential per direction.
+//
+// Kernels:
+// - prepare_kernel: one warp per row normalizes both inputs into the saved workspace (rows padded
+//   to a multiple of 128 and features to 64, zero filled) in the operand type, keeps 1 / norm, and
+//   zeroes the counters of the cross-block merges.
+// - forward_kernel: a block of 4 warps owns 128 anchors (32 per warp: two 16-row m-tiles) and
+//   sweeps its share of the candidates in tiles of 64: S = A B^T on tensor cores (mma.sync,
+//   operands through a 3-stage cp.async ring of 128-byte chunks, ldmatrix from swizzled shared
+//   memory; the anchor tile stays resident when it fits), then the per-row log-sum-exp, positive
+//   sum and count in registers (quad shuffles). Small problems split the candidate sweep over
+//   blockIdx.y; the last block of a row tile to finish merges the partial (max, sum) statistics in
+//   split order. The last row tile of all reduces the per-anchor losses (reduce.cuh). Everything
+//   is deterministic: merges and sums run in a fixed order, counters only elect who merges.
+// - backward kernels (row owner, no atomics on values): a block of 4 warps owns 64 rows (16 per
+//   warp) of one input and sweeps the other input's rows in tiles of 64: it recomputes the S tile,
+//   turns it into dL/ds in registers for both directions the owner's rows take part in, and
+//   multiplies that (as the A operand, straight from the accumulators) with the other tile into
+//   the gradient rows G. The resident variant keeps G in registers (D <= 256) and whole tiles in
+//   shared memory (double-buffered); the streamed variant keeps G in a float32 buffer in global
+//   memory (the block's own rows, L2-resident) and streams 128-byte chunks through the ring. Each
+//   block writes its G rows (per split); the last block of a row tile sums the splits in order and
+//   projects through the normalization into the gradient, in the input's dtype.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda_api.h"
+
+#include "coun_fast/contrastive.h"
+#include "coun_fast/mma_layout.h"
+#include "reduce.cuh"
+#include "tc_plan.h"
+#include "tc_primitives.cuh"
+
+namespace coun_fast::tc {
+
+// ---- shared helpers ----
+
+// One direction of the forward: its anchors, candidates (as matrix indices 0 = A, 1 = B), their
+// counts, its positives and where its rows start in the T per-anchor rows.
+struct ForwardDirection {
+  int anchor, candidate;
+  int64_t anchors, candidates, offset;
+  Positives positives;
+};
+
+__device__ inline ForwardDirection forward_direction(const Params& p, int d) {
+  if (d == 0) return {0, 1, p.rows[0], p.rows[1], 0, p.problem.positives};
+  return {1, 0, p.rows[1], p.rows[0], p.rows[0], p.problem.positives.reversed()};
+}
+
+// Copies `kRows` rows x 128 bytes (one chunk) from global memory (rows `row_bytes` apart) into a
+// swizzled shared tile, asynchronously (the caller commits the group).
+template <int kRows>
+__device__ inline void copy_chunk(unsigned char* dst, const unsigned char* src, int64_t row_bytes) {
+  const uint32_t base = smem_address(dst);
+  for (int u = threadIdx.x; u < kRows * mma::kUnitsPerRow; u += kThreads) {
+    const int row = u / mma::kUnitsPerRow, unit = u % mma::kUnitsPerRow;
+    cp_async_16(base + mma::swizzled_offset(row, unit),
+                src + row * row_bytes + unit * mma::kUnitBytes);
+  }
+}
+
+// The ring: step i's data is loaded into stage i % kStages two steps ahead of its use. load(i, st)
+// issues the copies of step i; compute(i, st) uses stage st. Groups are committed every step (empty
+// ones too), so "all but kStages - 2 groups done" means step i's data arrived.
+template <class Load, class Compute>
+__device__ inline void run_ring(int steps, Load&& load, Compute&& compute) {
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < steps) load(i, i);
+    cp_async_commit();
+  }
+  for (int i = 0; i < steps; ++i) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // step i visible to all; step i - 1's stage free for reuse
+    const int next = i + kStages - 1;
+    if (next < steps) load(next, next % kStages);
+    cp_async_commit();
+    compute(i, i % kStages);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// acc[mt][nb] += A rows [row_base + 16 mt, +16) . B rows [8 nb, 8 nb + 8)^T over one chunk (128
+// bytes of k: four k-steps), A and B in swizzled shared tiles of one chunk.
+template <class Path, int kMTiles>
+__device__ inline void chunk_product(float (&acc)[kMTiles][8][4], const unsigned char* a_tile,
+                                     int row_base, const unsigned char* b_tile, int lane) {
+  const uint32_t a_base = smem_address(a_tile), b_base = smem_address(b_tile);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    uint32_t a[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+      ldmatrix_x4(a[mt], a_base + mma::swizzled_offset(row_base + 16 * mt + mma::a_row(lane),
+                                                       mma::a_unit(lane, ks)));
+#pragma unroll
+    for (int pair = 0; pair < 4; ++pair) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_base + mma::swizzled_offset(16 * pair + mma::b_row(lane), mma::b_unit(lane, ks)));
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma<Path::kLogits>(acc[mt][2 * pair], a[mt], b[0], b[1]);
+        mma<Path::kLogits>(acc[mt][2 * pair + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int kMTiles>
+__device__ inline void zero(float (&acc)[kMTiles][8][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nb][i] = 0.f;
+}
+
+// ---- prepare ----
+
+template <class Path>
+__global__ void __launch_bounds__(kThreads) prepare_kernel(const Params p) {
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < p.num_counters; i += kThreads) p.counters[i] = 0u;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int64_t row = int64_t(blockIdx.x) * kWarps + warp;
+  const int matrix = row < p.rows_pad[0] ? 0 : 1;
+  if (matrix == 1) {
+    row -= p.rows_pad[0];
+    if (p.problem.self || row >= p.rows_pad[1]) return;
+  }
+  const MatrixView& x = matrix == 0 ? p.problem.a : p.problem.b;
+  float inv = 0.f;
+  if (row < x.rows) {
+    float sum = 0.f;
+    for (int64_t k = lane; k < x.dim; k += 32) {
+      const float v = x.at(row, k);
+      sum += v * v;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    inv = 1.f / fmaxf(sqrtf(sum), kNormEps);
+    if (lane == 0) p.inv_norm[matrix][row] = inv;
+  }
+  void* out = p.operand_out[matrix] + row * p.row_bytes;
+  void* gout = p.goperand_out[matrix] + row * p.grow_bytes;
+  for (int64_t k = lane; k < p.dim_pad; k += 32) {
+    const float v = row < x.rows && k < x.dim ? x.at(row, k) * inv : 0.f;
+    store_operand<Path::kLogits>(out, k, v);
+    if constexpr (Path::kSeparateGradientRows) store_operand<Path::kGradient>(gout, k, v);
+  }
+}
+
+// ---- forward ----
+
+// The per-anchor results from its (max, sum, positive cosine sum, positive count), max and sum in
+// base-2 units of the logits.
+__device__ inline void finish_row(const Params& p, const ForwardDirection& dir, int64_t r, float m,
+                                  float l, float positive_sum, float positive_count) {
+  const float log2_sum = m + log2f(l);  // -inf when no candidate is compared
+  const float lse = log2_sum * kLn2;
+  const int64_t i = dir.offset + r, total = p.problem.total_rows();
+  p.stats[i] = lse;
+  p.stats[total + i] = positive_count;
+  p.loss_rows[i] = anchor_loss(lse, positive_sum * p.inv_temperature, positive_count);
+  const bool has_positive = positive_count > 0.f;
+  p.coef[i] = has_positive ? exp2f(p.c2 - log2_sum) : 0.f;
+  p.inv_count[i] = has_positive ? 1.f / positive_count : 0.f;
+}
+
+// A row's running statistics: max and sum of exp (base-2 units), positive cosine sum and count.
+struct RowState {
+  float m, l, positive_sum, positive_count;
+};
+
+template <class Path>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
+  COUN_FAST_DYNAMIC_SHARED(smem);
+  const int d = blockIdx.z;
+  const ForwardDirection dir = forward_direction(p, d);
+  const int row_tile = blockIdx.x;
+  if (row_tile >= p.forward_row_tiles[d]) return;
+  const int64_t row0 = int64_t(row_tile) * kForwardRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col_tiles = static_cast<int>((dir.candidates + kCols - 1) / kCols);
+  const int tiles_per_split = p.forward_tiles_per_split[d];
+  const int t_begin = min(col_tiles, int(blockIdx.y) * tiles_per_split);
+  const int t_end = min(col_tiles, t_begin + tiles_per_split);
+  const bool self_compare = p.problem.exclude_self;
+  const float c2 = p.c2;
+
+  unsigned char* q_smem = smem;
+  unsigned char* k_smem = smem + (p.q_resident ? p.chunks : kStages) * kForwardQBytes;
+  const unsigned char* q_rows = p.operand[dir.anchor] + row0 * p.row_bytes;
+  const unsigned char* k_rows = p.operand[dir.candidate];
+
+  // Row state of this thread's 4 rows: m-tile mt, half h (accumulator rows g and g + 8).
+  RowState state[2][2];
+  int64_t named[2][2];
+  const bool named_rule = dir.positives.named();
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
+      state[mt][h] = {p.fixed_shift ? c2 : -INFINITY, 0.f, 0.f, 0.f};
+      named[mt][h] = named_rule && r < dir.anchors ? dir.positives.single(r) : -1;
+    }
+
+  float acc[2][8][4];
+  zero(acc);
+  if (p.q_resident)
+    for (int kc = 0; kc < p.chunks; ++kc)
+      copy_chunk<kForwardRows>(q_smem + kc * kForwardQBytes, q_rows + kc * kChunkBytes, p.row_bytes);
+
+  const int chunks = p.chunks;
+  auto load = [&](int step, int stage) {
+    const int t = t_begin + step / chunks, kc = step % chunks;
+    copy_chunk<kCols>(k_smem + stage * kTileChunkBytes,
+                      k_rows + int64_t(t) * kCols * p.row_bytes + kc * kChunkBytes, p.row_bytes);
+    if (!p.q_resident)
+      copy_chunk<kForwardRows>(q_smem + stage * kForwardQBytes, q_rows + kc * kChunkBytes, p.row_bytes);
+  };
+  auto compute = [&](int step, int stage) {
+    const int t = t_begin + step / chunks, kc = step % chunks;
+    const unsigned char* q = q_smem + (p.q_resident ? kc : stage) * kForwardQBytes;
+    chunk_product<Path, 2>(acc, q, 32 * warp, k_smem + stage * kTileChunkBytes, lane);
+    if (kc != chunks - 1) return;
+    // The S tile of candidates [t * 64, t * 64 + 64) is complete: fold it into the row states.
+    const int64_t col0 = int64_t(t) * kCols;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
+        const bool row_ok = r < dir.anchors;
+        RowState& s = state[mt][h];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
+            const float x = acc[mt][nb][2 * h + e];
+            const bool valid = row_ok && c < dir.candidates && is_compared(r, c, self_compare);
+            if (valid && (named_rule ? c == named[mt][h] : dir.positives.is_positive(r, c))) {
+              s.positive_sum += x;
+              s.positive_count += 1.f;
+            }
+            if (valid) tile_max = fmaxf(tile_max, x * c2);
+            acc[mt][nb][2 * h + e] = valid ? x * c2 : -INFINITY;  // logits in base-2 units
+          }
+        if (!p.fixed_shift) {
+          tile_max = quad_max(tile_max);
+          const float m = fmaxf(s.m, tile_max);
+          if (m != -INFINITY) {
+            s.l *= exp2f(s.m - m);
+            s.m = m;
+          }
+        }
+        if (s.m != -INFINITY) {
+#pragma unroll
+          for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) s.l += exp2f(acc[mt][nb][2 * h + e] - s.m);
+        }
+      }
+    zero(acc);
+  };
+  run_ring(max(0, t_end - t_begin) * chunks, load, compute);
+
+  // Row totals over the quad; lane 0 of each quad holds them.
+  const int splits = p.forward_splits;
+  const int64_t rows_pad = p.partial_rows;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      RowState& s = state[mt][h];
+      s.l = quad_sum(s.l);
+      s.positive_sum = quad_sum(s.positive_sum);
+      s.positive_count = quad_sum(s.positive_count);
+      const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
+      if (lane % 4 != 0 || r >= dir.anchors) continue;
+      if (splits == 1) {
+        finish_row(p, dir, r, s.m, s.l, s.positive_sum, s.positive_count);
+      } else {
+        p.partial_stats[(int64_t(d) * splits + blockIdx.y) * rows_pad + r] =
+            make_float4(s.m, s.l, s.positive_sum, s.positive_count);
+      }
+    }
+
+  if (splits > 1) {
+    if (!arrive_last(p.counters + forward_counter(p, d, row_tile), splits)) return;
+    // The last split of this row tile merges the partials in split order: one row per thread.
+    const int64_t r = row0 + threadIdx.x;
+    if (r < dir.anchors) {
+      float m = -INFINITY;
+      for (int s = 0; s < splits; ++s)
+        m = fmaxf(m, __ldcg(&p.partial_stats[(int64_t(d) * splits + s) * rows_pad + r]).x);
+      float l = 0.f, positive_sum = 0.f, positive_count = 0.f;
+      for (int s = 0; s < splits; ++s) {
+        const float4 part = __ldcg(&p.partial_stats[(int64_t(d) * splits + s) * rows_pad + r]);
+        if (part.x != -INFINITY) l += part.y * exp2f(part.x - m);
+        positive_sum += part.z;
+        positive_count += part.w;
+      }
+      finish_row(p, dir, r, m, l, positive_sum, positive_count);
+    }
+  }
+
+  // The last row tile of all reduces the per-anchor losses into the output.
+  const int finishers = p.forward_row_tiles[0] + (p.problem.symmetric ? p.forward_row_tiles[1] : 0);
+  if (!arrive_last(p.counters + final_counter(p), finishers)) return;
+  const int64_t total = p.problem.total_rows();
+  reduce_losses<kThreads>(p.loss_rows, p.stats + total, p.rows[0], total, p.problem.reduction,
+                          p.stats + 2 * total, p.out);
+}
+
+// ---- backward ----
+
+// The owner's rows take part in up to two directions: as anchors (direction `as_anchor`) and as
+// candidates of the other input's anchors (direction `as_candidate`); -1 when absent.
+struct Owner {
+  int matrix, other;
+  int64_t rows, other_rows;
+  int as_anchor, as_candidate;
+};
+
+__device__ inline Owner owner_of(const Params& p, int o) {
+  const bool sym = p.problem.symmetric, self = p.problem.self;
+  if (o == 0) return {0, 1, p.rows[0], p.rows[1], 0, sym ? 1 : (self ? 0 : -1)};
+  return {1, 0, p.rows[1], p.rows[0], sym ? 1 : -1, 0};
+}
+
+__device__ inline Positives direction_positives(const Params& p, int d) {
+  return d == 0 ? p.problem.positives : p.problem.positives.reversed();
+}
+
+__device__ inline int64_t direction_offset(const Params& p, int d) { return d == 0 ? 0 : p.rows[0]; }
+
+// Per-row (or per-column) backward coefficients of one direction: dL/ds_ij's softmax part is
+// exp_coef * E_ij (fixed shift) or weight * exp(s_ij - lse_ij) (online), its positive part
+// positive (subtracted where the pair is positive).
+struct Coefficients {
+  float exp_coef;   // fixed shift: w * exp(1/tau - lse); online: w
+  float lse2;       // online: lse in base-2 units
+  float positive;   // w / count
+};
+
+__device__ inline Coefficients coefficients(const Params& p, int d, int64_t row, float scale) {
+  if (d < 0) return {0.f, 0.f, 0.f};
+  const RowStats stats = direction_stats(p.problem, p.stats, p.grad_out, d);
+  const int64_t i = direction_offset(p, d) + row;
+  const float w = stats.grad[row * stats.grad_stride] * scale;
+  const float inv_count = p.inv_count[i];  // 0 without positives
+  if (p.fixed_shift) return {w * p.coef[i], 0.f, w * inv_count};
+  return {inv_count > 0.f ? w : 0.f, stats.lse[row] * kLog2e, w * inv_count};
+}
+
+__device__ inline float direction_scale(const Params& p, int d) {
+  return d < 0 ? 0.f : gradient_scale(direction_stats(p.problem, p.stats, p.grad_out, d));
+}
+
+// The rows of this thread (h = 0, 1: accumulator rows g and g + 8) with their coefficients.
+struct RowCoefficients {
+  int64_t r[2];
+  bool ok[2];
+  Coefficients anchor[2];
+  int64_t named[2];
+};
+
+// dL/ds of this thread's accumulator values, in place: acc holds the cosines of owner rows rc.r[h]
+// and other rows col0 + 8 nb + c_col(lane, e); pairs that are not compared get 0.
+__device__ inline void logit_gradients(const Params& p, const Owner& owner, const RowCoefficients& rc,
+                                       float scale_c, int64_t col0, int lane, float (&acc)[8][4]) {
+  const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
+  const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
+  const bool has_a = owner.as_anchor >= 0, has_c = owner.as_candidate >= 0;
+  const bool named_a = has_a && pa.named(), named_c = has_c && pc.named();
+  const float c2 = p.c2;
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
+      const bool col_ok = c < owner.other_rows;
+      Coefficients cc{0.f, 0.f, 0.f};
+      int64_t c_named = -1;
+      if (has_c && col_ok) {
+        cc = coefficients(p, owner.as_candidate, c, scale_c);
+        if (named_c) c_named = pc.single(c);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = rc.r[h];
+        float& value = acc[nb][2 * h + e];
+        if (!(rc.ok[h] && col_ok && is_compared(r, c, p.problem.exclude_self))) {
+          value = 0.f;
+          continue;
+        }
+        const float x = value * c2;  // base-2 logit
+        float g;
+        if (p.fixed_shift) {
+          g = exp2f(x - c2) * (rc.anchor[h].exp_coef + cc.exp_coef);
+        } else {
+          g = 0.f;
+          if (rc.anchor[h].exp_coef != 0.f) g += rc.anchor[h].exp_coef * exp2f(x - rc.anchor[h].lse2);
+          if (cc.exp_coef != 0.f) g += cc.exp_coef * exp2f(x - cc.lse2);
+        }
+        if (has_a && (named_a ? c == rc.named[h] : pa.is_positive(r, c))) g -= rc.anchor[h].positive;
+        if (has_c && (named_c ? r == c_named : pc.is_positive(c, r))) g -= cc.positive;
+        value = g;
+      }
+    }
+}
+
+__device__ inline RowCoefficients row_coefficients(const Params& p, const Owner& owner, int64_t row0,
+                                                   int warp, int lane) {
+  RowCoefficients rc;
+  const float scale_a = direction_scale(p, owner.as_anchor);
+  const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    rc.r[h] = row0 + 16 * warp + mma::c_row(lane, 2 * h);
+    rc.ok[h] = rc.r[h] < owner.rows;
+    rc.anchor[h] = rc.ok[h] ? coefficients(p, owner.as_anchor, rc.r[h], scale_a) : Coefficients{0.f, 0.f, 0.f};
+    rc.named[h] = rc.ok[h] && owner.as_anchor >= 0 && pa.named() ? pa.single(rc.r[h]) : -1;
+  }
+  return rc;
+}
+
+// The gradient product of one 128-byte chunk of the other tile's gradient-operand rows:
+// gacc[fb] (8 features each) += dS (16 owner rows x 64 candidates) . V chunk.
+//   bf16 operands: dS as A fragments (packed pairs of the accumulators), V by ldmatrix.trans;
+//   tf32: dS straight from the accumulators in a permuted k order, V by 32-bit shared loads.
+template <Operand op>
+struct GradientOperand;
+
+template <>
+struct GradientOperand<Operand::kBf16> {
+  static constexpr int kBlocksPerChunk = 8;  // 64 features of 8
+  uint32_t a[4][4];                          // 4 k-steps of 16 candidates
+
+  __device__ void set(const float (&ds)[8][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      a[kk][0] = pack_bf16(ds[2 * kk][0], ds[2 * kk][1]);
+      a[kk][1] = pack_bf16(ds[2 * kk][2], ds[2 * kk][3]);
+      a[kk][2] = pack_bf16(ds[2 * kk + 1][0], ds[2 * kk + 1][1]);
+      a[kk][3] = pack_bf16(ds[2 * kk + 1][2], ds[2 * kk + 1][3]);
+    }
+  }
+
+  template <int kBlocks>
+  __device__ void product(float (&gacc)[kBlocks][4], int first_block, const unsigned char* v_chunk,
+                          int lane) const {
+    const uint32_t base = smem_address(v_chunk);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int pair = 0; pair < 4; ++pair) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, base + mma::swizzled_offset(16 * kk + mma::bt_row(lane),
+                                                         mma::bt_unit(lane, 2 * pair)));
+        mma<Operand::kBf16>(gacc[first_block + 2 * pair], a[kk], b[0], b[1]);
+        mma<Operand::kBf16>(gacc[first_block + 2 * pair + 1], a[kk], b[2], b[3]);
+      }
+  }
+};
+
+template <>
+struct GradientOperand<Operand::kTf32> {
+  static constexpr int kBlocksPerChunk = 4;  // 32 features of 8
+  uint32_t a[8][4];                          // 8 k-steps of 8 candidates
+
+  __device__ void set(const float (&ds)[8][4]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int reg = 0; reg < 4; ++reg) a[j][reg] = to_tf32(ds[j][mma::tf32_a_value(reg)]);
+  }
+
+  template <int kBlocks>
+  __device__ void product(float (&gacc)[kBlocks][4], int first_block, const unsigned char* v_chunk,
+                          int lane) const {
+    const int g = lane / 4;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int fb = 0; fb < 4; ++fb) {
+        const int feature = 8 * fb + g;  // within the 32 features of the chunk
+        const int unit = feature / 4, word = feature % 4;
+        const auto* b0 = reinterpret_cast<const uint32_t*>(
+            v_chunk + mma::swizzled_offset(8 * j + mma::tf32_b_row(lane, 0), unit) + 4 * word);
+        const auto* b1 = reinterpret_cast<const uint32_t*>(
+            v_chunk + mma::swizzled_offset(8 * j + mma::tf32_b_row(lane, 1), unit) + 4 * word);
+        mma<Operand::kTf32>(gacc[first_block + fb], a[j], *b0, *b1);
+      }
+  }
+};
+
+// Writes (or adds) this thread's G values of feature blocks [0, kBlocks) starting at feature
+// `feature0` for owner rows local_row[h] into a float32 buffer of rows `dim_pad` apart.
+template <int kBlocks>
+__device__ inline void store_g(float* rows, int64_t dim_pad, int64_t feature0, int64_t limit,
+                               const int (&local_row)[2], int lane, const float (&gacc)[kBlocks][4]) {
+#pragma unroll
+  for (int fb = 0; fb < kBlocks; ++fb) {
+    const int64_t f = feature0 + 8 * fb + mma::c_col(lane, 0);
+    if (f >= limit) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<float2*>(rows + local_row[h] * dim_pad + f) =
+          make_float2(gacc[fb][2 * h], gacc[fb][2 * h + 1]);
+  }
+}
+
+template <int kBlocks>
+__device__ inline void load_g(const float* rows, int64_t dim_pad, int64_t feature0, int64_t limit,
+                              const int (&local_row)[2], int lane, float (&gacc)[kBlocks][4]) {
+#pragma unroll
+  for (int fb = 0; fb < kBlocks; ++fb) {
+    const int64_t f = feature0 + 8 * fb + mma::c_col(lane, 0);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float2 v = make_float2(0.f, 0.f);
+      if (f < limit) v = *reinterpret_cast<const float2*>(rows + local_row[h] * dim_pad + f);
+      gacc[fb][2 * h] = v.x;
+      gacc[fb][2 * h + 1] = v.y;
+    }
+  }
+}
+
+// The owner's gradient rows of one row tile from the G rows of every split (summed in split
+// order), projected through the normalization, in the owner's dtype: one warp per row.
+__device__ inline void finish_owner_rows(const Params& p, const Owner& owner, int o, int64_t row0) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const MatrixView& x = owner.matrix == 0 ? p.problem.a : p.problem.b;
+  const int splits = p.backward_splits;
+  const int64_t dim = x.dim, dim_pad = p.dim_pad, rows_pad = p.rows_pad[owner.matrix];
+  const float* g_rows = p.g_partial + p.g_offset[o];
+  for (int i = warp; i < kBackwardRows; i += kWarps) {
+    const int64_t r = row0 + i;
+    if (r >= owner.rows) break;
+    const float inv_norm = p.inv_norm[owner.matrix][r];
+    auto g_at = [&](int64_t k) {
+      float sum = 0.f;
+      for (int s = 0; s < splits; ++s) sum += __ldcg(g_rows + (s * rows_pad + r) * dim_pad + k);
+      return sum;
+    };
+    float dot = 0.f;
+    for (int64_t k = lane; k < dim; k += 32) dot += g_at(k) * x.at(r, k) * inv_norm;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (inv_norm >= 1.f / kNormEps) dot = 0.f;  // x / eps is linear: no projection
+    const float scale = inv_norm * p.inv_temperature;
+    for (int64_t k = lane; k < dim; k += 32)
+      store_element(p.grad[owner.matrix], r * dim + k, x.dtype,
+                    (g_at(k) - dot * x.at(r, k) * inv_norm) * scale);
+  }
+}
+
+// After a block wrote its G rows: the gradient, by this block (one split) or by the last split of
+// the row tile to finish.
+__device__ inline void finish_backward(const Params& p, const Owner& owner, int o, int row_tile) {
+  const int64_t row0 = int64_t(row_tile) * kBackwardRows;
+  if (p.backward_splits == 1) {
+    __syncthreads();  // the block's G rows are written (global writes are visible in the block)
+    finish_owner_rows(p, owner, o, row0);
+    return;
+  }
+  if (arrive_last(p.counters + backward_counter(p, o, row_tile), p.backward_splits))
+    finish_owner_rows(p, owner, o, row0);
+}
+
+// Resident variant: D <= 64 kGChunks features; G in registers; whole tiles in shared memory:
+// [owner tile: chunks][2 x other tile: chunks][F16Path: 2 x other tile, tf32 copy: gchunks].
+template <class Path, int kGChunks>
+__global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Params p) {
+  COUN_FAST_DYNAMIC_SHARED(smem);
+  const int o = blockIdx.z;
+  const Owner owner = owner_of(p, o);
+  const int row_tile = blockIdx.x;
+  if (row_tile >= p.backward_row_tiles[o]) return;
+  const int64_t row0 = int64_t(row_tile) * kBackwardRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col_tiles = static_cast<int>((owner.other_rows + kCols - 1) / kCols);
+  const int tiles_per_split = p.backward_tiles_per_split[o];
+  const int t_begin = min(col_tiles, int(blockIdx.y) * tiles_per_split);
+  const int t_end = min(col_tiles, t_begin + tiles_per_split);
+  const int chunks = p.chunks, gchunks = p.gchunks;
+  const int64_t tile_bytes = int64_t(chunks) * kTileChunkBytes;
+  const int64_t gtile_bytes = int64_t(gchunks) * kTileChunkBytes;
+
+  unsigned char* q_smem = smem;
+  unsigned char* k_smem = smem + tile_bytes;  // 2 stages
+  unsigned char* v_smem = Path::kSeparateGradientRows ? k_smem + 2 * tile_bytes : k_smem;
+  const int64_t v_stage_bytes = Path::kSeparateGradientRows ? gtile_bytes : tile_bytes;
+  const unsigned char* q_rows = p.operand[owner.matrix] + row0 * p.row_bytes;
+  const unsigned char* k_rows = p.operand[owner.other];
+  const unsigned char* v_rows = p.goperand[owner.other];
+
+  auto load_tile = [&](int t, int stage) {
+    for (int kc = 0; kc < chunks; ++kc)
+      copy_chunk<kCols>(k_smem + stage * tile_bytes + kc * kTileChunkBytes,
+                        k_rows + int64_t(t) * kCols * p.row_bytes + kc * kChunkBytes, p.row_bytes);
+    if constexpr (Path::kSeparateGradientRows)
+      for (int kc = 0; kc < gchunks; ++kc)
+        copy_chunk<kCols>(v_smem + stage * gtile_bytes + kc * kTileChunkBytes,
+                          v_rows + int64_t(t) * kCols * p.grow_bytes + kc * kChunkBytes, p.grow_bytes);
+  };
+
+  const RowCoefficients rc = row_coefficients(p, owner, row0, warp, lane);
+  const float scale_c = direction_scale(p, owner.as_candidate);
+  using GOp = GradientOperand<Path::kGradient>;
+  constexpr int kBlocks = kGChunks * 8;  // feature blocks of 8 in registers
+  float gacc[kBlocks][4];
+#pragma unroll
+  for (int fb = 0; fb < kBlocks; ++fb)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) gacc[fb][i] = 0.f;
+
+  for (int kc = 0; kc < chunks; ++kc)
+    copy_chunk<kCols>(q_smem + kc * kTileChunkBytes, q_rows + kc * kChunkBytes, p.row_bytes);
+  if (t_begin < t_end) load_tile(t_begin, 0);
+  cp_async_commit();
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) % 2;
+    if (t + 1 < t_end) load_tile(t + 1, 1 - stage);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    float acc[1][8][4];
+    zero(acc);
+    for (int kc = 0; kc < chunks; ++kc)
+      chunk_product<Path, 1>(acc, q_smem + kc * kTileChunkBytes, 16 * warp,
+                             k_smem + stage * tile_bytes + kc * kTileChunkBytes, lane);
+    logit_gradients(p, owner, rc, scale_c, int64_t(t) * kCols, lane, acc[0]);
+    GOp ds;
+    ds.set(acc[0]);
+#pragma unroll
+    for (int gc = 0; gc < kBlocks / GOp::kBlocksPerChunk; ++gc)
+      if (gc < gchunks)
+        ds.product(gacc, gc * GOp::kBlocksPerChunk, v_smem + stage * v_stage_bytes + gc * kTileChunkBytes,
+                   lane);
+    __syncthreads();  // this stage is read: the next iteration may refill it
+  }
+  cp_async_wait<0>();
+
+  const int local_row[2] = {16 * warp + mma::c_row(lane, 0), 16 * warp + mma::c_row(lane, 2)};
+  float* g_rows = p.g_partial + p.g_offset[o] + (int64_t(blockIdx.y) * p.rows_pad[owner.matrix] + row0) * p.dim_pad;
+  store_g(g_rows, p.dim_pad, 0, p.dim_pad, local_row, lane, gacc);
+  finish_backward(p, owner, o, row_tile);
+}
+
+// Streamed variant, any D: the ring carries, per column tile, the logits steps (owner chunk and
+// other chunk) and then the gradient steps (one chunk of the other tile's gradient operand); G
+// lives in the block's float32 rows in global memory, one chunk of features at a time in
+// registers.
+template <class Path>
+__global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Params p) {
+  COUN_FAST_DYNAMIC_SHARED(smem);
+  const int o = blockIdx.z;
+  const Owner owner = owner_of(p, o);
+  const int row_tile = blockIdx.x;
+  if (row_tile >= p.backward_row_tiles[o]) return;
+  const int64_t row0 = int64_t(row_tile) * kBackwardRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col_tiles = static_cast<int>((owner.other_rows + kCols - 1) / kCols);
+  const int tiles_per_split = p.backward_tiles_per_split[o];
+  const int t_begin = min(col_tiles, int(blockIdx.y) * tiles_per_split);
+  const int t_end = min(col_tiles, t_begin + tiles_per_split);
+  const int chunks = p.chunks, gchunks = p.gchunks, steps_per_tile = chunks + gchunks;
+
+  // Stage st: [owner chunk 8 KB][other chunk 8 KB].
+  auto q_stage = [&](int st) { return smem + st * 2 * kTileChunkBytes; };
+  auto k_stage = [&](int st) { return smem + st * 2 * kTileChunkBytes + kTileChunkBytes; };
+  const unsigned char* q_rows = p.operand[owner.matrix] + row0 * p.row_bytes;
+  const unsigned char* k_rows = p.operand[owner.other];
+  const unsigned char* v_rows = p.goperand[owner.other];
+
+  const RowCoefficients rc = row_coefficients(p, owner, row0, warp, lane);
+  const float scale_c = direction_scale(p, owner.as_candidate);
+  using GOp = GradientOperand<Path::kGradient>;
+  constexpr int kBlocks = GOp::kBlocksPerChunk;
+  constexpr int kFeaturesPerChunk = 8 * kBlocks;
+  const int local_row[2] = {16 * warp + mma::c_row(lane, 0), 16 * warp + mma::c_row(lane, 2)};
+  float* g_rows = p.g_partial + p.g_offset[o] + (int64_t(blockIdx.y) * p.rows_pad[owner.matrix] + row0) * p.dim_pad;
+
+  float acc[1][8][4];
+  GOp ds;
+  auto load = [&](int step, int stage) {
+    const int t = t_begin + step / steps_per_tile, s = step % steps_per_tile;
+    const int64_t tile_row = int64_t(t) * kCols;
+    if (s < chunks) {
+      copy_chunk<kCols>(q_stage(stage), q_rows + s * kChunkBytes, p.row_bytes);
+      copy_chunk<kCols>(k_stage(stage), k_rows + tile_row * p.row_bytes + s * kChunkBytes, p.row_bytes);
+    } else {
+      copy_chunk<kCols>(k_stage(stage), v_rows + tile_row * p.grow_bytes + (s - chunks) * kChunkBytes,
+                        p.grow_bytes);
+    }
+  };
+  auto compute = [&](int step, int stage) {
+    const int t = t_begin + step / steps_per_tile, s = step % steps_per_tile;
+    if (s < chunks) {
+      if (s == 0) zero(acc);
+      chunk_product<Path, 1>(acc, q_stage(stage), 16 * warp, k_stage(stage), lane);
+      if (s == chunks - 1) {
+        logit_gradients(p, owner, rc, scale_c, int64_t(t) * kCols, lane, acc[0]);
+        ds.set(acc[0]);
+      }
+      return;
+    }
+    const int64_t feature0 = int64_t(s - chunks) * kFeaturesPerChunk;
+    float gacc[kBlocks][4];
+    if (t == t_begin) {
+#pragma unroll
+      for (int fb = 0; fb < kBlocks; ++fb)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) gacc[fb][i] = 0.f;
+    } else {
+      load_g(g_rows, p.dim_pad, feature0, p.dim_pad, local_row, lane, gacc);
+    }
+    ds.product(gacc, 0, k_stage(stage), lane);
+    store_g(g_rows, p.dim_pad, feature0, p.dim_pad, local_row, lane, gacc);
+  };
+  run_ring(max(0, t_end - t_begin) * steps_per_tile, load, compute);
+  if (t_begin >= t_end) {  // an empty split: its G rows are zero
+    float zeros[kBlocks][4] = {};
+    for (int64_t f0 = 0; f0 < p.dim_pad; f0 += kFeaturesPerChunk)
+      store_g(g_rows, p.dim_pad, f0, p.dim_pad, local_row, lane, zeros);
+  }
+  finish_backward(p, owner, o, row_tile);
+}
+
+// ---- launchers ----
+
+// The backward kernel of a variant (tc_plan.h chooses it).
+template <class Path>
+auto backward_kernel(int g_chunks) {
+  return g_chunks == 2   ? backward_resident_kernel<Path, 2>
+         : g_chunks == 4 ? backward_resident_kernel<Path, 4>
+                         : backward_streamed_kernel<Path>;
+}
+
+
+#ifndef COUN_FAST_EMULATE
+// Raises a kernel's dynamic shared memory limit (cudaFuncSetAttribute is not a stream operation,
+// so it is allowed during graph capture too).
+template <class Kernel>
+inline cudaError_t allow_shared(Kernel kernel, int shared_bytes) {
+  if (shared_bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
+}
+#endif
+
+#ifndef COUN_FAST_EMULATE
+template <class Path>
+int launch_prepare(const Params& p, cudaStream_t stream) {
+  prepare_kernel<Path><<<prepare_grid(p), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class Path>
+int launch_forward(const Params& p, int shared_bytes, cudaStream_t stream) {
+  auto kernel = forward_kernel<Path>;
+  if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
+  kernel<<<forward_grid(p), kThreads, shared_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class Path>
+int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_t stream) {
+  auto kernel = backward_kernel<Path>(g_chunks);
+  if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
+  kernel<<<backward_grid(p), kThreads, shared_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
+#endif  // COUN_FAST_EMULATE
+
+}  // namespace coun_fast::tc

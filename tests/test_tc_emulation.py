@@ -1,0 +1,203 @@
+"""The tensor-core kernels (csrc/cuda/tc_kernels.cuh), run on the CPU through the CUDA emulation,
+against the float64 oracle and the same-precision oracle (the tolerance rules of ``helpers``).
+
+These tests run where no GPU is: they check what the kernels compute (fragment layouts, indexing,
+masks, positives, both directions, the split sweep and its merge, both backward variants, online
+and fixed-shift softmax, reductions) with the very source that runs on the GPU. What only a GPU can
+show (races, the real instructions' behaviour, speed) is left to the CUDA tests in
+test_losses_property.py and benchmarks/gpu_check.sh.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coun_fast.ops.contrastive import RULE_DIAGONAL, RULE_INDEX, RULE_LABELS, RULE_PARTNER
+from helpers import (check_against_oracle, make_feature, random_weights, reference_cross_view, reference_info_nce,
+                     reference_nt_xent, reference_sup_con)
+from tc_emulation import H100, compiler, emulated_loss, make_call, plan
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler to build the CUDA emulation")
+
+# Emulated devices: an H100 (small sweeps split over blocks), one multiprocessor (never split) and
+# 48 KB of shared memory per block (the backward falls back to its streamed variant above D = 128).
+DEVICE = {"h100": H100, "one_sm": dict(sm_count=1, shared_optin=227 * 1024),
+          "48k": dict(sm_count=132, shared_optin=48 * 1024)}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+
+
+def check(fused, oracle, features, dtype, temperature, weights=None, names=None):
+    check_against_oracle(fused, oracle, features, dtype, "cpu", temperature, weights, names,
+                         tf32=dtype == torch.float32)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# (N, D, dtype, tau, device): sizes around every tile (64 columns, 64 / 128 rows, 64 features),
+# fixed shift (tau >= 1/32) and online softmax, split and unsplit sweeps, both backward variants.
+PAIR_CASES = [
+    (1, 1, "bf16", 0.1, "h100"),
+    (2, 3, "fp16", 0.5, "h100"),
+    (3, 64, "tf32", 0.07, "h100"),
+    (31, 33, "bf16", 0.02, "h100"),
+    (33, 65, "fp16", 0.1, "one_sm"),
+    (65, 128, "bf16", 0.2, "h100"),
+    (70, 129, "tf32", 0.1, "48k"),
+    (127, 200, "fp16", 0.05, "h100"),
+    (129, 257, "bf16", 0.1, "h100"),
+    (66, 300, "fp16", 0.02, "one_sm"),
+    (40, 520, "tf32", 0.1, "h100"),
+]
+
+
+def case_id(case) -> str:
+    n, d, dtype, tau, device = case
+    return f"N{n}-D{d}-{dtype}-tau{tau}-{device}"
+
+
+@pytest.mark.parametrize("case", PAIR_CASES, ids=case_id)
+def test_nt_xent(case):
+    n, d, dtype_name, tau, device = case
+    dtype, gen = DTYPES[dtype_name], generator(n * 1000 + d)
+    z1, z2 = make_feature(n, d, dtype, gen), make_feature(n, d, dtype, gen, "strided_rows")
+    check(lambda a, b: emulated_loss(torch.cat([a, b]), None, tau, RULE_PARTNER, exclude_self=True,
+                                     device=DEVICE[device]),
+          lambda a, b, upcast: reference_nt_xent(a, b, tau, upcast=upcast), [z1, z2], dtype, tau,
+          names=["z1", "z2"])
+
+
+@pytest.mark.parametrize("case", PAIR_CASES, ids=case_id)
+def test_cross_view(case):
+    n, d, dtype_name, tau, device = case
+    dtype, gen = DTYPES[dtype_name], generator(n * 1000 + d + 1)
+    z1, z2 = make_feature(n, d, dtype, gen, "transposed"), make_feature(n, d, dtype, gen, scale=3.0)
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_DIAGONAL, symmetric=True, device=DEVICE[device]),
+          lambda a, b, upcast: reference_cross_view(a, b, tau, upcast=upcast), [z1, z2], dtype, tau,
+          names=["z1", "z2"])
+
+
+@pytest.mark.parametrize("case", [(1, 5, "bf16", 0.1, "h100"), (37, 48, "fp16", 0.1, "h100"),
+                                  (130, 70, "bf16", 0.02, "48k"), (96, 300, "tf32", 0.1, "h100")], ids=case_id)
+def test_sup_con(case):
+    m, d, dtype_name, tau, device = case
+    dtype, gen = DTYPES[dtype_name], generator(m + d)
+    features = make_feature(m, d, dtype, gen)
+    labels = torch.randint(0, 5, (m,), generator=gen) + 1000
+    check(lambda x: emulated_loss(x, None, tau, RULE_LABELS, anchor_labels=labels, exclude_self=True,
+                                  device=DEVICE[device]),
+          lambda x, upcast: reference_sup_con(x, labels, tau, upcast=upcast), [features], dtype, tau,
+          names=["features"])
+
+
+def derangement(n: int, gen: torch.Generator) -> torch.Tensor:
+    order = torch.randperm(n, generator=gen)
+    index = torch.empty(n, dtype=torch.int64)
+    index[order] = order.roll(-1)
+    return index
+
+
+# (M, N, D, dtype, tau, device, exclude_self, symmetric, reduction) with an index of positives.
+INDEX_CASES = [
+    (5, 9, 17, "bf16", 0.3, "h100", False, False, "none"),
+    (70, 130, 40, "fp16", 0.1, "h100", False, False, "sum"),
+    (66, 66, 33, "bf16", 0.1, "h100", True, True, "mean"),
+    (80, 80, 129, "tf32", 0.04, "one_sm", False, True, "none"),
+    (45, 45, 260, "bf16", 0.02, "h100", True, False, "mean"),
+]
+
+
+@pytest.mark.parametrize("case", INDEX_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_info_nce_index_positives(case):
+    m, n, d, dtype_name, tau, device, exclude_self, symmetric, reduction = case
+    dtype, gen = DTYPES[dtype_name], generator(m * n + d)
+    anchors, candidates = make_feature(m, d, dtype, gen), make_feature(n, d, dtype, gen, "offset_cols")
+    if symmetric:
+        index = derangement(n, gen) if exclude_self else torch.randperm(n, generator=gen)
+    elif exclude_self:
+        index = (torch.arange(m) + torch.randint(1, n, (m,), generator=gen)) % n
+    else:
+        index = torch.randint(0, n, (m,), generator=gen)
+    options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
+    weights = random_weights((m + n if symmetric else m,), dtype, gen) if reduction == "none" else None
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_INDEX, positive_index=index, device=DEVICE[device], **options),
+          lambda a, b, upcast: reference_info_nce(a, b, tau, positive_index=index, upcast=upcast, **options),
+          [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"])
+
+
+# (M, N, D, dtype, tau, device, exclude_self, symmetric, reduction) with labels on both sides.
+LABEL_CASES = [
+    (7, 12, 9, "bf16", 0.2, "h100", False, True, "mean"),
+    (100, 70, 64, "fp16", 0.1, "h100", False, False, "none"),
+    (90, 90, 100, "tf32", 0.1, "48k", True, True, "sum"),
+]
+
+
+@pytest.mark.parametrize("case", LABEL_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_info_nce_label_positives(case):
+    m, n, d, dtype_name, tau, device, exclude_self, symmetric, reduction = case
+    dtype, gen = DTYPES[dtype_name], generator(m + n * d)
+    anchors, candidates = make_feature(m, d, dtype, gen), make_feature(n, d, dtype, gen)
+    anchor_labels = torch.randint(0, 6, (m,), generator=gen)
+    candidate_labels = torch.randint(0, 8, (n,), generator=gen)  # some anchors have no positive
+    options = dict(anchor_labels=anchor_labels, candidate_labels=candidate_labels, exclude_self=exclude_self,
+                   symmetric=symmetric, reduction=reduction)
+    weights = random_weights((m + n if symmetric else m,), dtype, gen) if reduction == "none" else None
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_LABELS, device=DEVICE[device], **options),
+          lambda a, b, upcast: reference_info_nce(a, b, tau, upcast=upcast, **options),
+          [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"])
+
+
+def test_runs_are_bit_identical():
+    gen = generator(7)
+    z1 = make_feature(130, 96, torch.bfloat16, gen).leaf(torch.bfloat16, "cpu")
+    z2 = make_feature(130, 96, torch.bfloat16, gen).leaf(torch.bfloat16, "cpu")
+
+    def run():
+        a, b = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
+        loss = emulated_loss(a, b, 0.1, RULE_DIAGONAL, symmetric=True)
+        loss.backward()
+        return loss.detach(), a.grad, b.grad
+
+    for name, x, y in zip(("loss", "grad[z1]", "grad[z2]"), run(), run()):
+        assert torch.equal(x, y), name
+
+
+def test_plan_splits_small_sweeps_and_picks_backward_variants():
+    x = torch.randn(256, 512, dtype=torch.bfloat16)
+    y = torch.randn(256, 512, dtype=torch.bfloat16)
+    coun = plan(make_call(x, y, 0.1, RULE_DIAGONAL, None, None, None, False, True, "mean", H100))
+    assert coun["forward_splits"] == 4 and coun["backward_splits"] == 4  # CoUn's 256 x 512: 4 column tiles
+    assert coun["g_chunks"] == 0  # D = 512: G streamed through global memory
+    big = torch.randn(32768, 128, dtype=torch.bfloat16)
+    large = plan(make_call(big, None, 0.5, RULE_PARTNER, None, None, None, True, False, "mean", H100))
+    assert large["forward_splits"] == 1 and large["backward_splits"] == 1 and large["g_chunks"] == 2
+    small_smem = plan(make_call(x[:, :256], y[:, :256], 0.1, RULE_DIAGONAL, None, None, None, False, True, "mean",
+                                DEVICE["48k"]))
+    assert small_smem["g_chunks"] == 0  # 3 tiles of 256 bf16 features need 96 KB
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 140), dim=st.integers(1, 300), temperature=st.floats(0.02, 1.0),
+       dtype=st.sampled_from(sorted(DTYPES)), device=st.sampled_from(sorted(DEVICE)),
+       rule=st.sampled_from(("partner", "labels")), seed=st.integers(0, 2**31))
+def test_self_problems_property(m, dim, temperature, dtype, device, rule, seed):
+    """Random shapes, temperatures, dtypes and devices for the anchors-against-themselves problem."""
+    gen, dtype = generator(seed), DTYPES[dtype]
+    if rule == "partner":
+        m += m % 2
+        rows = make_feature(m, dim, dtype, gen)
+        check(lambda x: emulated_loss(x, None, temperature, RULE_PARTNER, exclude_self=True, device=DEVICE[device]),
+              lambda x, upcast: reference_nt_xent(x[: m // 2], x[m // 2:], temperature, upcast=upcast),
+              [rows], dtype, temperature, names=["rows"])
+        return
+    rows = make_feature(m, dim, dtype, gen)
+    labels = torch.randint(0, 4, (m,), generator=gen)
+    check(lambda x: emulated_loss(x, None, temperature, RULE_LABELS, anchor_labels=labels, exclude_self=True,
+                                  device=DEVICE[device]),
+          lambda x, upcast: reference_sup_con(x, labels, temperature, upcast=upcast),
+          [rows], dtype, temperature, names=["rows"])
