@@ -174,6 +174,60 @@ def time_call(
     return summarize(time_cpu(fn, reps, before))
 
 
+def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, reps: int = 10) -> float:
+    """The device's measured dense matrix-product rate: median TFLOP/s of ``size``^3 products of
+    random ``dtype`` matrices (cuBLAS through torch; CUDA events), warm-up excluded."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    timing = time_call(lambda: a @ b, device, reps, warmup=3)
+    return 2 * size**3 / (timing.p50_ms * 1e-3) / 1e12
+
+
+def graph_replay_ms(fn: Callable[[], object], device: torch.device, replays: int = 200, rounds: int = 5) -> float:
+    """GPU time of one call of ``fn`` (forward and backward of a loss, say), without launch gaps:
+    ``fn`` is captured in a CUDA graph after three warm-up calls on a side stream, the graph is
+    replayed ``replays`` times between two CUDA events, and the median over ``rounds`` of the
+    per-replay time is returned, in milliseconds."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    samples = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / replays)
+    return quantile(sorted(samples), 0.5)
+
+
+def wall_per_call_us(fn: Callable[[], object], device: torch.device, calls: int = 200, rounds: int = 7) -> float:
+    """Host wall time of one eager call of ``fn`` issued back to back, in microseconds: ``calls``
+    calls between two clock reads (the device synchronized at both ends), median over ``rounds``.
+    On a GPU this is what a training step pays per call when the device keeps up."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return quantile(sorted(samples), 0.5)
+
+
 def timing_method(device: torch.device) -> str:
     """How :func:`time_call` times on ``device``, in words."""
     if device.type == "cuda":

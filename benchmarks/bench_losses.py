@@ -1,18 +1,22 @@
 """Benchmark of coun_fast's contrastive losses: time and peak extra memory of the fused kernels
-against the eager reference, the compiled reference and pytorch-metric-learning.
+against the eager reference, the compiled reference and pytorch-metric-learning, and the latency of
+small calls (GPU time and host wall time).
 
     python benchmarks/bench_losses.py                       # every loss, D in {128, 512}
     python benchmarks/bench_losses.py --quick               # a smoke run of a few minutes
+    python benchmarks/bench_losses.py --gpu-quick           # the GPU targets, under 2 minutes
     python benchmarks/bench_losses.py --losses nt_xent --dims 128 --sizes 1024 2048 4096 8192
 
 Each (loss, provider, M, D) is measured in fresh worker processes: one times the forward and the
-forward+backward call, another measures their peak extra memory. See benchmarks/README.md.
+forward+backward call (on CUDA it also takes the peak extra memory), on the CPU another measures
+the peak extra memory. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +28,9 @@ import torch
 import _harness as harness
 
 LOSSES = ("nt_xent", "cross_view_info_nce", "sup_con")
-PROVIDERS = ("reference", "fused", "reference+compile", "pml")
+# fused: the kernels' default path (exact on CUDA); fused+tc: the tensor-core path (CUDA only).
+PROVIDERS = ("reference", "fused", "fused+tc", "reference+compile", "pml")
+CUDA_ONLY_PROVIDERS = ("fused+tc",)
 MODES = ("forward", "full")
 TEMPERATURE = {"nt_xent": 0.5, "cross_view_info_nce": 0.1, "sup_con": 0.1}
 PML_LOSSES = ("nt_xent", "sup_con")
@@ -35,6 +41,17 @@ DEFAULT_REPS = {"cpu": 10, "cuda": 30}
 FLOP_FORMULA = ("TFLOP/s = 4*M^2*D per forward+backward (2*M^2*D per forward) / median time; M = rows of "
                 "the similarity matrix: 2N for nt_xent, N for cross_view_info_nce (its N x N matrix), "
                 "the rows for sup_con")
+EXECUTED_FLOP_FORMULA = (
+    "executed FLOPs = the matrix products a provider runs per call: the reference (eager or compiled) "
+    "2*M^2*D forward, 6*M^2*D forward+backward (one M x M product, two gradient products); the fused "
+    "kernels the same for one input against itself (nt_xent, sup_con) and twice that for "
+    "cross_view_info_nce, whose forward runs each direction and whose backward recomputes the tile "
+    "for each input; share = executed TFLOP/s / the device's dense matrix-product rate measured in "
+    "the same run (an 8192^3 product in the run's dtype, bfloat16 for float32 runs)")
+LATENCY_CASES = {  # name: (loss, M, D) measured by --latency
+    "coun": ("cross_view_info_nce", 256, 512),   # CoUn: 256 pairs of 512-d ResNet-18 features
+    "tiny": ("nt_xent", 4, 8),                    # host overhead: kernels take nothing here
+}
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 
@@ -89,10 +106,22 @@ def _pml_sup_con() -> Callable[..., torch.Tensor]:
     return SupConLoss(temperature=TEMPERATURE["sup_con"])
 
 
+def _with_tensor_cores(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    from coun_fast.ops import backend as backends
+
+    def wrapped(*args: torch.Tensor) -> torch.Tensor:
+        with backends.tensor_cores(True):
+            return call(*args)
+
+    return wrapped
+
+
 def make_call(provider: str, loss: str) -> Callable[..., torch.Tensor]:
     """The loss function of ``provider``, taking :func:`make_inputs`' arguments."""
     if provider == "fused":
         return _coun_call(loss, "fused")
+    if provider == "fused+tc":
+        return _with_tensor_cores(_coun_call(loss, "fused"))
     if provider == "reference":
         return _coun_call(loss, "reference")
     if provider == "reference+compile":
@@ -141,6 +170,10 @@ def measure(spec: dict) -> dict:
     if spec["device"] == "cpu":
         harness.limit_data_memory(spec["mem_limit"])
     device = torch.device(spec["device"])
+    if spec["task"] == "matmul":
+        return {"status": "ok", "tflops": harness.matmul_tflops(device, DTYPES[spec["dtype"]])}
+    if spec["task"] == "latency":
+        return _latency_task(spec, device)
     try:
         inputs = make_inputs(spec["loss"], spec["m"], spec["d"], DTYPES[spec["dtype"]], device)
         call = make_call(spec["provider"], spec["loss"])
@@ -157,7 +190,25 @@ def measure(spec: dict) -> dict:
 
 def _timing_task(fn: Callable[[], object], device: torch.device, clear: Callable[[], None], spec: dict) -> dict:
     timing = harness.time_call(fn, device, spec["reps"], clear, budget_s=spec["budget_s"])
-    return harness.timing_dict(timing)
+    result = harness.timing_dict(timing)
+    if device.type == "cuda":  # the CUDA allocator's statistics need no separate process
+        result["peak_bytes"] = harness.peak_extra_cuda(fn, device, clear)
+    return result
+
+
+def _latency_task(spec: dict, device: torch.device) -> dict:
+    """GPU time per forward+backward (CUDA graph replays; CUDA only) and host wall time per eager
+    forward+backward call of one small problem."""
+    try:
+        inputs = make_inputs(spec["loss"], spec["m"], spec["d"], DTYPES[spec["dtype"]], device)
+        call = make_call(spec["provider"], spec["loss"])
+        full = partial(_backward, call, inputs)
+        result = {"status": "ok", "wall_us": harness.wall_per_call_us(full, device)}
+        if device.type == "cuda":
+            result["gpu_us"] = harness.graph_replay_ms(full, device) * 1e3
+        return result
+    except Exception as exc:  # recorded; the run goes on
+        return {"status": harness.failure_status(exc)}
 
 
 def _memory_task(fn: Callable[[], object], device: torch.device, clear: Callable[[], None], spec: dict) -> dict:
@@ -185,6 +236,8 @@ class Config:
     threads: int | None
     mem_limit: int | None
     out: Path
+    latency: bool
+    memory_sizes: list[int]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -209,6 +262,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "results")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: sizes 256 512, D 128, 3 reps, 2 s per call at most (explicit options still win)")
+    parser.add_argument("--latency", action="store_true",
+                        help="also measure small calls: GPU time (graph replays) and wall time per forward+backward "
+                             "at CoUn's shape (cross_view_info_nce, 256 x 512) and a tiny one (nt_xent, 4 x 8)")
+    parser.add_argument("--gpu-quick", action="store_true",
+                        help="the GPU targets in under 2 minutes: bfloat16 nt_xent at M=32768, D 128 and 512 (every "
+                             "provider but pml), the fused paths at M=131072, D=128, and --latency")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -223,7 +282,14 @@ def _mem_limit(device: str, gib: float | None) -> int | None:
 
 
 def make_config(args: argparse.Namespace) -> Config:
-    """The run's settings: explicit options, else the --quick values, else the device's defaults."""
+    """The run's settings: explicit options, else the --quick / --gpu-quick values, else the
+    device's defaults."""
+    if args.gpu_quick:
+        return Config(device="cuda", dtype="bfloat16", losses=["nt_xent"],
+                      providers=["reference", "fused", "fused+tc", "reference+compile"], sizes=[32768],
+                      dims=[128, 512], reps=args.reps or 10, budget_s=args.budget_s or 3.0,
+                      max_call_s=args.max_call_s or 10.0, cell_timeout_s=min(args.cell_timeout, 120.0),
+                      threads=args.threads, mem_limit=None, out=args.out, latency=True, memory_sizes=[131072])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick
     return Config(
@@ -240,12 +306,17 @@ def make_config(args: argparse.Namespace) -> Config:
         threads=args.threads,
         mem_limit=_mem_limit(device, args.mem_limit_gib),
         out=args.out,
+        latency=args.latency,
+        memory_sizes=[],
     )
 
 
 def unavailable_providers(config: Config) -> dict[str, str]:
     """Providers of the configuration that cannot run at all here, with the reason."""
     reasons = {}
+    for provider in CUDA_ONLY_PROVIDERS:
+        if provider in config.providers and config.device != "cuda":
+            reasons[provider] = "the tensor-core path runs on CUDA only"
     if "pml" in config.providers and importlib.util.find_spec("pytorch_metric_learning") is None:
         reasons["pml"] = "pytorch-metric-learning is not installed (pip install pytorch-metric-learning)"
     return reasons
@@ -276,8 +347,8 @@ def measure_cell(config: Config, loss: str, provider: str, m: int, d: int) -> di
     """``{mode: {"status", timing fields, "peak_bytes"}}`` of one (loss, provider, M, D); memory is
     measured only for the modes whose timing succeeded."""
     timings = _run_worker(config, "time", loss, provider, m, d)
-    if not any(timings[mode]["status"] == "ok" for mode in MODES):
-        return timings
+    if config.device == "cuda" or not any(timings[mode]["status"] == "ok" for mode in MODES):
+        return timings  # on CUDA the timing worker took the peak memory too
     memory = _run_worker(config, "memory", loss, provider, m, d)
     cell = {}
     for mode in MODES:
@@ -297,9 +368,25 @@ def tflops(mode: str, m: int, d: int, ms: float | None) -> float | None:
     return flops / (ms * 1e-3) / 1e12
 
 
-def make_row(config: Config, loss: str, provider: str, mode: str, m: int, d: int, result: dict) -> dict:
+def executed_flops(loss: str, provider: str, mode: str, m: int, d: int) -> float | None:
+    """The matrix-product FLOPs ``provider`` executes in one call (EXECUTED_FLOP_FORMULA); None for
+    pytorch-metric-learning, whose count this benchmark does not model."""
+    if provider == "pml":
+        return None
+    per_product = 2.0 * m * m * d
+    products = 1 if mode == "forward" else 3
+    if provider.startswith("fused") and loss == "cross_view_info_nce":
+        products *= 2
+    return products * per_product
+
+
+def make_row(config: Config, loss: str, provider: str, mode: str, m: int, d: int, result: dict,
+             matmul_tflops: float | None = None) -> dict:
     """One results row (the CSV columns, in order); ratios are filled in by :func:`add_ratios`."""
     peak = result.get("peak_bytes")
+    flops = executed_flops(loss, provider, mode, m, d)
+    p50 = result.get("p50_ms")
+    executed = flops / (p50 * 1e-3) / 1e12 if flops and p50 else None
     return {
         "subject": f"{loss} M={m} D={d}",
         "provider": provider,
@@ -315,6 +402,9 @@ def make_row(config: Config, loss: str, provider: str, mode: str, m: int, d: int
         "p20_ms": result.get("p20_ms"),
         "p80_ms": result.get("p80_ms"),
         "tflops": tflops(mode, m, d, result.get("p50_ms")),
+        "executed_gflop": None if flops is None else flops / 1e9,
+        "executed_tflops": executed,
+        "matmul_share": executed / matmul_tflops if executed and matmul_tflops else None,
         "peak_extra_mib": None if peak is None else peak / harness.MIB,
         "speedup_vs_reference": None,
         "memory_vs_reference": None,
@@ -381,16 +471,19 @@ def progress_line(row: dict) -> str:
             + (f"  | {ratio}" if ratio else ""))
 
 
-def run_grid(config: Config, unavailable: dict[str, str]) -> list[dict]:
+def run_grid(config: Config, unavailable: dict[str, str], matmul_tflops: float | None = None,
+             sizes: list[int] | None = None, dims: list[int] | None = None,
+             providers: list[str] | None = None) -> list[dict]:
     """Measure every (loss, D, M, provider); after a failure (OOM, too slow, error) the provider's
-    larger sizes for that loss and D are recorded as skipped rather than run."""
+    larger sizes for that loss and D are recorded as skipped rather than run. ``sizes``, ``dims``
+    and ``providers`` narrow the configuration's (the --gpu-quick memory grid)."""
     rows = []
     blocked: dict[tuple, str] = {}
     for loss in config.losses:
-        for d in config.dims:
-            for m in config.sizes:
+        for d in dims or config.dims:
+            for m in sizes or config.sizes:
                 references = {}
-                for provider in providers_for(loss, config, unavailable):
+                for provider in providers or providers_for(loss, config, unavailable):
                     key = (loss, d, provider)
                     if loss == "nt_xent" and m % 2:
                         cell = {mode: {"status": "skipped: nt_xent needs an even M = 2N"} for mode in MODES}
@@ -402,7 +495,7 @@ def run_grid(config: Config, unavailable: dict[str, str]) -> list[dict]:
                         if failed:
                             blocked[key] = f"skipped after M={m} ({failed[0].removeprefix('skipped: ')})"
                     for mode in MODES:
-                        row = make_row(config, loss, provider, mode, m, d, cell[mode])
+                        row = make_row(config, loss, provider, mode, m, d, cell[mode], matmul_tflops)
                         if provider == "reference":
                             references[mode] = row
                         add_ratios(row, references.get(mode))
@@ -422,6 +515,8 @@ TABLE_COLUMNS = (
     ("p20 ms", lambda r: _fmt(r["p20_ms"], 2)),
     ("p80 ms", lambda r: _fmt(r["p80_ms"], 2)),
     ("TFLOP/s", lambda r: "-" if r["tflops"] is None else f"{r['tflops']:.3g}"),
+    ("exec TF/s", lambda r: "-" if r["executed_tflops"] is None else f"{r['executed_tflops']:.3g}"),
+    ("of matmul", lambda r: "-" if r["matmul_share"] is None else f"{100 * r['matmul_share']:.1f}%"),
     ("peak MiB", lambda r: _fmt(r["peak_extra_mib"], 1)),
     ("speedup", lambda r: _speedup_text(r["speedup_vs_reference"])),
     ("mem/ref", lambda r: _memory_fraction_text(r["memory_vs_reference"])),
@@ -450,6 +545,81 @@ def cpu_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def measure_latency(config: Config, unavailable: dict[str, str]) -> list[dict]:
+    """GPU time (CUDA) and wall time per forward+backward of the LATENCY_CASES, per provider."""
+    rows = []
+    for case, (loss, m, d) in LATENCY_CASES.items():
+        for provider in ("reference", "fused", "fused+tc"):
+            if provider in unavailable:
+                continue
+            spec = {**_spec(config, "latency", loss, provider, m, d)}
+            result = harness.run_isolated(SCRIPT, spec, config.cell_timeout_s)
+            rows.append({"case": case, "loss": loss, "M": m, "D": d, "dtype": config.dtype, "device": config.device,
+                         "provider": provider, "gpu_us": result.get("gpu_us"), "wall_us": result.get("wall_us"),
+                         "status": result["status"]})
+            print(f"latency {case:<5} {provider:<10} " + (
+                f"GPU {result['gpu_us']:.1f} us  " if result.get("gpu_us") is not None else "")
+                  + (f"wall {result['wall_us']:.1f} us" if result.get("wall_us") is not None else result["status"]),
+                  flush=True)
+    return rows
+
+
+LATENCY_COLUMNS = (
+    ("case", lambda r: r["case"]),
+    ("loss", lambda r: r["loss"]),
+    ("M", lambda r: str(r["M"])),
+    ("D", lambda r: str(r["D"])),
+    ("provider", lambda r: r["provider"]),
+    ("GPU us/call", lambda r: _fmt(r["gpu_us"], 1)),
+    ("wall us/call", lambda r: _fmt(r["wall_us"], 1)),
+    ("status", lambda r: r["status"][:60]),
+)
+
+
+def _find(rows: list[dict], **fields) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in fields.items()) and r["status"] == "ok"), None)
+
+
+def gpu_targets(rows: list[dict], latency: list[dict]) -> list[str]:
+    """The tensor-core targets, where the run has their rows (bfloat16 nt_xent forward+backward):
+    at M=32768, D=128 at least 5x the compiled reference and 35% of the measured matrix-product rate
+    (executed FLOPs); at D=512 at least 3x the compiled reference; M=131072, D=128 in under 300 MiB
+    of extra memory; CoUn's shape at most 30 us of GPU time and 100 us of wall time per call."""
+    lines = []
+    for d, factor in ((128, 5.0), (512, 3.0)):
+        fused = _find(rows, loss="nt_xent", provider="fused+tc", mode="full", M=32768, D=d)
+        compiled = _find(rows, loss="nt_xent", provider="reference+compile", mode="full", M=32768, D=d)
+        if fused and compiled:
+            ratio = compiled["p50_ms"] / fused["p50_ms"]
+            lines.append(f"target fused+tc >= {factor:g}x reference+compile (M=32768, D={d}): {ratio:.2f}x -> "
+                         + ("met" if ratio >= factor else "NOT met"))
+        if fused and d == 128 and fused["matmul_share"] is not None:
+            share = fused["matmul_share"]
+            lines.append(f"target fused+tc >= 35% of the matmul rate (M=32768, D=128, executed FLOPs): "
+                         f"{100 * share:.1f}% -> " + ("met" if share >= 0.35 else "NOT met"))
+    big = _find(rows, loss="nt_xent", provider="fused+tc", mode="full", M=131072, D=128)
+    if big and big["peak_extra_mib"] is not None:
+        value = big["peak_extra_mib"]
+        lines.append(f"target fused+tc extra memory < 300 MiB (M=131072, D=128): {value:.1f} MiB -> "
+                     + ("met" if value < 300 else "NOT met"))
+    coun = _find(latency, case="coun", provider="fused+tc")
+    if coun and coun["gpu_us"] is not None:
+        lines.append(f"target CoUn shape GPU time <= 30 us: {coun['gpu_us']:.1f} us -> "
+                     + ("met" if coun["gpu_us"] <= 30 else "NOT met"))
+        lines.append(f"target CoUn shape wall time <= 100 us: {coun['wall_us']:.1f} us -> "
+                     + ("met" if coun["wall_us"] <= 100 else "NOT met"))
+    return lines
+
+
+def cpu_latency_targets(latency: list[dict]) -> list[str]:
+    """The CPU host-overhead target: a tiny (4 x 8) fused forward+backward in at most 100 us."""
+    tiny = _find(latency, case="tiny", provider="fused", device="cpu")
+    if not tiny:
+        return []
+    return [f"target tiny fused call (4 x 8) <= 100 us: {tiny['wall_us']:.1f} us -> "
+            + ("met" if tiny["wall_us"] <= 100 else "NOT met")]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -466,25 +636,45 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(PML_LOSSES))
     print(FLOP_FORMULA)
     device = torch.device(config.device)
+    matmul_tflops = None
+    if config.device == "cuda":
+        matmul_dtype = config.dtype if config.dtype != "float32" else "bfloat16"
+        result = harness.run_isolated(SCRIPT, {**_spec(config, "matmul", "", "", 0, 0), "dtype": matmul_dtype},
+                                      config.cell_timeout_s)
+        matmul_tflops = result.get("tflops")
+        print(f"measured {matmul_dtype} matrix-product rate: "
+              + (f"{matmul_tflops:.0f} TFLOP/s" if matmul_tflops else result["status"]), flush=True)
     header = harness.environment_header("losses", device, REPO, torch.get_num_threads(), {
         "flop_formula": FLOP_FORMULA,
+        "executed_flop_formula": EXECUTED_FLOP_FORMULA,
+        "measured_matmul_tflops": matmul_tflops,
         "dtype": config.dtype,
         "temperatures": TEMPERATURE,
         "sup_con_classes": SUPCON_CLASSES,
         "pytorch_metric_learning": _pml_version(),
         "unavailable_providers": unavailable,
+        "tensor_cores_env": os.environ.get("COUN_FAST_TENSOR_CORES"),
         "settings": {"reps": config.reps, "budget_s": config.budget_s, "max_call_s": config.max_call_s,
                      "mem_limit_bytes": config.mem_limit},
     })
-    rows = run_grid(config, unavailable)
+    rows = run_grid(config, unavailable, matmul_tflops)
+    if config.memory_sizes:
+        rows += run_grid(config, unavailable, matmul_tflops, sizes=config.memory_sizes, dims=[128],
+                         providers=[p for p in ("fused", "fused+tc") if p not in unavailable])
+    latency = measure_latency(config, unavailable) if config.latency else []
+    header["latency"] = latency
     stem = f"losses_{config.device}_{header['timestamp']}"
     json_path, csv_path = harness.write_results(rows, header, config.out, stem)
     print()
     print(harness.format_table(rows, TABLE_COLUMNS))
+    if latency:
+        print()
+        print(harness.format_table(latency, LATENCY_COLUMNS))
     print()
     print(FLOP_FORMULA)
+    print(EXECUTED_FLOP_FORMULA)
     print("speedup = reference p50 / provider p50; mem/ref = provider peak extra memory / reference's")
-    for line in cpu_targets(rows):
+    for line in cpu_targets(rows) + cpu_latency_targets(latency) + gpu_targets(rows, latency):
         print(line)
     print(f"wrote {json_path}\nwrote {csv_path}")
     return 0

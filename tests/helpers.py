@@ -20,18 +20,30 @@ Tolerance rule (see :func:`check_against_oracle`), for the loss and every gradie
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
 import torch
 from torch import Tensor
 
+from coun_fast.ops import backend as backends
 from coun_fast.ops import reference
 
 # "cuda" params carry the cuda marker: conftest skips them ("no CUDA GPU") at setup, so the GPU is
 # never queried at import or collection time.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+# The kernels' devices and CUDA paths: "cuda" runs the exact path, "cuda-tc" the tensor-core path
+# (bfloat16 / float16 inputs on tensor cores; float32 stays exact unless TF32 is allowed).
+KERNEL_DEVICES = [*DEVICES, pytest.param("cuda-tc", marks=pytest.mark.cuda)]
+
+
+@contextlib.contextmanager
+def kernel_path(device: str) -> Iterator[str]:
+    """The torch device of a KERNEL_DEVICES entry, with its CUDA path switched on for the block."""
+    with backends.tensor_cores(device == "cuda-tc"):
+        yield "cuda" if device.startswith("cuda") else device
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 DTYPES = (torch.float32, *LOW_PRECISION)
 FP32_RTOL = 1e-5

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from coun_fast import functional as F
 from helpers import (
-    DEVICES,
+    KERNEL_DEVICES,
     DTYPES,
     LAYOUTS,
     check_against_oracle,
+    kernel_path,
     make_feature,
     random_weights,
     reference_cross_view,
@@ -70,138 +71,145 @@ def reduction_weights(reduction: str, length: int, dtype: torch.dtype, gen: torc
     return random_weights((length,), dtype, gen) if reduction == "none" else None
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(n=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts, scale=scales,
        seed=seeds)
-def test_nt_xent_matches_oracle(device, n, dim, temperature, dtype, layout1, layout2, scale, seed):
-    gen = generator(seed)
-    dim = fit_dim(dim, 2 * n, 2 * n)
-    z1 = make_feature(n, dim, dtype, gen, layout1, scale)
-    z2 = make_feature(n, dim, dtype, gen, layout2)
-    check_against_oracle(
-        lambda a, b: F.nt_xent(a, b, temperature, backend="fused"),
-        lambda a, b, upcast: reference_nt_xent(a, b, temperature, upcast=upcast),
-        [z1, z2], dtype, device, temperature, names=["z1", "z2"])
+def test_nt_xent_matches_oracle(kernel_device, n, dim, temperature, dtype, layout1, layout2, scale, seed):
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        dim = fit_dim(dim, 2 * n, 2 * n)
+        z1 = make_feature(n, dim, dtype, gen, layout1, scale)
+        z2 = make_feature(n, dim, dtype, gen, layout2)
+        check_against_oracle(
+            lambda a, b: F.nt_xent(a, b, temperature, backend="fused"),
+            lambda a, b, upcast: reference_nt_xent(a, b, temperature, upcast=upcast),
+            [z1, z2], dtype, device, temperature, names=["z1", "z2"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(n=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts, scale=scales,
        seed=seeds)
-def test_cross_view_info_nce_matches_oracle(device, n, dim, temperature, dtype, layout1, layout2, scale, seed):
-    gen = generator(seed)
-    dim = fit_dim(dim, n, n)
-    z1 = make_feature(n, dim, dtype, gen, layout1)
-    z2 = make_feature(n, dim, dtype, gen, layout2, scale)
-    check_against_oracle(
-        lambda a, b: F.cross_view_info_nce(a, b, temperature, backend="fused"),
-        lambda a, b, upcast: reference_cross_view(a, b, temperature, upcast=upcast),
-        [z1, z2], dtype, device, temperature, names=["z1", "z2"])
+def test_cross_view_info_nce_matches_oracle(kernel_device, n, dim, temperature, dtype, layout1, layout2, scale, seed):
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        dim = fit_dim(dim, n, n)
+        z1 = make_feature(n, dim, dtype, gen, layout1)
+        z2 = make_feature(n, dim, dtype, gen, layout2, scale)
+        check_against_oracle(
+            lambda a, b: F.cross_view_info_nce(a, b, temperature, backend="fused"),
+            lambda a, b, upcast: reference_cross_view(a, b, temperature, upcast=upcast),
+            [z1, z2], dtype, device, temperature, names=["z1", "z2"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(m=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout=layouts, classes=st.integers(1, 40),
        label_offset=st.integers(-3, 1000), int32_labels=st.booleans(), seed=seeds)
-def test_sup_con_matches_oracle(device, m, dim, temperature, dtype, layout, classes, label_offset, int32_labels, seed):
-    gen = generator(seed)
-    dim = fit_dim(dim, m, m)
-    features = make_feature(m, dim, dtype, gen, layout)
-    labels = torch.randint(0, classes, (m,), generator=gen) + label_offset
-    fused_labels = labels.to(device=device, dtype=torch.int32 if int32_labels else torch.int64)
-    check_against_oracle(
-        lambda x: F.sup_con(x, fused_labels, temperature, backend="fused"),
-        lambda x, upcast: reference_sup_con(x, labels, temperature, upcast=upcast),
-        [features], dtype, device, temperature, names=["features"])
+def test_sup_con_matches_oracle(kernel_device, m, dim, temperature, dtype, layout, classes, label_offset, int32_labels, seed):
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        dim = fit_dim(dim, m, m)
+        features = make_feature(m, dim, dtype, gen, layout)
+        labels = torch.randint(0, classes, (m,), generator=gen) + label_offset
+        fused_labels = labels.to(device=device, dtype=torch.int32 if int32_labels else torch.int64)
+        check_against_oracle(
+            lambda x: F.sup_con(x, fused_labels, temperature, backend="fused"),
+            lambda x, upcast: reference_sup_con(x, labels, temperature, upcast=upcast),
+            [features], dtype, device, temperature, names=["features"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(m=sizes, n=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts,
        exclude_self=st.booleans(), symmetric=st.booleans(), reduction=reductions, seed=seeds)
-def test_info_nce_index_positives_match_oracle(device, m, n, dim, temperature, dtype, layout1, layout2, exclude_self,
+def test_info_nce_index_positives_match_oracle(kernel_device, m, n, dim, temperature, dtype, layout1, layout2, exclude_self,
                                                symmetric, reduction, seed):
-    gen = generator(seed)
-    if symmetric or exclude_self:
-        m = n
-    exclude_self = exclude_self and n >= 2
-    dim = fit_dim(dim, m, n)
-    anchors = make_feature(m, dim, dtype, gen, layout1)
-    candidates = make_feature(n, dim, dtype, gen, layout2)
-    index = index_positives(m, n, exclude_self, symmetric, gen)
-    options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
-    weights = reduction_weights(reduction, m + n if symmetric else m, dtype, gen)
-    check_against_oracle(
-        lambda a, b: F.info_nce(a, b, temperature, positive_index=index.to(device), backend="fused", **options),
-        lambda a, b, upcast: reference_info_nce(a, b, temperature, positive_index=index, upcast=upcast, **options),
-        [anchors, candidates], dtype, device, temperature, weights, names=["anchors", "candidates"])
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        if symmetric or exclude_self:
+            m = n
+        exclude_self = exclude_self and n >= 2
+        dim = fit_dim(dim, m, n)
+        anchors = make_feature(m, dim, dtype, gen, layout1)
+        candidates = make_feature(n, dim, dtype, gen, layout2)
+        index = index_positives(m, n, exclude_self, symmetric, gen)
+        options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
+        weights = reduction_weights(reduction, m + n if symmetric else m, dtype, gen)
+        check_against_oracle(
+            lambda a, b: F.info_nce(a, b, temperature, positive_index=index.to(device), backend="fused", **options),
+            lambda a, b, upcast: reference_info_nce(a, b, temperature, positive_index=index, upcast=upcast, **options),
+            [anchors, candidates], dtype, device, temperature, weights, names=["anchors", "candidates"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(m=sizes, n=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts,
        classes=st.integers(1, 12), exclude_self=st.booleans(), symmetric=st.booleans(), reduction=reductions,
        seed=seeds)
-def test_info_nce_label_positives_match_oracle(device, m, n, dim, temperature, dtype, layout1, layout2, classes,
+def test_info_nce_label_positives_match_oracle(kernel_device, m, n, dim, temperature, dtype, layout1, layout2, classes,
                                                exclude_self, symmetric, reduction, seed):
-    gen = generator(seed)
-    if exclude_self:
-        m = n
-    dim = fit_dim(dim, m, n)
-    anchors = make_feature(m, dim, dtype, gen, layout1)
-    candidates = make_feature(n, dim, dtype, gen, layout2)
-    anchor_labels = torch.randint(0, classes, (m,), generator=gen)
-    candidate_labels = torch.randint(0, classes + 2, (n,), generator=gen)
-    options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
-    weights = reduction_weights(reduction, m + n if symmetric else m, dtype, gen)
-    check_against_oracle(
-        lambda a, b: F.info_nce(a, b, temperature, anchor_labels=anchor_labels.to(device),
-                                candidate_labels=candidate_labels.to(device), backend="fused", **options),
-        lambda a, b, upcast: reference_info_nce(a, b, temperature, anchor_labels=anchor_labels,
-                                                candidate_labels=candidate_labels, upcast=upcast, **options),
-        [anchors, candidates], dtype, device, temperature, weights, names=["anchors", "candidates"])
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        if exclude_self:
+            m = n
+        dim = fit_dim(dim, m, n)
+        anchors = make_feature(m, dim, dtype, gen, layout1)
+        candidates = make_feature(n, dim, dtype, gen, layout2)
+        anchor_labels = torch.randint(0, classes, (m,), generator=gen)
+        candidate_labels = torch.randint(0, classes + 2, (n,), generator=gen)
+        options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
+        weights = reduction_weights(reduction, m + n if symmetric else m, dtype, gen)
+        check_against_oracle(
+            lambda a, b: F.info_nce(a, b, temperature, anchor_labels=anchor_labels.to(device),
+                                    candidate_labels=candidate_labels.to(device), backend="fused", **options),
+            lambda a, b, upcast: reference_info_nce(a, b, temperature, anchor_labels=anchor_labels,
+                                                    candidate_labels=candidate_labels, upcast=upcast, **options),
+            [anchors, candidates], dtype, device, temperature, weights, names=["anchors", "candidates"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(m=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout=layouts,
        positives_by=st.sampled_from(("index", "labels", "two_label_sets")), classes=st.integers(1, 12),
        exclude_self=st.booleans(), reduction=reductions, seed=seeds)
-def test_info_nce_anchors_as_candidates_match_oracle(device, m, dim, temperature, dtype, layout, positives_by, classes,
+def test_info_nce_anchors_as_candidates_match_oracle(kernel_device, m, dim, temperature, dtype, layout, positives_by, classes,
                                                      exclude_self, reduction, seed):
-    gen = generator(seed)
-    exclude_self = exclude_self and (positives_by != "index" or m >= 2)
-    dim = fit_dim(dim, m, m)
-    anchors = make_feature(m, dim, dtype, gen, layout)
-    if positives_by == "labels":
-        positives = dict(anchor_labels=torch.randint(0, classes, (m,), generator=gen))
-    elif positives_by == "two_label_sets":
-        positives = dict(anchor_labels=torch.randint(0, classes, (m,), generator=gen),
-                         candidate_labels=torch.randint(0, classes, (m,), generator=gen))
-    else:
-        positives = dict(positive_index=index_positives(m, m, exclude_self, False, gen))
-    options = dict(exclude_self=exclude_self, reduction=reduction)
-    weights = reduction_weights(reduction, m, dtype, gen)
-    check_against_oracle(
-        lambda a: F.info_nce(a, None, temperature, **{k: v.to(device) for k, v in positives.items()},
-                             backend="fused", **options),
-        lambda a, upcast: reference_info_nce(a, None, temperature, upcast=upcast, **positives, **options),
-        [anchors], dtype, device, temperature, weights, names=["anchors"])
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        exclude_self = exclude_self and (positives_by != "index" or m >= 2)
+        dim = fit_dim(dim, m, m)
+        anchors = make_feature(m, dim, dtype, gen, layout)
+        if positives_by == "labels":
+            positives = dict(anchor_labels=torch.randint(0, classes, (m,), generator=gen))
+        elif positives_by == "two_label_sets":
+            positives = dict(anchor_labels=torch.randint(0, classes, (m,), generator=gen),
+                             candidate_labels=torch.randint(0, classes, (m,), generator=gen))
+        else:
+            positives = dict(positive_index=index_positives(m, m, exclude_self, False, gen))
+        options = dict(exclude_self=exclude_self, reduction=reduction)
+        weights = reduction_weights(reduction, m, dtype, gen)
+        check_against_oracle(
+            lambda a: F.info_nce(a, None, temperature, **{k: v.to(device) for k, v in positives.items()},
+                                 backend="fused", **options),
+            lambda a, upcast: reference_info_nce(a, None, temperature, upcast=upcast, **positives, **options),
+            [anchors], dtype, device, temperature, weights, names=["anchors"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(m=sizes, n=sizes, dim=dims, temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts,
        self_similarity=st.booleans(), seed=seeds)
-def test_similarity_matches_oracle(device, m, n, dim, temperature, dtype, layout1, layout2, self_similarity, seed):
-    gen = generator(seed)
-    if self_similarity:
-        n = m
-    dim = fit_dim(dim, m, n)
-    a = make_feature(m, dim, dtype, gen, layout1)
-    weights = random_weights((m, n), dtype, gen)
-    if self_similarity:
+def test_similarity_matches_oracle(kernel_device, m, n, dim, temperature, dtype, layout1, layout2, self_similarity, seed):
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        if self_similarity:
+            n = m
+        dim = fit_dim(dim, m, n)
+        a = make_feature(m, dim, dtype, gen, layout1)
+        weights = random_weights((m, n), dtype, gen)
+        if self_similarity:
+            check_against_oracle(
+                lambda x: F.similarity(x, None, temperature, backend="fused"),
+                lambda x, upcast: reference.similarity(x, None, temperature, upcast=upcast),
+                [a], dtype, device, temperature, weights, names=["a"])
+            return
+        b = make_feature(n, dim, dtype, gen, layout2)
         check_against_oracle(
-            lambda x: F.similarity(x, None, temperature, backend="fused"),
-            lambda x, upcast: reference.similarity(x, None, temperature, upcast=upcast),
-            [a], dtype, device, temperature, weights, names=["a"])
-        return
-    b = make_feature(n, dim, dtype, gen, layout2)
-    check_against_oracle(
-        lambda x, y: F.similarity(x, y, temperature, backend="fused"),
-        lambda x, y, upcast: reference.similarity(x, y, temperature, upcast=upcast),
-        [a, b], dtype, device, temperature, weights, names=["a", "b"])
+            lambda x, y: F.similarity(x, y, temperature, backend="fused"),
+            lambda x, y, upcast: reference.similarity(x, y, temperature, upcast=upcast),
+            [a, b], dtype, device, temperature, weights, names=["a", "b"])

@@ -21,14 +21,13 @@
 //   touches those rows and tiles are added in a fixed order: no atomics, bit-deterministic. The
 //   block then projects its rows through the normalization and writes them in the input dtype.
 // - The M x N matrix is never stored, except by similarity_kernel, whose job that is.
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 
 #include <algorithm>
 
 #include "coun_fast/contrastive.h"
+#include "cuda_api.h"
 #include "reduce.cuh"
 #include "tc.h"
 
@@ -328,7 +327,7 @@ unsigned blocks_for(int64_t rows) { return static_cast<unsigned>((rows + kTile -
 void launch_inverse_norms(const MatrixView& x, float* out, cudaStream_t stream) {
   constexpr int kNormThreads = 256;  // 8 rows per block, one warp each
   const auto blocks = static_cast<unsigned>((x.rows * 32 + kNormThreads - 1) / kNormThreads);
-  inverse_norms_kernel<<<blocks, kNormThreads, 0, stream>>>(x, out);
+  COUN_FAST_LAUNCH(inverse_norms_kernel, blocks, kNormThreads, 0, stream, x, out);
 }
 
 // Sets the device and computes both inputs' inverse norms into `inv` (a.rows + b.rows floats).
@@ -358,15 +357,15 @@ int exact_forward(const Problem& problem, float* out, float* stats, const CudaLa
   float* loss = problem.reduction == Reduction::kNone ? out : scratch + m + problem.b.rows;
   auto stream = static_cast<cudaStream_t>(launch.stream);
   const float inv_temperature = 1.f / problem.temperature;
-  forward_kernel<<<blocks_for(m), dim3(kThreads, kThreads), 0, stream>>>(
-      problem.a, problem.b, inv_a, inv_b, inv_temperature, problem.positives, problem.exclude_self,
-      loss, stats, stats + total);
+  const dim3 block(kThreads, kThreads);
+  COUN_FAST_LAUNCH(forward_kernel, blocks_for(m), block, 0, stream, problem.a, problem.b, inv_a, inv_b,
+                   inv_temperature, problem.positives, problem.exclude_self, loss, stats, stats + total);
   if (problem.symmetric)
-    forward_kernel<<<blocks_for(problem.b.rows), dim3(kThreads, kThreads), 0, stream>>>(
-        problem.b, problem.a, inv_b, inv_a, inv_temperature, problem.positives.reversed(),
-        problem.exclude_self, loss + m, stats + m, stats + total + m);
-  reduce_kernel<<<1, kReduceThreads, 0, stream>>>(loss, stats + total, m, total,
-                                                   problem.reduction, stats + 2 * total, out);
+    COUN_FAST_LAUNCH(forward_kernel, blocks_for(problem.b.rows), block, 0, stream, problem.b, problem.a,
+                     inv_b, inv_a, inv_temperature, problem.positives.reversed(), problem.exclude_self,
+                     loss + m, stats + m, stats + total + m);
+  COUN_FAST_LAUNCH(reduce_kernel, 1, kReduceThreads, 0, stream, loss, stats + total, m, total,
+                   problem.reduction, stats + 2 * total, out);
   return cudaGetLastError();
 }
 
@@ -380,10 +379,9 @@ int exact_backward_owner(const MatrixView& owner, const MatrixView& other, float
   if (as_anchor) directions.as_anchor = *as_anchor;
   if (as_candidate) directions.as_candidate = *as_candidate;
   float* grad_accum = scratch + owner.rows + other.rows;
-  backward_kernel<<<blocks_for(owner.rows), dim3(kThreads, kThreads), 0,
-                    static_cast<cudaStream_t>(launch.stream)>>>(
-      owner, other, scratch, scratch + owner.rows, temperature, exclude_self, directions,
-      grad_accum, grad_owner);
+  COUN_FAST_LAUNCH(backward_kernel, blocks_for(owner.rows), dim3(kThreads, kThreads), 0,
+                   static_cast<cudaStream_t>(launch.stream), owner, other, scratch, scratch + owner.rows,
+                   temperature, exclude_self, directions, grad_accum, grad_owner);
   return cudaGetLastError();
 }
 
@@ -428,9 +426,9 @@ int similarity_cuda(const MatrixView& a, const MatrixView& b, float temperature,
                     const CudaLaunch& launch) {
   auto* inv = static_cast<float*>(launch.scratch);
   if (int status = prepare(a, b, launch, inv)) return status;
-  similarity_kernel<<<dim3(blocks_for(a.rows), blocks_for(b.rows)), dim3(kThreads, kThreads), 0,
-                      static_cast<cudaStream_t>(launch.stream)>>>(a, b, inv, inv + a.rows,
-                                                                  1.f / temperature, out);
+  COUN_FAST_LAUNCH(similarity_kernel, dim3(blocks_for(a.rows), blocks_for(b.rows)),
+                   dim3(kThreads, kThreads), 0, static_cast<cudaStream_t>(launch.stream), a, b, inv,
+                   inv + a.rows, 1.f / temperature, out);
   return cudaGetLastError();
 }
 

@@ -1,9 +1,8 @@
 // Host side of the tensor-core path: device queries and the launches (the plan is in tc_plan.h,
 // the kernels in tc_kernels.cuh, instantiated per operand path in tc_*.cu).
-#include <cuda_runtime.h>
-
 #include <mutex>
 
+#include "cuda_api.h"
 #include "tc.h"
 #include "tc_plan.h"
 

@@ -760,7 +760,6 @@ auto backward_kernel(int g_chunks) {
 }
 
 
-#ifndef COUN_FAST_EMULATE
 // Raises a kernel's dynamic shared memory limit (cudaFuncSetAttribute is not a stream operation,
 // so it is allowed during graph capture too).
 template <class Kernel>
@@ -768,12 +767,11 @@ inline cudaError_t allow_shared(Kernel kernel, int shared_bytes) {
   if (shared_bytes <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
 }
-#endif
 
-#ifndef COUN_FAST_EMULATE
 template <class Path>
 int launch_prepare(const Params& p, cudaStream_t stream) {
-  prepare_kernel<Path><<<prepare_grid(p), kThreads, 0, stream>>>(p);
+  auto kernel = prepare_kernel<Path>;
+  COUN_FAST_LAUNCH(kernel, prepare_grid(p), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
@@ -781,7 +779,7 @@ template <class Path>
 int launch_forward(const Params& p, int shared_bytes, cudaStream_t stream) {
   auto kernel = forward_kernel<Path>;
   if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
-  kernel<<<forward_grid(p), kThreads, shared_bytes, stream>>>(p);
+  COUN_FAST_LAUNCH(kernel, forward_grid(p), kThreads, shared_bytes, stream, p);
   return cudaGetLastError();
 }
 
@@ -789,9 +787,8 @@ template <class Path>
 int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_t stream) {
   auto kernel = backward_kernel<Path>(g_chunks);
   if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
-  kernel<<<backward_grid(p), kThreads, shared_bytes, stream>>>(p);
+  COUN_FAST_LAUNCH(kernel, backward_grid(p), kThreads, shared_bytes, stream, p);
   return cudaGetLastError();
 }
-#endif  // COUN_FAST_EMULATE
 
 }  // namespace coun_fast::tc

@@ -1,6 +1,7 @@
-// A CPU emulation of the small part of CUDA the tensor-core kernels use, so that their source
-// compiles with a host C++ compiler and runs on threads: the kernels can then be tested on
-// machines without a GPU (tests/test_tc_emulation.py).
+// A CPU emulation of the small part of CUDA that coun_fast's kernels and their host code use, so
+// that csrc/cuda compiles with a host C++ compiler and runs on threads: the CUDA paths can then be
+// tested on machines without a GPU (tests/test_cuda_emulation.py), through the same entry points
+// (contrastive_forward_cuda, ...) the extension calls. "Device memory" is host memory.
 //
 // A launch runs the grid's blocks one after another; a block runs as one std::thread per CUDA
 // thread. __syncthreads is a barrier of the block, warp-wide operations (shuffles, ldmatrix,
@@ -50,8 +51,18 @@ struct float4 {
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 using cudaStream_t = void*;
-using cudaError_t = int;
-constexpr int cudaSuccess = 0;
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorNotSupported = 801,
+};
+enum cudaDeviceAttr : int {
+  cudaDevAttrMultiProcessorCount,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin,
+  cudaDevAttrComputeCapabilityMajor,
+};
+enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize };
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
@@ -81,6 +92,15 @@ struct Block {
   std::vector<Slot> slots;
 };
 
+// The emulated devices, by index: multiprocessors and shared memory per block (the split of small
+// problems and the backward variant depend on them); all have compute capability 9.0.
+struct Device {
+  int sm_count, shared_optin;
+};
+inline Device g_devices[] = {{132, 227 * 1024}, {1, 227 * 1024}, {132, 48 * 1024}};
+constexpr int kDevices = sizeof(g_devices) / sizeof(g_devices[0]);
+inline int g_device = 0;
+
 inline Block* g_block = nullptr;
 inline uint3 g_block_index;
 inline dim3 g_grid;
@@ -88,8 +108,11 @@ inline dim3 g_block_dim;
 inline thread_local uint3 t_thread_index;
 
 inline unsigned char* dynamic_shared() { return g_block->base; }
-inline int lane() { return static_cast<int>(t_thread_index.x % kWarpSize); }
-inline int warp() { return static_cast<int>(t_thread_index.x / kWarpSize); }
+inline int linear_thread() {
+  return static_cast<int>(t_thread_index.x + g_block_dim.x * (t_thread_index.y + g_block_dim.y * t_thread_index.z));
+}
+inline int lane() { return linear_thread() % kWarpSize; }
+inline int warp() { return linear_thread() / kWarpSize; }
 inline void warp_sync() { g_block->warp_barriers[warp()]->arrive_and_wait(); }
 inline Block::Slot& slot() { return g_block->slots[warp()]; }
 
@@ -185,11 +208,13 @@ inline uint32_t to_tf32(float x) {
 
 // ---- launches ----
 
-// Runs kernel(params) over the grid, blocks one after another, each as `threads` threads.
-template <class Kernel, class Params>
-void launch(Kernel kernel, dim3 grid, int threads, size_t shared_bytes, const Params& params) {
+// Runs kernel(args...) over the grid, blocks one after another, each as block.x * block.y *
+// block.z threads (thread t has index (t % x, t / x % y, t / (x y)); warps are 32 consecutive t).
+template <class Kernel, class... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block_dim, size_t shared_bytes, const Args&... args) {
   g_grid = grid;
-  g_block_dim = dim3(static_cast<unsigned>(threads));
+  g_block_dim = block_dim;
+  const int threads = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -200,8 +225,9 @@ void launch(Kernel kernel, dim3 grid, int threads, size_t shared_bytes, const Pa
         workers.reserve(threads);
         for (int t = 0; t < threads; ++t)
           workers.emplace_back([&, t] {
-            t_thread_index = {static_cast<unsigned>(t), 0, 0};
-            kernel(params);
+            const auto u = static_cast<unsigned>(t);
+            t_thread_index = {u % block_dim.x, u / block_dim.x % block_dim.y, u / (block_dim.x * block_dim.y)};
+            kernel(args...);
             // An exited thread no longer takes part in barriers (as on the GPU).
             g_block->warp_barriers[warp()]->arrive_and_drop();
             g_block->block_barrier.arrive_and_drop();
@@ -212,6 +238,9 @@ void launch(Kernel kernel, dim3 grid, int threads, size_t shared_bytes, const Pa
 }
 
 }  // namespace coun_fast_emu
+
+#define COUN_FAST_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  ::coun_fast_emu::launch(kernel, grid, block, shared_bytes, __VA_ARGS__)
 
 #define threadIdx (::coun_fast_emu::t_thread_index)
 #define blockIdx (::coun_fast_emu::g_block_index)
@@ -232,3 +261,32 @@ inline size_t __cvta_generic_to_shared(const void* pointer) {
   return static_cast<size_t>(static_cast<const unsigned char*>(pointer) - ::coun_fast_emu::g_block->base);
 }
 [[noreturn]] inline void __trap() { std::abort(); }
+inline float __expf(float x) { return std::exp(x); }
+
+// ---- the runtime API the host code calls ----
+
+inline cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= ::coun_fast_emu::kDevices) return cudaErrorInvalidDevice;
+  ::coun_fast_emu::g_device = device;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = ::coun_fast_emu::kDevices;
+  return cudaSuccess;
+}
+inline const char* cudaGetErrorString(cudaError_t error) {
+  return error == cudaSuccess ? "no error" : "emulated CUDA error";
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  if (device < 0 || device >= ::coun_fast_emu::kDevices) return cudaErrorInvalidDevice;
+  const auto& d = ::coun_fast_emu::g_devices[device];
+  *value = attribute == cudaDevAttrMultiProcessorCount          ? d.sm_count
+           : attribute == cudaDevAttrMaxSharedMemoryPerBlockOptin ? d.shared_optin
+                                                                  : 9;
+  return cudaSuccess;
+}
+template <class Kernel>
+inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}

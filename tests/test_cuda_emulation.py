@@ -1,11 +1,12 @@
-"""The tensor-core kernels (csrc/cuda/tc_kernels.cuh), run on the CPU through the CUDA emulation,
-against the float64 oracle and the same-precision oracle (the tolerance rules of ``helpers``).
+"""The CUDA paths (csrc/cuda), run on the CPU through the CUDA emulation, against the float64
+oracle and the same-precision oracle (the tolerance rules of ``helpers``).
 
-These tests run where no GPU is: they check what the kernels compute (fragment layouts, indexing,
-masks, positives, both directions, the split sweep and its merge, both backward variants, online
-and fixed-shift softmax, reductions) with the very source that runs on the GPU. What only a GPU can
-show (races, the real instructions' behaviour, speed) is left to the CUDA tests in
-test_losses_property.py and benchmarks/gpu_check.sh.
+These tests run where no GPU is: they check what the kernels compute (the tensor-core path's
+fragment layouts, indexing, masks, positives, both directions, the split sweep and its merge, both
+backward variants, online and fixed-shift softmax, reductions; the exact path on the same problems)
+with the very source that runs on the GPU, through the extension's CUDA entry points. What only a
+GPU can show (races, the real instructions' behaviour, speed) is left to the CUDA tests and
+benchmarks/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ from hypothesis import strategies as st
 from coun_fast.ops.contrastive import RULE_DIAGONAL, RULE_INDEX, RULE_LABELS, RULE_PARTNER
 from helpers import (check_against_oracle, make_feature, random_weights, reference_cross_view, reference_info_nce,
                      reference_nt_xent, reference_sup_con)
-from tc_emulation import H100, compiler, emulated_loss, make_call, plan
+from cuda_emulation import compiler, emulated_loss, make_call, plan
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler to build the CUDA emulation")
 
-# Emulated devices: an H100 (small sweeps split over blocks), one multiprocessor (never split) and
-# 48 KB of shared memory per block (the backward falls back to its streamed variant above D = 128).
-DEVICE = {"h100": H100, "one_sm": dict(sm_count=1, shared_optin=227 * 1024),
-          "48k": dict(sm_count=132, shared_optin=48 * 1024)}
+DEVICES = ("h100", "one_sm", "48k")  # cuda_emulation.DEVICES
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
 
 
-def check(fused, oracle, features, dtype, temperature, weights=None, names=None):
+def check(fused, oracle, features, dtype, temperature, weights=None, names=None, path="tensor_cores"):
     check_against_oracle(fused, oracle, features, dtype, "cpu", temperature, weights, names,
-                         tf32=dtype == torch.float32)
+                         tf32=path == "tensor_cores" and dtype == torch.float32)
 
 
 def generator(seed: int) -> torch.Generator:
@@ -49,14 +47,14 @@ PAIR_CASES = [
     (65, 128, "bf16", 0.2, "h100"),
     (70, 129, "tf32", 0.1, "48k"),
     (127, 200, "fp16", 0.05, "h100"),
-    (129, 257, "bf16", 0.1, "h100"),
+    pytest.param((129, 257, "bf16", 0.1, "h100"), marks=pytest.mark.slow),
     (66, 300, "fp16", 0.02, "one_sm"),
     (40, 520, "tf32", 0.1, "h100"),
 ]
 
 
 def case_id(case) -> str:
-    n, d, dtype, tau, device = case
+    n, d, dtype, tau, device = case.values[0] if hasattr(case, "values") else case
     return f"N{n}-D{d}-{dtype}-tau{tau}-{device}"
 
 
@@ -66,7 +64,7 @@ def test_nt_xent(case):
     dtype, gen = DTYPES[dtype_name], generator(n * 1000 + d)
     z1, z2 = make_feature(n, d, dtype, gen), make_feature(n, d, dtype, gen, "strided_rows")
     check(lambda a, b: emulated_loss(torch.cat([a, b]), None, tau, RULE_PARTNER, exclude_self=True,
-                                     device=DEVICE[device]),
+                                     device=device),
           lambda a, b, upcast: reference_nt_xent(a, b, tau, upcast=upcast), [z1, z2], dtype, tau,
           names=["z1", "z2"])
 
@@ -76,7 +74,7 @@ def test_cross_view(case):
     n, d, dtype_name, tau, device = case
     dtype, gen = DTYPES[dtype_name], generator(n * 1000 + d + 1)
     z1, z2 = make_feature(n, d, dtype, gen, "transposed"), make_feature(n, d, dtype, gen, scale=3.0)
-    check(lambda a, b: emulated_loss(a, b, tau, RULE_DIAGONAL, symmetric=True, device=DEVICE[device]),
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_DIAGONAL, symmetric=True, device=device),
           lambda a, b, upcast: reference_cross_view(a, b, tau, upcast=upcast), [z1, z2], dtype, tau,
           names=["z1", "z2"])
 
@@ -89,7 +87,7 @@ def test_sup_con(case):
     features = make_feature(m, d, dtype, gen)
     labels = torch.randint(0, 5, (m,), generator=gen) + 1000
     check(lambda x: emulated_loss(x, None, tau, RULE_LABELS, anchor_labels=labels, exclude_self=True,
-                                  device=DEVICE[device]),
+                                  device=device),
           lambda x, upcast: reference_sup_con(x, labels, tau, upcast=upcast), [features], dtype, tau,
           names=["features"])
 
@@ -124,7 +122,7 @@ def test_info_nce_index_positives(case):
         index = torch.randint(0, n, (m,), generator=gen)
     options = dict(exclude_self=exclude_self, symmetric=symmetric, reduction=reduction)
     weights = random_weights((m + n if symmetric else m,), dtype, gen) if reduction == "none" else None
-    check(lambda a, b: emulated_loss(a, b, tau, RULE_INDEX, positive_index=index, device=DEVICE[device], **options),
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_INDEX, positive_index=index, device=device, **options),
           lambda a, b, upcast: reference_info_nce(a, b, tau, positive_index=index, upcast=upcast, **options),
           [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"])
 
@@ -147,9 +145,46 @@ def test_info_nce_label_positives(case):
     options = dict(anchor_labels=anchor_labels, candidate_labels=candidate_labels, exclude_self=exclude_self,
                    symmetric=symmetric, reduction=reduction)
     weights = random_weights((m + n if symmetric else m,), dtype, gen) if reduction == "none" else None
-    check(lambda a, b: emulated_loss(a, b, tau, RULE_LABELS, device=DEVICE[device], **options),
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_LABELS, device=device, **options),
           lambda a, b, upcast: reference_info_nce(a, b, tau, upcast=upcast, **options),
           [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"])
+
+
+# The exact (float32 SIMT) path on the same problems: (loss, N, D, dtype, tau).
+EXACT_CASES = [("nt_xent", 37, 20, "bf16", 0.1), ("cross_view", 70, 33, "tf32", 0.02),
+               ("sup_con", 66, 9, "fp16", 0.5), ("index_symmetric", 20, 65, "tf32", 0.1),
+               ("labels_none", 45, 7, "bf16", 0.2)]
+
+
+@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_exact_path(case):
+    name, n, d, dtype_name, tau = case
+    dtype, gen = DTYPES[dtype_name], generator(n + 31 * d)
+    z1, z2 = make_feature(n, d, dtype, gen), make_feature(n, d, dtype, gen, "strided_cols")
+    exact = dict(path="exact")
+    if name == "nt_xent":
+        fused = lambda a, b: emulated_loss(torch.cat([a, b]), None, tau, RULE_PARTNER, exclude_self=True, **exact)
+        oracle = lambda a, b, upcast: reference_nt_xent(a, b, tau, upcast=upcast)
+    elif name == "cross_view":
+        fused = lambda a, b: emulated_loss(a, b, tau, RULE_DIAGONAL, symmetric=True, **exact)
+        oracle = lambda a, b, upcast: reference_cross_view(a, b, tau, upcast=upcast)
+    elif name == "sup_con":
+        labels = torch.arange(2 * n) % 6
+        fused = lambda a, b: emulated_loss(torch.cat([a, b]), None, tau, RULE_LABELS, anchor_labels=labels,
+                                           exclude_self=True, **exact)
+        oracle = lambda a, b, upcast: reference_sup_con(torch.cat([a, b]), labels, tau, upcast=upcast)
+    elif name == "index_symmetric":
+        index = torch.randperm(n, generator=gen)
+        fused = lambda a, b: emulated_loss(a, b, tau, RULE_INDEX, positive_index=index, symmetric=True, **exact)
+        oracle = lambda a, b, upcast: reference_info_nce(a, b, tau, positive_index=index, symmetric=True,
+                                                         upcast=upcast)
+    else:
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        options = dict(anchor_labels=labels, candidate_labels=labels.roll(3), reduction="none")
+        fused = lambda a, b: emulated_loss(a, b, tau, RULE_LABELS, **options, **exact)
+        oracle = lambda a, b, upcast: reference_info_nce(a, b, tau, upcast=upcast, **options)
+    weights = random_weights((n,), dtype, gen) if name == "labels_none" else None
+    check(fused, oracle, [z1, z2], dtype, tau, weights, names=["z1", "z2"], path="exact")
 
 
 def test_runs_are_bit_identical():
@@ -170,20 +205,20 @@ def test_runs_are_bit_identical():
 def test_plan_splits_small_sweeps_and_picks_backward_variants():
     x = torch.randn(256, 512, dtype=torch.bfloat16)
     y = torch.randn(256, 512, dtype=torch.bfloat16)
-    coun = plan(make_call(x, y, 0.1, RULE_DIAGONAL, None, None, None, False, True, "mean", H100))
+    coun = plan(make_call(x, y, 0.1, RULE_DIAGONAL, None, None, None, False, True, "mean"))
     assert coun["forward_splits"] == 4 and coun["backward_splits"] == 4  # CoUn's 256 x 512: 4 column tiles
     assert coun["g_chunks"] == 0  # D = 512: G streamed through global memory
     big = torch.randn(32768, 128, dtype=torch.bfloat16)
-    large = plan(make_call(big, None, 0.5, RULE_PARTNER, None, None, None, True, False, "mean", H100))
+    large = plan(make_call(big, None, 0.5, RULE_PARTNER, None, None, None, True, False, "mean"))
     assert large["forward_splits"] == 1 and large["backward_splits"] == 1 and large["g_chunks"] == 2
     small_smem = plan(make_call(x[:, :256], y[:, :256], 0.1, RULE_DIAGONAL, None, None, None, False, True, "mean",
-                                DEVICE["48k"]))
+                                device="48k"))
     assert small_smem["g_chunks"] == 0  # 3 tiles of 256 bf16 features need 96 KB
 
 
 @settings(max_examples=6, deadline=None)
 @given(m=st.integers(1, 140), dim=st.integers(1, 300), temperature=st.floats(0.02, 1.0),
-       dtype=st.sampled_from(sorted(DTYPES)), device=st.sampled_from(sorted(DEVICE)),
+       dtype=st.sampled_from(sorted(DTYPES)), device=st.sampled_from(DEVICES),
        rule=st.sampled_from(("partner", "labels")), seed=st.integers(0, 2**31))
 def test_self_problems_property(m, dim, temperature, dtype, device, rule, seed):
     """Random shapes, temperatures, dtypes and devices for the anchors-against-themselves problem."""
@@ -191,13 +226,13 @@ def test_self_problems_property(m, dim, temperature, dtype, device, rule, seed):
     if rule == "partner":
         m += m % 2
         rows = make_feature(m, dim, dtype, gen)
-        check(lambda x: emulated_loss(x, None, temperature, RULE_PARTNER, exclude_self=True, device=DEVICE[device]),
+        check(lambda x: emulated_loss(x, None, temperature, RULE_PARTNER, exclude_self=True, device=device),
               lambda x, upcast: reference_nt_xent(x[: m // 2], x[m // 2:], temperature, upcast=upcast),
               [rows], dtype, temperature, names=["rows"])
         return
     rows = make_feature(m, dim, dtype, gen)
     labels = torch.randint(0, 4, (m,), generator=gen)
     check(lambda x: emulated_loss(x, None, temperature, RULE_LABELS, anchor_labels=labels, exclude_self=True,
-                                  device=DEVICE[device]),
+                                  device=device),
           lambda x, upcast: reference_sup_con(x, labels, temperature, upcast=upcast),
           [rows], dtype, temperature, names=["rows"])
