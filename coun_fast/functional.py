@@ -128,7 +128,7 @@ def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: 
     if backends.resolve(backend, *inputs) == "fused":
         path = PATH_EXACT
         if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
-            path = backends.cuda_path(anchors.dtype)
+            path = backends.cuda_path(anchors.dtype, anchors.device)
         return contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
                                 candidate_labels, exclude_self, symmetric, REDUCTIONS[reduction], path)
     m = anchors.shape[0]

@@ -54,13 +54,24 @@ def tensor_cores(enabled: bool = True) -> Iterator[None]:
         _tensor_cores_override = previous
 
 
-def cuda_path(dtype: torch.dtype) -> int:
-    """The CUDA path of a fused call on inputs of ``dtype`` (see the module docstring)."""
+_capable_devices: dict[int, bool] = {}
+
+
+def _tensor_core_capable(device: torch.device) -> bool:
+    """Whether the GPU has the tensor-core instructions of the path (sm_80 or newer)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capable_devices:
+        _capable_devices[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+    return _capable_devices[index]
+
+
+def cuda_path(dtype: torch.dtype, device: torch.device) -> int:
+    """The CUDA path of a fused call on inputs of ``dtype`` on ``device`` (see the module
+    docstring); the exact path on GPUs older than sm_80."""
     if not tensor_cores_enabled():
         return PATH_EXACT
-    if dtype in _LOW_PRECISION or (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32):
-        return PATH_TENSOR_CORES
-    return PATH_EXACT
+    wanted = dtype in _LOW_PRECISION or (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
+    return PATH_TENSOR_CORES if wanted and _tensor_core_capable(device) else PATH_EXACT
 
 
 def installation_reasons(device: torch.device) -> list[str]:

@@ -103,11 +103,13 @@ def _total_rows(anchors: Tensor, candidates: Optional[Tensor], symmetric: bool) 
 def forward_impl(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                  positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
                  candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int,
-                 path: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Run the forward kernels: ``(out, stats, saved)`` (``saved`` None when the path keeps nothing)."""
+                 path: int, problem: Optional[tuple] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Run the forward kernels: ``(out, stats, saved)`` (``saved`` None when the path keeps nothing).
+    ``problem``: the _C problem tuple of these arguments, when the caller has built it already."""
     device = anchors.device
-    problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                       exclude_self, symmetric, reduction)
+    if problem is None:
+        problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                           exclude_self, symmetric, reduction)
     total = _total_rows(anchors, candidates, symmetric)
     out = torch.empty(_output_shape(anchors, candidates, symmetric, reduction), dtype=torch.float32, device=device)
     stats = torch.empty(2 * total + 2, dtype=torch.float32, device=device)
@@ -121,13 +123,16 @@ def forward_impl(anchors: Tensor, candidates: Optional[Tensor], temperature: flo
 def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                   positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
                   candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int, path: int,
-                  stats: Tensor, saved: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+                  stats: Tensor, saved: Optional[Tensor], problem: Optional[tuple] = None
+                  ) -> tuple[Tensor, Optional[Tensor]]:
     """Run the backward kernels: the gradients of the anchors and of the candidates (None when the
-    anchors are their own candidates), each in its input's dtype."""
+    anchors are their own candidates), each in its input's dtype. ``problem`` as in forward_impl."""
     device = anchors.device
-    problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                       exclude_self, symmetric, reduction)
-    grad_out = grad_out.to(torch.float32).contiguous()
+    if problem is None:
+        problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                           exclude_self, symmetric, reduction)
+    if grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
+        grad_out = grad_out.to(torch.float32).contiguous()
     grad_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=device)
     grad_candidates = None
     if candidates is not None:
@@ -147,19 +152,22 @@ class _ContrastiveLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
                 exclude_self, symmetric, reduction, path):
+        problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                           exclude_self, symmetric, reduction)
         out, stats, saved = forward_impl(anchors, candidates, temperature, rule, positive_index, anchor_labels,
-                                         candidate_labels, exclude_self, symmetric, reduction, path)
+                                         candidate_labels, exclude_self, symmetric, reduction, path, problem)
+        # The saved tensors keep the inputs (and so the problem's pointers) alive for the backward.
         ctx.save_for_backward(anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved)
-        ctx.options = (temperature, rule, exclude_self, symmetric, reduction, path)
+        ctx.options = (temperature, rule, exclude_self, symmetric, reduction, path, problem)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved = ctx.saved_tensors
-        temperature, rule, exclude_self, symmetric, reduction, path = ctx.options
+        temperature, rule, exclude_self, symmetric, reduction, path, problem = ctx.options
         grad_anchors, grad_candidates = backward_impl(
             grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-            exclude_self, symmetric, reduction, path, stats, saved)
+            exclude_self, symmetric, reduction, path, stats, saved, problem)
         return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None
 
 

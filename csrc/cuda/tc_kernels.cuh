@@ -209,17 +209,17 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   const unsigned char* q_rows = p.operand[dir.anchor] + row0 * p.row_bytes;
   const unsigned char* k_rows = p.operand[dir.candidate];
 
-  // Row state of this thread's 4 rows: m-tile mt, half h (accumulator rows g and g + 8).
+  // Row state of this thread's 4 rows (m-tile mt, half h: accumulator rows g and g + 8) and their
+  // positive keys (math.h: a compared candidate is a positive when the keys match).
   RowState state[2][2];
-  int64_t named[2][2];
-  const bool named_rule = dir.positives.named();
+  int64_t row_key[2][2];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
       state[mt][h] = {p.fixed_shift ? c2 : -INFINITY, 0.f, 0.f, 0.f};
-      named[mt][h] = named_rule && r < dir.anchors ? dir.positives.single(r) : -1;
+      row_key[mt][h] = r < dir.anchors ? dir.positives.row_key(r) : 0;
     }
 
   float acc[2][8][4];
@@ -243,6 +243,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
     if (kc != chunks - 1) return;
     // The S tile of candidates [t * 64, t * 64 + 64) is complete: fold it into the row states.
     const int64_t col0 = int64_t(t) * kCols;
+    int64_t col_key[8][2];
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
+        col_key[nb][e] = c < dir.candidates ? dir.positives.column_key(c) : 0;
+      }
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -250,6 +258,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
         const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
         const bool row_ok = r < dir.anchors;
         RowState& s = state[mt][h];
+        bool valid[8][2];
         float tile_max = -INFINITY;
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
@@ -257,16 +266,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
           for (int e = 0; e < 2; ++e) {
             const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
             const float x = acc[mt][nb][2 * h + e];
-            const bool valid = row_ok && c < dir.candidates && is_compared(r, c, self_compare);
-            if (valid && (named_rule ? c == named[mt][h] : dir.positives.is_positive(r, c))) {
+            valid[nb][e] = row_ok && c < dir.candidates && is_compared(r, c, self_compare);
+            if (valid[nb][e] && row_key[mt][h] == col_key[nb][e]) {
               s.positive_sum += x;
               s.positive_count += 1.f;
             }
-            if (valid) tile_max = fmaxf(tile_max, x * c2);
-            acc[mt][nb][2 * h + e] = valid ? x * c2 : -INFINITY;  // logits in base-2 units
+            if (valid[nb][e]) tile_max = fmaxf(tile_max, x);
           }
-        if (!p.fixed_shift) {
-          tile_max = quad_max(tile_max);
+        if (!p.fixed_shift) {  // online maximum, in base-2 units (c2 > 0 keeps the order)
+          tile_max = quad_max(tile_max) * c2;
           const float m = fmaxf(s.m, tile_max);
           if (m != -INFINITY) {
             s.l *= exp2f(s.m - m);
@@ -274,10 +282,12 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
           }
         }
         if (s.m != -INFINITY) {
+          const float shift = -s.m;
 #pragma unroll
           for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) s.l += exp2f(acc[mt][nb][2 * h + e] - s.m);
+            for (int e = 0; e < 2; ++e)
+              if (valid[nb][e]) s.l += exp2f(fmaf(acc[mt][nb][2 * h + e], c2, shift));
         }
       }
     zero(acc);
@@ -377,12 +387,14 @@ __device__ inline float direction_scale(const Params& p, int d) {
   return d < 0 ? 0.f : gradient_scale(direction_stats(p.problem, p.stats, p.grad_out, d));
 }
 
-// The rows of this thread (h = 0, 1: accumulator rows g and g + 8) with their coefficients.
+// The rows of this thread (h = 0, 1: accumulator rows g and g + 8) with their coefficients and
+// positive keys: as anchors of direction as_anchor (its row key) and as candidates of direction
+// as_candidate (its column key).
 struct RowCoefficients {
   int64_t r[2];
   bool ok[2];
   Coefficients anchor[2];
-  int64_t named[2];
+  int64_t anchor_key[2], candidate_key[2];
 };
 
 // dL/ds of this thread's accumulator values, in place: acc holds the cosines of owner rows rc.r[h]
@@ -392,7 +404,6 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
   const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
   const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
   const bool has_a = owner.as_anchor >= 0, has_c = owner.as_candidate >= 0;
-  const bool named_a = has_a && pa.named(), named_c = has_c && pc.named();
   const float c2 = p.c2;
 #pragma unroll
   for (int nb = 0; nb < 8; ++nb)
@@ -401,10 +412,13 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
       const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
       const bool col_ok = c < owner.other_rows;
       Coefficients cc{0.f, 0.f, 0.f};
-      int64_t c_named = -1;
-      if (has_c && col_ok) {
-        cc = coefficients(p, owner.as_candidate, c, scale_c);
-        if (named_c) c_named = pc.single(c);
+      int64_t a_column_key = 0, c_row_key = 0;  // column c's keys in the two directions
+      if (col_ok) {
+        if (has_a) a_column_key = pa.column_key(c);
+        if (has_c) {
+          cc = coefficients(p, owner.as_candidate, c, scale_c);
+          c_row_key = pc.row_key(c);
+        }
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -423,8 +437,8 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
           if (rc.anchor[h].exp_coef != 0.f) g += rc.anchor[h].exp_coef * exp2f(x - rc.anchor[h].lse2);
           if (cc.exp_coef != 0.f) g += cc.exp_coef * exp2f(x - cc.lse2);
         }
-        if (has_a && (named_a ? c == rc.named[h] : pa.is_positive(r, c))) g -= rc.anchor[h].positive;
-        if (has_c && (named_c ? r == c_named : pc.is_positive(c, r))) g -= cc.positive;
+        if (has_a && rc.anchor_key[h] == a_column_key) g -= rc.anchor[h].positive;
+        if (has_c && c_row_key == rc.candidate_key[h]) g -= cc.positive;
         value = g;
       }
     }
@@ -435,12 +449,15 @@ __device__ inline RowCoefficients row_coefficients(const Params& p, const Owner&
   RowCoefficients rc;
   const float scale_a = direction_scale(p, owner.as_anchor);
   const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
+  const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    rc.r[h] = row0 + 16 * warp + mma::c_row(lane, 2 * h);
-    rc.ok[h] = rc.r[h] < owner.rows;
-    rc.anchor[h] = rc.ok[h] ? coefficients(p, owner.as_anchor, rc.r[h], scale_a) : Coefficients{0.f, 0.f, 0.f};
-    rc.named[h] = rc.ok[h] && owner.as_anchor >= 0 && pa.named() ? pa.single(rc.r[h]) : -1;
+    const int64_t r = row0 + 16 * warp + mma::c_row(lane, 2 * h);
+    rc.r[h] = r;
+    rc.ok[h] = r < owner.rows;
+    rc.anchor[h] = rc.ok[h] ? coefficients(p, owner.as_anchor, r, scale_a) : Coefficients{0.f, 0.f, 0.f};
+    rc.anchor_key[h] = rc.ok[h] && owner.as_anchor >= 0 ? pa.row_key(r) : 0;
+    rc.candidate_key[h] = rc.ok[h] && owner.as_candidate >= 0 ? pc.column_key(r) : 0;
   }
   return rc;
 }

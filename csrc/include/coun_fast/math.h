@@ -148,33 +148,40 @@ struct Positives {
   int64_t half;                     // kPartner
   bool transposed;                  // kIndex: this is the forward direction transposed
 
-  COUN_FAST_HD bool is_positive(int64_t anchor, int64_t candidate) const {
+  // Positives as a comparison of keys: candidate c is a positive of anchor a exactly when
+  // row_key(a) == column_key(c) (and c is compared with a). Kernels load each key once per row or
+  // column instead of once per pair.
+  COUN_FAST_HD int64_t row_key(int64_t anchor) const {
     switch (rule) {
       case PositiveRule::kIndex:
-        return transposed ? index[candidate] == anchor : index[anchor] == candidate;
+        return transposed ? anchor : index[anchor];
       case PositiveRule::kLabels:
-        return anchor_labels[anchor] == candidate_labels[candidate];
-      case PositiveRule::kDiagonal:
-        return anchor == candidate;
-      default:
-        return candidate == (anchor < half ? anchor + half : anchor - half);
-    }
-  }
-
-  // The one positive of `anchor` when the rule names it directly, else -1 (find positives by
-  // comparing each candidate with is_positive).
-  COUN_FAST_HD int64_t single(int64_t anchor) const {
-    switch (rule) {
-      case PositiveRule::kIndex:
-        return transposed ? -1 : index[anchor];
-      case PositiveRule::kLabels:
-        return -1;
+        return anchor_labels[anchor];
       case PositiveRule::kDiagonal:
         return anchor;
       default:
         return anchor < half ? anchor + half : anchor - half;
     }
   }
+
+  COUN_FAST_HD int64_t column_key(int64_t candidate) const {
+    switch (rule) {
+      case PositiveRule::kIndex:
+        return transposed ? index[candidate] : candidate;
+      case PositiveRule::kLabels:
+        return candidate_labels[candidate];
+      default:
+        return candidate;
+    }
+  }
+
+  COUN_FAST_HD bool is_positive(int64_t anchor, int64_t candidate) const {
+    return row_key(anchor) == column_key(candidate);
+  }
+
+  // The one positive of `anchor` when the rule names it directly (named()), else -1 (find
+  // positives by comparing keys).
+  COUN_FAST_HD int64_t single(int64_t anchor) const { return named() ? row_key(anchor) : -1; }
 
   // Whether single() names every anchor's positive (else positives are found by comparison).
   COUN_FAST_HD bool named() const {
