@@ -11,8 +11,9 @@
 // - Inputs of any stride and dtype are normalized once into float32 copies: the owner's rows
 //   (scaled by 1/tau, so one micro-GEMM yields logits), and the other matrix both as column
 //   panels (for S tiles) and as rows (for the gradient accumulation). Memory is O((M + N) D).
-// - Work is split into tasks of kTaskRows rows. A task sweeps the columns in tiles of kTileCols:
-//   it computes the S tile with a register-blocked micro-GEMM, then consumes it.
+// - Work is split into tasks of up to kTaskRows rows. A task sweeps the columns in tiles of up to
+//   kTileCols: it computes the S tile with a register-blocked micro-GEMM, then consumes it. Small
+//   problems get tiles only as large as they need (a 4 x 8 call does not pad to 32 x 128).
 // - Forward: an online log-sum-exp per row (running max and rescaled sum), so any temperature is
 //   safe; positive logits are summed from the tile (positives found by comparison) or taken by
 //   one dot product (a positive named by the rule).
@@ -38,8 +39,8 @@ namespace coun_fast {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTaskRows = 4 * kMicroRows;  // rows owned by one task
-constexpr int64_t kTileCols = 128;             // columns of one S tile (a multiple of kMicroCols)
+constexpr int64_t kTaskRows = 4 * kMicroRows;  // most rows owned by one task
+constexpr int64_t kTileCols = 128;             // most columns of one S tile (a multiple of kMicroCols)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -84,20 +85,22 @@ std::vector<float> pack_panels(const MatrixView& x, const std::vector<float>& in
   return out;
 }
 
-// tile[kTaskRows x kTileCols] = rows[kTaskRows x dim] . panels(columns c0 ..)^T
+// tile[task_rows x tile_cols] = rows[task_rows x dim] . panels(columns c0 ..)^T
 void similarity_tile(const float* rows, int64_t dim_pad, int64_t dim, const float* panels,
-                     int64_t c0, float* tile) {
-  for (int64_t mb = 0; mb < kTaskRows; mb += kMicroRows) {
-    for (int64_t p = 0; p < kTileCols; p += kMicroCols) {
+                     int64_t c0, int64_t task_rows, int64_t tile_cols, float* tile) {
+  for (int64_t mb = 0; mb < task_rows; mb += kMicroRows) {
+    for (int64_t p = 0; p < tile_cols; p += kMicroCols) {
       micro_gemm<false>(rows + mb * dim_pad, dim_pad, panels + (c0 + p) * dim, kMicroCols, dim,
-                        tile + mb * kTileCols + p, kTileCols);
+                        tile + mb * tile_cols + p, tile_cols);
     }
   }
 }
 
 // The problem's shapes and packed operands, shared by the forward, backward and similarity.
 struct Packed {
-  int64_t rows, cols, dim, dim_pad, rows_pad, cols_pad;
+  int64_t rows, cols, dim, dim_pad;
+  int64_t task_rows, tile_cols;  // the problem's tile: kTaskRows x kTileCols, or less when small
+  int64_t rows_pad, cols_pad;
   std::vector<float> row_inv_norm;
   std::vector<float> rows_scaled;  // [rows_pad][dim_pad], a_i / tau
   std::vector<float> col_panels;   // [cols_pad / kMicroCols][dim][kMicroCols], b_j
@@ -108,17 +111,20 @@ struct Packed {
         cols(col_view.rows),
         dim(row_view.dim),
         dim_pad(round_up(row_view.dim, kMicroCols)),
-        rows_pad(round_up(row_view.rows, kTaskRows)),
-        cols_pad(round_up(col_view.rows, kTileCols)),
+        task_rows(std::min(kTaskRows, round_up(row_view.rows, kMicroRows))),
+        tile_cols(std::min(kTileCols, round_up(col_view.rows, kMicroCols))),
+        rows_pad(round_up(row_view.rows, task_rows)),
+        cols_pad(round_up(col_view.rows, tile_cols)),
         row_inv_norm(inverse_norms(row_view, num_threads)),
         rows_scaled(pack_rows(row_view, row_inv_norm, 1.f / temperature, rows_pad, dim_pad,
                               num_threads)),
         col_panels(pack_panels(col_view, col_inv_norm, cols_pad, num_threads)) {}
 
-  int64_t tasks() const { return rows_pad / kTaskRows; }
+  int64_t tasks() const { return rows_pad / task_rows; }
 
   void tile(int64_t r0, int64_t c0, float* out) const {
-    similarity_tile(rows_scaled.data() + r0 * dim_pad, dim_pad, dim, col_panels.data(), c0, out);
+    similarity_tile(rows_scaled.data() + r0 * dim_pad, dim_pad, dim, col_panels.data(), c0, task_rows,
+                    tile_cols, out);
   }
 
   // s_rc from the packed operands (one dot product).
@@ -153,21 +159,22 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
   const int64_t num_anchors = packed.rows, num_candidates = packed.cols;
   const bool named = positives.named();
 
+  const int64_t task_rows = packed.task_rows, tile_cols = packed.tile_cols;
   parallel_for(packed.tasks(), threads, [&](int64_t task) {
-    const int64_t r0 = task * kTaskRows;
-    std::vector<float> tile(kTaskRows * kTileCols);
+    const int64_t r0 = task * task_rows;
+    std::vector<float> tile(task_rows * tile_cols);
     float row_max[kTaskRows], row_sum[kTaskRows], positive_sum[kTaskRows], positive_count[kTaskRows];
     std::fill_n(row_max, kTaskRows, -kInf);
     std::fill_n(row_sum, kTaskRows, 0.f);
     std::fill_n(positive_sum, kTaskRows, 0.f);
     std::fill_n(positive_count, kTaskRows, 0.f);
 
-    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += tile_cols) {
       packed.tile(r0, c0, tile.data());
-      const int64_t valid_cols = std::min(kTileCols, num_candidates - c0);
-      for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
+      const int64_t valid_cols = std::min(tile_cols, num_candidates - c0);
+      for (int64_t i = 0; i < task_rows && r0 + i < num_anchors; ++i) {
         const int64_t r = r0 + i;
-        float* s = tile.data() + i * kTileCols;
+        float* s = tile.data() + i * tile_cols;
         if (!named) {
           for (int64_t c = 0; c < valid_cols; ++c) {
             if (is_compared(r, c0 + c, exclude_self) && positives.is_positive(r, c0 + c)) {
@@ -176,11 +183,11 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
             }
           }
         }
-        for (int64_t c = valid_cols; c < kTileCols; ++c) s[c] = -kInf;
+        for (int64_t c = valid_cols; c < tile_cols; ++c) s[c] = -kInf;
         if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols) s[r - c0] = -kInf;
 
         Vec vmaximum = splat(-kInf);
-        for (int64_t c = 0; c < kTileCols; c += kLanes) vmaximum = vmax(vmaximum, load(s + c));
+        for (int64_t c = 0; c < tile_cols; c += kLanes) vmaximum = vmax(vmaximum, load(s + c));
         const float tile_max = reduce_max(vmaximum);
         if (tile_max == -kInf) continue;  // every entry of this tile is masked
         if (tile_max > row_max[i]) {
@@ -189,12 +196,12 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
         }
         Vec vsum{};
         const Vec shift = splat(row_max[i]);
-        for (int64_t c = 0; c < kTileCols; c += kLanes) vsum += vexp(load(s + c) - shift);
+        for (int64_t c = 0; c < tile_cols; c += kLanes) vsum += vexp(load(s + c) - shift);
         row_sum[i] += reduce_sum(vsum);
       }
     }
 
-    for (int64_t i = 0; i < kTaskRows && r0 + i < num_anchors; ++i) {
+    for (int64_t i = 0; i < task_rows && r0 + i < num_anchors; ++i) {
       const int64_t r = r0 + i;
       if (named) {
         const int64_t p = positives.single(r);
@@ -226,21 +233,22 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
   effective_stats(as_anchor, num_rows, packed.rows_pad, row_weight, row_lse);
   effective_stats(as_candidate, num_cols, packed.cols_pad, col_weight, col_lse);
 
+  const int64_t tile_rows = packed.task_rows, tile_cols = packed.tile_cols;
   parallel_for(packed.tasks(), threads, [&](int64_t task) {
-    const int64_t r0 = task * kTaskRows;
-    const int64_t task_rows = std::min(kTaskRows, num_rows - r0);
-    std::vector<float> tile(kTaskRows * kTileCols);
-    std::vector<float> grad(kTaskRows * dim_pad, 0.f);
+    const int64_t r0 = task * tile_rows;
+    const int64_t task_rows = std::min(tile_rows, num_rows - r0);
+    std::vector<float> tile(tile_rows * tile_cols);
+    std::vector<float> grad(tile_rows * dim_pad, 0.f);
 
-    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += tile_cols) {
       packed.tile(r0, c0, tile.data());
-      const int64_t valid_cols = std::min(kTileCols, num_cols - c0);
+      const int64_t valid_cols = std::min(tile_cols, num_cols - c0);
 
       // S tile -> dL/dS tile, softmax parts first (vectorized), then the positive parts.
-      for (int64_t i = 0; i < kTaskRows; ++i) {
+      for (int64_t i = 0; i < tile_rows; ++i) {
         const int64_t r = r0 + i;
-        float* s = tile.data() + i * kTileCols;
-        for (int64_t c = 0; c < kTileCols; c += kLanes) {
+        float* s = tile.data() + i * tile_cols;
+        for (int64_t c = 0; c < tile_cols; c += kLanes) {
           const Vec logits = load(s + c);
           Vec g{};
           if (as_anchor != nullptr) g += row_weight[r] * vexp(logits - row_lse[r]);
@@ -273,7 +281,7 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
         for (int64_t c = 0; c < valid_cols; ++c) {
           const int64_t j = c0 + c, p = as_candidate->positives.single(j);
           if (col_weight[j] != 0.f && p >= r0 && p < r0 + task_rows)
-            tile[(p - r0) * kTileCols + c] -=
+            tile[(p - r0) * tile_cols + c] -=
                 positive_gradient(col_weight[j], as_candidate->stats.count[j]);
         }
       }
@@ -281,13 +289,13 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
       for (int64_t i = 0; i < task_rows; ++i) {
         const int64_t r = r0 + i;
         if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols)
-          tile[i * kTileCols + (r - c0)] = 0.f;
+          tile[i * tile_cols + (r - c0)] = 0.f;
       }
 
-      for (int64_t mb = 0; mb < kTaskRows; mb += kMicroRows) {
+      for (int64_t mb = 0; mb < tile_rows; mb += kMicroRows) {
         for (int64_t d0 = 0; d0 < dim_pad; d0 += kMicroCols) {
-          micro_gemm<true>(tile.data() + mb * kTileCols, kTileCols,
-                           other_rows.data() + c0 * dim_pad + d0, dim_pad, kTileCols,
+          micro_gemm<true>(tile.data() + mb * tile_cols, tile_cols,
+                           other_rows.data() + c0 * dim_pad + d0, dim_pad, tile_cols,
                            grad.data() + mb * dim_pad + d0, dim_pad);
         }
       }
@@ -373,13 +381,13 @@ void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature,
   const int threads = threads_for(a.rows * b.rows * a.dim, num_threads);
   const Packed packed(a, b, temperature, inverse_norms(b, threads), threads);
   parallel_for(packed.tasks(), threads, [&](int64_t task) {
-    const int64_t r0 = task * kTaskRows;
-    std::vector<float> tile(kTaskRows * kTileCols);
-    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += kTileCols) {
+    const int64_t r0 = task * packed.task_rows;
+    std::vector<float> tile(packed.task_rows * packed.tile_cols);
+    for (int64_t c0 = 0; c0 < packed.cols_pad; c0 += packed.tile_cols) {
       packed.tile(r0, c0, tile.data());
-      const int64_t valid_cols = std::min(kTileCols, packed.cols - c0);
-      for (int64_t i = 0; i < kTaskRows && r0 + i < packed.rows; ++i)
-        std::copy_n(tile.data() + i * kTileCols, valid_cols, out + (r0 + i) * packed.cols + c0);
+      const int64_t valid_cols = std::min(packed.tile_cols, packed.cols - c0);
+      for (int64_t i = 0; i < packed.task_rows && r0 + i < packed.rows; ++i)
+        std::copy_n(tile.data() + i * packed.tile_cols, valid_cols, out + (r0 + i) * packed.cols + c0);
     }
   });
 }
