@@ -2,10 +2,13 @@
 
 A method is an :class:`Objective`: the augmentation recipe its batches need and a per-batch
 ``(model, batch) -> (loss, parts)``. :func:`fit` owns everything else: the loader, SGD with the
-configured schedule, mixed precision, ``torch.compile``, progress bars, per-epoch evaluation hooks,
-and atomic checkpoints from which ``resume=True`` continues a killed run. Batches, augmentations
-and the torch RNG of every epoch are functions of ``(seed, epoch)``, so a resumed run on the CPU is
-bit-identical to an uninterrupted one.
+configured schedule (the fused implementation), mixed precision, ``torch.compile``, the step itself
+(eager, or captured in a CUDA graph: :mod:`coun_fast.step`), progress bars, per-epoch evaluation
+hooks, and atomic checkpoints from which ``resume=True`` continues a killed run. Within an epoch
+nothing waits for the device: metrics accumulate there and are read at the end of the epoch (and
+at most twice a second for the progress bar). Batches, augmentations and the torch RNG of every
+epoch are functions of ``(seed, epoch)``, so a resumed run on the CPU is bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from torch import Tensor, nn
 from coun_fast import checkpoint
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch
+from coun_fast.step import graph_unsupported, make_step
+
+record_function = torch.profiler.record_function
 
 SCHEDULES = ("multistep", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -46,6 +52,9 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU), ``fp32``, ``bf16``, ``fp16``.
         channels_last: channels-last images and weights; ``None`` = on a GPU only.
         compile: ``torch.compile`` the model's ``forward_features`` and ``forward_head``.
+        cuda_graph: capture the training step (forward, loss, backward, optimizer) in a CUDA graph
+            and replay it for every batch of the same shape (:mod:`coun_fast.step`; a GPU and an
+            objective without per-step hooks). Off by default until measured on a GPU.
         augment_backend: ``auto`` | ``dali`` | ``torch`` | ``cpu`` (see ``coun_fast.data``).
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` = a GPU when there is one.
         progress: show a progress bar per epoch.
@@ -66,6 +75,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    cuda_graph: bool = False
     augment_backend: str = "auto"
     device: str | None = None
     progress: bool = True
@@ -165,7 +175,8 @@ class CrossEntropy:
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch.inputs)
-        loss = F.cross_entropy(logits, batch.labels)
+        with torch.profiler.record_function("loss"):
+            loss = F.cross_entropy(logits, batch.labels)
         return loss, {"ce": loss.detach(), "logits": logits.detach()}
 
 
@@ -190,7 +201,8 @@ def resolve_device(device) -> torch.device:
     return device
 
 
-def _autocast(config: TrainConfig, device: torch.device):
+def precision_autocast(config: TrainConfig, device: torch.device):
+    """The autocast context of ``config.precision`` on ``device`` (a null context for fp32)."""
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -198,6 +210,22 @@ def _autocast(config: TrainConfig, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
+    """Whether images and weights use the channels-last memory format (default: on a GPU)."""
+    return device.type == "cuda" if config.channels_last is None else config.channels_last
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD of ``config`` over ``model``'s parameters, the fused implementation (one kernel for all
+    parameters) where torch has it for their device, else the multi-tensor one."""
+    options = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                   nesterov=config.nesterov)
+    try:
+        return torch.optim.SGD(model.parameters(), fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):  # no fused SGD for this device or torch
+        return torch.optim.SGD(model.parameters(), foreach=True, **options)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -268,16 +296,15 @@ def fit(
         :class:`TrainResult`; the trained weights are in ``model``.
     """
     device = resolve_device(config.device)
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    if config.cuda_graph and (reason := graph_unsupported(objective, device)) is not None:
+        raise ValueError(f"cuda_graph=True: {reason}; train with cuda_graph=False")
+    channels_last = channels_last_for(config, device)
     model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = AugmentedLoader(
         dataset, objective.recipe, batch_size=config.batch_size, indices=indices, backend=config.augment_backend,
         device=device, seed=config.seed, normalization=normalization, channels_last=channels_last,
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
     step_model = _compiled(model) if config.compile else model
 
@@ -298,7 +325,9 @@ def fit(
         spent, trained, extra = state["seconds"], state["trained_images"], state["extra_forward_images"]
     resumed_from = start_epoch
 
-    autocast = _autocast(config, device)
+    autocast = precision_autocast(config, device)
+    step = make_step(step_model, objective, optimizer, autocast, cuda_graph=config.cuda_graph, device=device)
+    step.trained_model = model
     bar = _progress(loader, start_epoch, config, description)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(_epoch_seed(config.seed, epoch))
@@ -312,19 +341,15 @@ def fit(
             with autocast:
                 start_epoch(step_model, optimizer, epoch)
             model.train()
-        for batch in loader.iterate(epoch):
-            with autocast:
-                loss, parts = objective(step_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            before_step = getattr(objective, "before_step", None)
-            if before_step is not None:
-                before_step(model)
-            optimizer.step()
-            after_step = getattr(objective, "after_step", None)
-            if after_step is not None:
-                after_step(model, optimizer)
-            meter.update({"loss": loss.detach(), **parts}, batch.labels)
+        step.set_lr(optimizer.param_groups[0]["lr"])
+        batches = loader.iterate(epoch)
+        while True:
+            with record_function("data"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            loss, parts = step(batch)
+            meter.update({"loss": loss, **parts}, batch.labels)
             if bar is not None:
                 bar.update(len(batch.labels))
                 if _due(bar):  # reading the running loss syncs the device: at most twice a second
@@ -333,7 +358,7 @@ def fit(
         seconds = time.perf_counter() - started
         if bar is not None:
             _show(bar, epoch, meter, seconds)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])
         scheduler.step()
         spent += seconds
         side_after = _side_images(objective)

@@ -50,19 +50,20 @@ def coun_objective(
     """
     lam = non_negative(lam, "lam")
     temperature = positive(temperature, "temperature")
+    if lam > 0 and x2 is None:
+        raise ValueError("x2 (the second view) is needed when lam > 0")
     f1 = model.forward_features(x1)
     logits = model.forward_head(f1)
-    ce = F.cross_entropy(logits, y)
-    parts = {"ce": ce.detach(), "logits": logits.detach()}
-    if lam == 0:
-        parts["cl"] = torch.zeros((), device=ce.device)
-        return ce, parts
-    if x2 is None:
-        raise ValueError("x2 (the second view) is needed when lam > 0")
-    f2 = model.forward_features(x2)
-    cl = cross_view_info_nce(f1, f2, temperature)
-    parts["cl"] = cl.detach()
-    return ce + lam * cl, parts
+    f2 = model.forward_features(x2) if lam > 0 else None
+    with torch.profiler.record_function("loss"):
+        ce = F.cross_entropy(logits, y)
+        parts = {"ce": ce.detach(), "logits": logits.detach()}
+        if lam == 0:
+            parts["cl"] = torch.zeros((), device=ce.device)
+            return ce, parts
+        cl = cross_view_info_nce(f1, f2, temperature)
+        parts["cl"] = cl.detach()
+        return ce + lam * cl, parts
 
 
 @dataclasses.dataclass
