@@ -31,6 +31,9 @@ from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.step import graph_unsupported, make_step
 
 record_function = torch.profiler.record_function
+PHASES_RECORDED = ("data", "forward", "loss", "backward", "optimizer")
+"""The profiler ranges of a step (fit: data; coun_fast.step: forward, backward, optimizer; the
+objectives: loss, nested in forward)."""
 
 SCHEDULES = ("multistep", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
