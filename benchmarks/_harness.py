@@ -211,12 +211,19 @@ def graph_replay_ms(fn: Callable[[], object], device: torch.device, replays: int
     return quantile(sorted(samples), 0.5)
 
 
-def wall_per_call_us(fn: Callable[[], object], device: torch.device, calls: int = 200, rounds: int = 7) -> float:
-    """Host wall time of one eager call of ``fn`` issued back to back, in microseconds: ``calls``
-    calls between two clock reads (the device synchronized at both ends), median over ``rounds``.
-    On a GPU this is what a training step pays per call when the device keeps up."""
-    for _ in range(3):
-        fn()
+def wall_per_call_us(fn: Callable[[], object], device: torch.device, calls: int = 200, rounds: int = 7,
+                     budget_s: float = 2.0) -> float:
+    """Host wall time of one eager call of ``fn`` issued back to back, in microseconds. On a GPU:
+    ``calls`` calls between two clock reads (the device synchronized at both ends), median over
+    ``rounds``, fewer calls per round (at least 3) when one call is slow, so a round takes about
+    ``budget_s / rounds``: what a training step pays per call when the device keeps up. On the CPU
+    (nothing to synchronize): the median of single calls, which a busy machine's preemptions
+    disturb less than a round's total."""
+    estimate = warm_up(fn, device, 3)
+    if estimate > 0:
+        calls = max(3, min(calls, int(budget_s / rounds / estimate)))
+    if device.type != "cuda":
+        return quantile(sorted(clock_once(fn, device) * 1e6 for _ in range(calls * rounds)), 0.5)
     samples = []
     for _ in range(rounds):
         synchronize(device)

@@ -550,7 +550,7 @@ def measure_latency(config: Config, unavailable: dict[str, str]) -> list[dict]:
     rows = []
     for case, (loss, m, d) in LATENCY_CASES.items():
         for provider in ("reference", "fused", "fused+tc"):
-            if provider in unavailable:
+            if provider in unavailable or (provider in CUDA_ONLY_PROVIDERS and config.device != "cuda"):
                 continue
             spec = {**_spec(config, "latency", loss, provider, m, d)}
             result = harness.run_isolated(SCRIPT, spec, config.cell_timeout_s)

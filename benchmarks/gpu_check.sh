@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # The one-call GPU check: build for the local GPU, run the CUDA tests, compute-sanitizer (memcheck
-# and racecheck) on small odd shapes, and the kernel benchmark's --gpu-quick mode, all under one
-# global deadline, every step under its own `timeout`, everything appended to one log file.
+# and racecheck) on small odd shapes, the kernel benchmark's --gpu-quick mode, the end-to-end
+# unlearning benchmark and a timed paper-protocol run on CIFAR-10, all under one global deadline,
+# every step under its own `timeout`, everything appended to one log file.
 #
 #   benchmarks/gpu_check.sh [LOG]        (from the repository root, on the machine with the GPU)
 #
 # LOG defaults to $OUT/gpu_check.log when $OUT is set, else ./gpu_check.log. GPU_CHECK_DEADLINE_S
 # (default 540) bounds the whole run; a step that would start with less than 10 s left is skipped.
-# Result files of the benchmark are copied next to the log. The exit code is the number of failed
-# steps. benchmarks/README.md says how to run it in a single remote call.
+# GPU_CHECK_STEPS picks step groups (default "build tests sanitize kernels unlearning protocol";
+# build always runs); CIFAR10 names the CIFAR-10 file (default .data/cifar10_jpeg.npz; the
+# unlearning and protocol steps are skipped without it). Result files are written next to the log.
+# The exit code is the number of failed or skipped steps. benchmarks/README.md says how to run it
+# through the device tool.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-.}"
 log="${1:-$out_dir/gpu_check.log}"
 deadline_s="${GPU_CHECK_DEADLINE_S:-540}"
+steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol}"
+cifar10="${CIFAR10:-.data/cifar10_jpeg.npz}"
 python="${PYTHON:-python3}"
 start_s=$(date +%s)
 failed=0
 export PYTHONUNBUFFERED=1
 
 remaining() { echo $(( deadline_s - ($(date +%s) - start_s) )); }
+wanted() { [[ " $steps " == *" $1 "* ]]; }
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND with at most LIMIT_S (or what is left) seconds.
 step() {
@@ -47,11 +54,34 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 step "build (sm_${arch})" 240 env COUN_FAST_CUDA_ARCHS="$arch" COUN_FAST_CUDA=1 \
   "$python" -m pip install --no-build-isolation --no-deps -e .
 step "info" 30 "$python" -m coun_fast.info
-step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider tests
-step "compute-sanitizer memcheck" 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
-  --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
-step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
-  --racecheck-report hazard --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
-step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir"
+if wanted tests; then
+  step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider tests
+fi
+if wanted sanitize; then
+  step "compute-sanitizer memcheck" 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+  step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
+    --racecheck-report hazard --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+fi
+if wanted kernels; then
+  step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir"
+fi
+if wanted unlearning || wanted protocol; then
+  if [[ ! -f "$cifar10" ]]; then
+    echo "=== SKIPPED unlearning and protocol: no CIFAR-10 file at $cifar10 (set CIFAR10)" | tee -a "$log"
+    failed=$((failed + 1))
+  else
+    if wanted unlearning; then
+      step "unlearning benchmark (CIFAR-10, ResNet-18)" 300 "$python" benchmarks/bench_unlearning.py \
+        --data "$cifar10" --out "$out_dir"
+    fi
+    if wanted protocol; then
+      # The paper's protocol for one seed (Original, Retrain, FT, CoUn); the runner prints each
+      # stage's time and the total. Whatever the deadline leaves; an unfinished run says how far it got.
+      step "paper protocol, seed 0" 600 coun-fast run cifar10_resnet18_random10 --data "$cifar10" --seeds 0 \
+        --methods ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress
+    fi
+  fi
+fi
 echo "gpu_check: $failed failed or skipped step(s), $(( $(date +%s) - start_s ))s in all" | tee -a "$log"
 exit "$failed"
