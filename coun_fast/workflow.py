@@ -186,6 +186,7 @@ class OriginalStep:
     def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
         """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
         the returned run names ``folder``, where ``work`` is about to be moved."""
+        Path(work).mkdir(parents=True, exist_ok=True)
         norm = self.splits.train.normalization
         result = fit(self.model, self.splits.train, CrossEntropy(), self.config, normalization=norm, run_dir=work,
                      resume=resume, record=self.identity, description="original")
@@ -261,6 +262,7 @@ class UnlearningStep:
         """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
         ``work/model.pt``; the returned run names ``folder``, where ``work`` is about to be moved."""
         original = self.original
+        Path(work).mkdir(parents=True, exist_ok=True)
         self.split.save(work / SPLIT_FILE)
         result = unlearn(self.method, original.model, self.splits.train, self.split, self.config,
                          normalization=original.normalization, hparams=self.hparams, run_dir=work, resume=resume,

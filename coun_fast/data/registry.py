@@ -72,7 +72,7 @@ def load_dataset(
         options: per data set (see :data:`DATASETS`); ``threads`` sets the decoding threads.
 
     Raises ValueError for an unknown name or option, a missing or superfluous path, an
-    unsupported combination, or a named benchmark whose file has another number of classes; FileNotFoundError for a path that does not exist; and the loaders'
+    unsupported combination, or a CIFAR file with another number of classes; FileNotFoundError for a path that does not exist; and the loaders'
     own errors for malformed files.
     """
     kind = name.lower() if isinstance(name, str) else name
@@ -124,13 +124,14 @@ def load_dataset(
     return _check_classes(kind, path, cached_splits(cache_key(kind, path, image_size=size, **options), build, cache_dir))
 
 
-_CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20), "tinyimagenet": (200,)}
-"""The class counts of the named benchmarks (CIFAR-100: fine labels, or the 20 coarse ones)."""
+_CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20)}
+"""The class counts of the CIFAR benchmarks (CIFAR-100: fine labels, or the 20 coarse ones); a
+packed file given as one of them must have it."""
 
 
 def _check_classes(kind: str, path: Path, splits: DatasetSplits) -> DatasetSplits:
-    """``splits``, unless a named benchmark's file has another number of classes (e.g. a CIFAR-10
-    file given as cifar100): then ValueError."""
+    """``splits``, unless a CIFAR file has another number of classes (e.g. a CIFAR-10 file given
+    as cifar100): then ValueError."""
     expected = _CLASS_COUNTS.get(kind)
     if expected is not None and splits.train.num_classes not in expected:
         raise ValueError(f"dataset {kind!r} has {' or '.join(map(str, expected))} classes, but {path} holds "
