@@ -17,7 +17,7 @@ import re
 import secrets
 from pathlib import Path
 
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_-]+\.tmp$")  # .NAME.<random>.tmp (also older coun_fast's names)
 
 
 def temporary_name(path: Path) -> Path:
@@ -40,6 +40,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename is None:  # a failed write or fsync names no file: say which
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -53,7 +58,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def remove_orphans(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files :func:`write_atomic` left in ``folder`` when a process died
-    mid-write (``.NAME.<hex>.tmp``); returns what was deleted. Only for a folder this process
+    mid-write (``.NAME.<random>.tmp``); returns what was deleted. Only for a folder this process
     holds the lock of: a live writer's temporary file looks the same."""
     removed = []
     folder = Path(folder)
@@ -94,10 +99,10 @@ def check_writable_location(path: str | os.PathLike, what: str) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise OSError(errno.ENOTDIR, f"{what} lies below a file, not a folder", str(existing))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OSError(errno.EACCES, f"{what} cannot be created: no write permission", str(existing))
     if _read_only(existing):
         raise OSError(errno.EROFS, f"{what} cannot be created: read-only file system", str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"{what} cannot be created: no write permission", str(existing))
     return path
 
 

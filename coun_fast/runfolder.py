@@ -94,8 +94,8 @@ def locked(target: str | os.PathLike, *, what: str = "run folder") -> Iterator[P
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise FolderBusy(f"{what} {str(target)!r} is in use by {_holder(path)}; wait for that run to end "
-                         "or choose another folder") from None
+        raise FolderBusy(f"{what} {str(target)!r} is in use by {_holder(path)}; wait for that run to end or choose "
+                         "another folder") from None
     holder = _holder_path(path)
     try:
         write_text_atomic(holder, json.dumps({
@@ -131,15 +131,20 @@ def is_coun_fast_output(folder: Path) -> bool:
 
 
 def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
-                 what: str = "run folder") -> Path:
+                 what: str = "run folder", free: bool = True) -> Path:
     """Check that a run may write ``target``; returns it as an absolute path.
 
-    Raises :class:`RunFolderError` when ``target`` is a file; holds files coun_fast does not write
-    (never replaced); or holds a finished run and ``overwrite`` is False; or when an unfinished
-    run waits in its partial folder and neither ``resume`` nor ``overwrite`` says what to do
-    with it. An empty folder is fine. Reads only; creates nothing.
+    Raises :class:`FolderBusy` when another run holds its lock (``free``: check that; False for
+    the holder itself); :class:`RunFolderError` when ``target`` is a file; holds files coun_fast
+    does not write (never replaced); or holds a finished run and ``overwrite`` is False; or when
+    an unfinished run waits in its partial folder and neither ``resume`` nor ``overwrite`` says
+    what to do with it. An empty folder is fine. Reads only; creates nothing.
     """
     target = absolute(target)
+    holder = is_busy(target) if free else None
+    if holder is not None:
+        raise FolderBusy(f"{what} {str(target)!r} is in use by {holder}; wait for that run to end or choose "
+                         "another folder")
     if target.exists() and not target.is_dir():
         raise RunFolderError(f"{what} {str(target)!r} is a file, not a folder")
     if target.is_dir() and any(target.iterdir()):
@@ -255,7 +260,7 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool |
     target = absolute(target)
     holding = locked(target, what=what) if lock else contextlib.nullcontext(target)
     with holding:
-        check_target(target, overwrite=overwrite, resume=bool(resume), what=what)
+        check_target(target, overwrite=overwrite, resume=bool(resume), what=what, free=False)
         work = partial_path(target)
         _prepare(work, target, resume, overwrite, belongs)
         try:
