@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("COUN_FAST_DEBUG"):
             raise
         parser.exit(2, f"coun-fast {args.command}: error: {error_line(error)}\n")
+    except KeyboardInterrupt as error:  # Ctrl-C: say what was kept, without a traceback
+        if os.environ.get("COUN_FAST_DEBUG"):
+            raise
+        notes = "".join(f"; {note}" for note in getattr(error, "__notes__", []))
+        parser.exit(130, f"coun-fast {args.command}: interrupted{notes}\n")
 
 
 def error_line(error: BaseException) -> str:

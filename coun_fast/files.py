@@ -33,7 +33,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     temporary = temporary_name(path)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:  # name the file the caller asked for, not the temporary one
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)

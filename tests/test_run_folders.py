@@ -138,7 +138,7 @@ def unlearn(*extra: str, epochs: int = 1, original: str = "orig") -> list[str]:
 @pytest.mark.parametrize("arguments, fragments", [
     (["--method", "coun", "--lam", "-1", "--split-seed", "1"], ["lam must be a finite number >= 0"]),
     (["--method", "ft", "--split-seed", "1"], ["already holds a finished run", "--overwrite"]),
-    (["--method", "ssd+cl"], []),
+    (["--method", "ssd+cl", "--split-seed", "1"], []),
 ], ids=["bad-hyperparameter", "finished-without-overwrite", "ssd+cl"])
 def test_rejected_unlearning_leaves_the_finished_run_byte_identical(work, arguments, fragments):
     before = tree(work / "u_good")
@@ -168,6 +168,54 @@ def test_overwrite_replaces_a_finished_run_only_when_the_new_one_succeeds(work):
     replaced = run_unlearning("ft", original, split, config, work / "u_good", overwrite=True)
     assert replaced.folder == work / "u_good" and load_run(work / "u_good").record["split"]["seed"] == 3
     assert sorted(p.name for p in work.iterdir() if p.name.startswith(".u_good")) == [".u_good.lock"]
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files(work, capsys):
+    (work / "mine").mkdir()
+    (work / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TRAIN, "--out", str(work / "mine"), "--overwrite"])
+    assert exit_info.value.code == 2 and "holds files coun_fast did not write" in capsys.readouterr().err
+    assert tree(work / "mine") == {"thesis.tex": hashlib.sha256(b"years of work").hexdigest()}
+
+
+def test_evaluate_checks_the_retrain_split_and_the_json_file(work, capsys):
+    original = load_run(work / "orig")
+    other = make_forget_split(original, "random", ratio=0.1, seed=5)
+    run_unlearning("ft", original, other, TrainConfig(epochs=1, **API), work / "u_other")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(work / "u_good"), "--retrain", str(work / "u_other")])
+    assert exit_info.value.code == 2 and "unlearned another split than the Retrain" in capsys.readouterr().err
+    (work / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(work / "u_good"), "--json", str(work / "metrics.json")])
+    assert "pass --overwrite" in capsys.readouterr().err and (work / "metrics.json").read_text() == "{}"
+    assert main(["evaluate", str(work / "u_good"), "--json", str(work / "metrics.json"), "--overwrite"]) == 0
+    assert "u_good" in json.loads((work / "metrics.json").read_text())
+
+
+def test_a_failed_step_keeps_only_a_resumable_partial(tmp_path):
+    from coun_fast.runfolder import staged
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"finished")
+    with pytest.raises(RuntimeError) as error:
+        with staged(tmp_path / "run", overwrite=True) as folder:
+            (folder / "checkpoint.pt").write_bytes(b"epoch 3")
+            (folder / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half")
+            raise RuntimeError("killed by an error in epoch 4")
+    assert "--resume continues it" in error.value.__notes__[0]
+    assert tree(tmp_path / "run") == {"model.pt": hashlib.sha256(b"finished").hexdigest()}
+    assert tree(partial_path(tmp_path / "run")) == {"checkpoint.pt": hashlib.sha256(b"epoch 3").hexdigest()}
+    with pytest.raises(ValueError):
+        with staged(tmp_path / "run", overwrite=True, resume=True) as folder:
+            raise ValueError("refused before any work")
+    assert (partial_path(tmp_path / "run") / "checkpoint.pt").is_file()
+    with staged(tmp_path / "run", overwrite=True) as folder:  # starts over: the partial is discarded
+        assert list(folder.iterdir()) == []
+        (folder / "model.pt").write_bytes(b"new")
+    assert tree(tmp_path / "run") == {"model.pt": hashlib.sha256(b"new").hexdigest()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
 
 
 # -- 2. resume refuses another run's checkpoint; resumes its own bit for bit -----------------------
@@ -216,9 +264,8 @@ def concurrent(runs, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("concurrent")
     copy_runs(runs, root, "orig")
     first = start(*unlearn("--method", "ft", "--out", "u_two", epochs=400), cwd=root)
-    holder = root / ".u_two.holder"
     deadline = time.monotonic() + 300
-    while not holder.is_file():
+    while checkpoint_of(root / "u_two") is None:  # A is under way
         assert first.poll() is None and time.monotonic() < deadline, "run A did not start"
         time.sleep(0.05)
     second = cli(*unlearn("--method", "ft", "--split-seed", "1", "--out", "u_two"), cwd=root)
@@ -329,12 +376,12 @@ def test_read_only_target(work):
     shelf = work / "shelf"
     copy_runs(work, shelf, "u_good")
     before = tree(shelf)
+    fresh = _read_only(shelf, [*TRAIN, "--out", "shelf/new"], work)
+    refused(fresh, "read-only" if NAMESPACE else "permission", "shelf")  # before any training
+    assert tree(shelf) == before and not (shelf / "new").exists() and fresh.stdout == ""
     overwrite = _read_only(shelf, unlearn("--method", "ft", "--out", "shelf/u_good", "--overwrite"), work)
     refused(overwrite, "shelf")
     assert tree(shelf) == before
-    fresh = _read_only(shelf, [*TRAIN, "--out", "shelf/new"], work)
-    refused(fresh, "read-only" if NAMESPACE else "permission", "shelf")
-    assert tree(shelf) == before and not (shelf / "new").exists() and fresh.stdout == ""
 
 
 def test_output_below_a_file(work):
@@ -344,7 +391,7 @@ def test_output_below_a_file(work):
 
 
 @pytest.mark.skipif(not NAMESPACE, reason="needs root and a private mount namespace for a small tmpfs")
-def test_disk_full_during_an_overwrite(work):
+def test_disk_full_beside_a_finished_run(work):
     disk = work / "disk"
     disk.mkdir()
     used = sum(p.stat().st_size for p in (work / "u_good").iterdir())
@@ -356,16 +403,15 @@ def test_disk_full_during_an_overwrite(work):
               f"{disk}/u_good > {work}/after.json")
     result = _in_namespace(
         f"mount -t tmpfs -o size={used // 1024 + 300}k tmpfs {disk}; cp -a {work}/u_good {disk}/u_good",
-        unlearn("--method", "ft", "--split-seed", "1", "--out", "disk/u_good", "--overwrite"), work,
-        after=f"{lister}; {hasher}")
-    refused(result, "No space left on device")
+        unlearn("--method", "ft", "--split-seed", "1", "--out", "disk/u_new"), work, after=f"{lister}; {hasher}")
+    refused(result, "No space left on device", "u_new")
     assert json.loads((work / "after.json").read_text()) == {k: v for k, v in tree(work / "u_good").items()}
-    assert json.loads(listing.read_text()) == [".u_good.lock", "u_good", "u_good/checkpoint.pt", "u_good/model.pt",
-                                               "u_good/split.npz"]
+    assert json.loads(listing.read_text()) == [".u_new.lock", "u_good", "u_good/checkpoint.pt", "u_good/model.pt",
+                                               "u_good/split.npz"]  # nothing half-written, no temporary file
 
 
 def test_disk_full_in_process(work, monkeypatch, capsys):
-    """The same failure without privileges: fsync of a checkpoint reports ENOSPC (as NFS does)."""
+    """A full disk during an --overwrite, without privileges: fsync of a checkpoint reports ENOSPC (as on NFS)."""
     real = os.fsync
 
     def fsync(descriptor):
@@ -458,13 +504,15 @@ def test_method_choices_offer_no_plug_in_that_would_be_refused(method, capsys):
     assert "'ft+cl'" in offered and "'ssd+cl'" not in offered and "'coun+cl'" not in offered
 
 
-def test_hparam_values_are_typed(work, capsys):
+def test_hparam_values_are_typed(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
     with pytest.raises(SystemExit) as exit_info:
         main(unlearn("--method", "cu", "--hparam", "early_stop=maybe", "--out", str(work / "u")))
     assert exit_info.value.code == 2 and "early_stop" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(unlearn("--method", "cu", "--hparam", "omega=0", "--out", str(work / "u")))
     assert "omega must be a whole number >= 1" in capsys.readouterr().err
+    assert not (work / "u").exists()  # refused before anything was written
 
 
 # -- 7. safe loading -------------------------------------------------------------------------------
