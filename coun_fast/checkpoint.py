@@ -74,10 +74,11 @@ def environment(device: torch.device | None = None) -> dict:
 def save(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` (plus the format version) to ``path`` atomically; returns the path.
 
-    The folder must exist (a run's folder is made by :mod:`coun_fast.runfolder`). Raises the
-    file system's OSError (read-only, no space...) with nothing left behind.
+    Missing folders are made. Raises the file system's OSError (read-only, no space...) with
+    nothing left behind.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
     return write_atomic(path, buffer.getvalue())

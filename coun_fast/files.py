@@ -120,11 +120,10 @@ def _read_only(folder: Path) -> bool:
 def describe_os_error(error: OSError) -> str:
     """One line for a file-system error: what failed, where, and the system's reason."""
     reason = error.strerror or str(error) or type(error).__name__
-    where = error.filename if error.filename is not None else None
-    if where is None:
+    if error.filename is None:
         return reason
-    other = f" -> {error.filename2!r}" if getattr(error, "filename2", None) else ""
-    return f"{reason}: {str(where)!r}{other}"
+    other = f" -> {str(error.filename2)!r}" if error.filename2 is not None else ""
+    return f"{reason}: {str(error.filename)!r}{other}"
 
 
 __all__ = ["check_writable_location", "describe_os_error", "fsync_folder", "remove_orphans", "temporary_name",

@@ -187,9 +187,7 @@ def _prepare(work: Path, target: Path, resume, overwrite: bool, belongs) -> None
                 keep = True
             elif resume == "auto":
                 keep = _accepted(belongs, work)
-            elif not overwrite:
-                raise RunFolderError(f"{str(target)!r} has an unfinished run in {str(work)!r}; pass --resume "
-                                     "to continue it or --overwrite to start over")
+            # else: overwrite (check_target refused the other case)
         if not keep:
             _clear(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coun_fast import checkpoint
-from coun_fast.data.backends import BACKENDS
+from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.identity import describe_differences
@@ -235,8 +235,6 @@ def resolve_device(device) -> torch.device:
 def check_runnable(config: TrainConfig) -> torch.device:
     """What :func:`fit` would refuse on this machine, checked before any work: the device and the
     augmentation backend for it. Returns the device."""
-    from coun_fast.data.backends import resolve_backend
-
     device = resolve_device(config.device)
     try:
         resolve_backend(config.augment_backend, device)

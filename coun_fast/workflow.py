@@ -108,8 +108,9 @@ def load_run(path: str | Path, *, device="cpu") -> Run:
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         raise ValueError(f"{str(file)!r} is damaged: its 'model' is not a mapping of names to tensors")
-    if not isinstance(record, dict) or any(key not in record for key in _RECORD_KEYS):
-        raise ValueError(f"{str(file)!r} is damaged: its record lacks {[k for k in _RECORD_KEYS if k not in (record if isinstance(record, dict) else {})]}")
+    missing = [key for key in _RECORD_KEYS if key not in record] if isinstance(record, dict) else list(_RECORD_KEYS)
+    if missing:
+        raise ValueError(f"{str(file)!r} is damaged: its record lacks {missing}")
     if not isinstance(args, dict):
         raise ValueError(f"{str(file)!r} is damaged: its build_args are not a mapping")
     try:
@@ -169,19 +170,26 @@ def check_split_of(run: Run, split: ForgetSplit, where: str) -> None:
 
 # -- steps -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class OriginalStep:
+class _Step:
+    """A step checked and ready to run: its configuration and its identity (what a checkpoint of
+    it records, and what a resumed run must match)."""
+
+    config: TrainConfig
+    identity: dict
+
+    def belongs(self, work: Path) -> None:
+        """ValueError, saying what differs, unless the checkpoint in ``work`` is one of this very run."""
+        check_resumable(work / CHECKPOINT, self.config, self.identity)
+
+
+@dataclasses.dataclass(kw_only=True)
+class OriginalStep(_Step):
     """An Original's training, checked and ready (:func:`prepare_original`): :meth:`run` writes it
     into a working folder (the caller stages and locks it, see :func:`coun_fast.runfolder.staged`)."""
 
     source: DataSource
     splits: DatasetSplits
     model: nn.Module
-    config: TrainConfig
-    identity: dict
-
-    def belongs(self, work: Path) -> None:
-        """ValueError unless the checkpoint in ``work`` is one of this very run."""
-        check_resumable(work / CHECKPOINT, self.config, self.identity)
 
     def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
         """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
@@ -211,7 +219,7 @@ def prepare_original(source: DataSource, model_name: str, config: TrainConfig, *
     model = build(model_name, splits.train.num_classes, **(model_kwargs or {}))
     check_fits(model, splits)
     identity = {"kind": "original", "data": dataset_identity(splits), "model": model_config(model)}
-    return OriginalStep(source, splits, model, config, identity)
+    return OriginalStep(config, plain(identity), source=source, splits=splits, model=model)
 
 
 def train_original(
@@ -241,8 +249,8 @@ def make_forget_split(original: "Run | str | Path", kind: str = "random", *, rat
     return dataclasses.replace(split, dataset=identity)
 
 
-@dataclasses.dataclass
-class UnlearningStep:
+@dataclasses.dataclass(kw_only=True)
+class UnlearningStep(_Step):
     """An unlearning run, checked and ready (:func:`prepare_unlearning`); :meth:`run` writes it into
     a working folder the caller has staged and locked."""
 
@@ -251,12 +259,6 @@ class UnlearningStep:
     original: Run
     splits: DatasetSplits
     split: ForgetSplit
-    config: TrainConfig
-    identity: dict
-
-    def belongs(self, work: Path) -> None:
-        """ValueError unless the checkpoint in ``work`` is one of this very run."""
-        check_resumable(work / CHECKPOINT, self.config, self.identity)
 
     def run(self, work: Path, folder: Path, *, resume: bool = False, on_epoch_end=None) -> Run:
         """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
@@ -294,7 +296,8 @@ def prepare_unlearning(method: str, original: "Run | str | Path", split: ForgetS
     identity = {"kind": "unlearned", "method": method, "hparams": hparams, "data": data,
                 "model": model_config(original.model), "original": weights_digest(original.model.state_dict()),
                 "split": split.to_dict()}
-    return UnlearningStep(method, hparams, original, splits, split, config, plain(identity))
+    return UnlearningStep(config, plain(identity), method=method, hparams=hparams, original=original, splits=splits,
+                          split=split)
 
 
 def run_unlearning(

@@ -2,8 +2,8 @@
 
 :func:`coun_fast.experiment.config.parse_config` checks the file itself (keys, types, names,
 hyperparameter values). :func:`check_experiment` adds what needs the machine and the data: the
-device and each section's augmentation backend, the data set's files (and that a named benchmark
-has its class count), the model against the data's images, the scenario on the data (class
+device and each section's augmentation backend, the data set's files (and that a CIFAR file has
+CIFAR's class count), the model against the data's images, the scenario on the data (class
 names, a forget set that is neither empty nor everything, chunk counts) for every seed, and the
 output and cache folders (creatable, writable, not in use by another run). ``coun-fast run
 --check`` runs it; :func:`coun_fast.experiment.run_experiment` runs it first.
