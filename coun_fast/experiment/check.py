@@ -4,16 +4,17 @@
 hyperparameter values). :func:`check_experiment` adds what needs the machine and the data: the
 device and each section's augmentation backend, the data set's files (and that a CIFAR file has
 CIFAR's class count), the model against the data's images, the scenario on the data (class
-names, a forget set that is neither empty nor everything, chunk counts) for every seed, and the
-output and cache folders (creatable, writable, not in use by another run). ``coun-fast run
---check`` runs it; :func:`coun_fast.experiment.run_experiment` runs it first.
+names, a forget set that is neither empty nor everything, chunk counts, test images of the
+forgotten and the retained classes) for every seed, and the output and cache folders (creatable,
+writable, not in use by another run). ``coun-fast run --check`` runs it;
+:func:`coun_fast.experiment.run_experiment` runs it first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from coun_fast.data import DatasetSplits, make_split
+from coun_fast.data import DatasetSplits, class_test_subsets, make_split
 from coun_fast.experiment.cache import cache_root
 from coun_fast.experiment.config import ConfigError, ExperimentConfig
 from coun_fast.files import check_writable_location, describe_os_error
@@ -64,8 +65,10 @@ def check_experiment(config: ExperimentConfig) -> DatasetSplits:
     seeds = list(config.seeds) + ([config.sweep.seed] if config.sweep is not None and config.sweep.enabled else [])
     for seed in seeds:
         try:
-            make_split(num_train=len(train), labels=train.labels, class_names=train.classes, seed=seed,
-                       **config.scenario.split_arguments())
+            split = make_split(num_train=len(train), labels=train.labels, class_names=train.classes, seed=seed,
+                               **config.scenario.split_arguments())
+            if split.kind == "class":  # the test images of the retained and the forgotten classes
+                class_test_subsets(splits.test.labels, split.forget_classes)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"scenario: {error} (on {train.name!r}, seed {seed})") from None
     _check_folder(config.output, "output", lock=True)
