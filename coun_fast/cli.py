@@ -22,6 +22,7 @@ from coun_fast import commands as commands_module
 from coun_fast import demo, kernel_demo
 from coun_fast.capabilities import format_info, info
 from coun_fast.data import preview
+from coun_fast.files import describe_os_error
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -39,12 +40,15 @@ SUBCOMMANDS = [
      demo.__doc__.split("\n\n", 1)[1].strip(), demo.add_arguments, demo.run),
     ("train", "train an Original model on a data set",
      "Train the Original model on the whole training split (the paper's recipe by default: SGD 0.1, momentum "
-     "0.9, wd 5e-4, batch 256, 182 epochs, lr x0.1 at 50%% and 75%%). Writes OUT/model.pt; --resume continues "
-     "a killed run.", commands_module.add_train_arguments, commands_module.run_train),
+     "0.9, wd 5e-4, batch 256, 182 epochs, lr x0.1 at 50% and 75%). Writes the run folder OUT (model.pt, "
+     "checkpoint.pt) as a unit: a failed run leaves an existing OUT untouched, --overwrite replaces a finished "
+     "one, --resume continues a killed one.", commands_module.add_train_arguments, commands_module.run_train),
     ("unlearn", "unlearn a forget set from an Original model",
      "Make a forget request (random ratio, whole classes, or sequential chunks) of the Original's training set "
      "and run an unlearning method from the Original. CoUn, FT and Retrain never read the forget set. Retrain "
-     "uses the Original's recipe unless --preset/options say otherwise. Writes OUT/model.pt and OUT/split.npz.",
+     "uses the Original's recipe unless --preset/options say otherwise. Writes the run folder OUT (model.pt, "
+     "split.npz, checkpoint.pt) as a unit: a failed run leaves an existing OUT untouched, --overwrite replaces a "
+     "finished one, --resume continues a killed one.",
      commands_module.add_unlearn_arguments, commands_module.run_unlearn),
     ("evaluate", "UA, RA, TA, MIA-Efficacy and Avg.Gap of runs",
      "Evaluate runs on their forget/retain split: UA (100 - forget accuracy), RA, TA, MIA-Efficacy (SalUn's "
@@ -83,11 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as error:
-        # Bad input: say what is wrong without a traceback (COUN_FAST_DEBUG=1 shows it).
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        # Bad input or a file-system problem: one line, no traceback (COUN_FAST_DEBUG=1 shows it).
         if os.environ.get("COUN_FAST_DEBUG"):
             raise
-        parser.exit(2, f"coun-fast {args.command}: error: {error}\n")
+        parser.exit(2, f"coun-fast {args.command}: error: {error_line(error)}\n")
+    except KeyboardInterrupt as error:  # Ctrl-C: say what was kept, without a traceback
+        if os.environ.get("COUN_FAST_DEBUG"):
+            raise
+        notes = "".join(f"; {note}" for note in getattr(error, "__notes__", []))
+        parser.exit(130, f"coun-fast {args.command}: interrupted{notes}\n")
+
+
+def error_line(error: BaseException) -> str:
+    """``error`` in one line: a file-system error as its reason and path, then any notes."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        text = describe_os_error(error)
+    else:
+        text = str(error) or type(error).__name__
+    text = "; ".join([text, *getattr(error, "__notes__", [])])
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import textwrap
 from pathlib import Path
 
 from coun_fast.data import DATASETS, ForgetSplit
 from coun_fast.evaluate import metrics_table
+from coun_fast.files import check_writable_location, write_text_atomic
 from coun_fast.models import MODELS
-from coun_fast.train import PRECISIONS, PRESETS, SCHEDULES, TrainConfig
-from coun_fast.unlearn import METHODS
-from coun_fast.workflow import DataSource, evaluate_run, load_run, make_forget_split, run_unlearning, train_original
+from coun_fast.runfolder import check_target
+from coun_fast.train import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, resolve_device
+from coun_fast.unlearn import METHODS, method_names, resolve_hparams
+from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_split, run_unlearning,
+                                train_original)
 
 _TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "min_lr", "warmup_epochs",
-                    "seed", "precision", "compile", "device")
+                    "seed", "precision", "compile", "cuda_graph", "device")
 
 
 def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -36,11 +40,18 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
     group.add_argument("--seed", type=int, help="seed of the order, the views and dropout (0)")
     group.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    group.add_argument("--cuda-graph", action="store_true", default=None,
+                       help="capture the training step in a CUDA graph and replay it (GPU only; methods without "
+                            "per-step hooks; not yet measured on a GPU, so off by default)")
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
     group.add_argument("--augment-backend", choices=("auto", "dali", "torch", "cpu"),
                        help="augmentation backend (auto: dali or torch on a GPU, cpu otherwise)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    group.add_argument("--resume", action="store_true", help="continue a killed run from OUT/checkpoint.pt")
+    group.add_argument("--resume", action="store_true",
+                       help="continue a killed run of OUT from its checkpoint (kept in .OUT.partial beside OUT); "
+                            "refused when that checkpoint is of another run")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the finished run in OUT (it stays untouched until this run succeeds)")
 
 
 def _config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
@@ -50,6 +61,23 @@ def _config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainC
         changes["augment_backend"] = args.augment_backend
     changes["progress"] = not args.no_progress
     return base.replace(**changes)
+
+
+def _output_folder(args: argparse.Namespace) -> None:
+    """Check OUT before anything is loaded: creatable, writable, and free to write (a finished run
+    there needs --overwrite; an unfinished one --resume or --overwrite)."""
+    check_writable_location(args.out, "--out")
+    check_target(args.out, overwrite=args.overwrite, resume=args.resume, what="--out")
+
+
+def split_file(path: str, option: str) -> ForgetSplit:
+    """The split in ``path``, which must record its data set (so it can be checked against the models')."""
+    split = ForgetSplit.load(path)
+    if split.dataset is None:
+        raise ValueError(f"{option} {path!r} records no data set (it was made from indices alone, or by an older "
+                         "coun_fast), so it cannot be checked against the models' data; use the split.npz of an "
+                         "unlearning run, or save it with dataset=coun_fast.data.identity.dataset_identity(...)")
+    return split
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +98,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     config = _config(args)
+    _output_folder(args)
     run = train_original(DataSource(args.dataset, args.data, args.image_size), args.model, config, args.out,
-                         resume=args.resume)
+                         resume=args.resume, overwrite=args.overwrite)
     last = run.record["history"][-1]
     print(f"Original {args.model} on {args.dataset}: {config.epochs} epochs, last epoch loss {last['loss']:.4f}, "
           f"train acc {last.get('acc', float('nan')):.2f}%; wrote {run.folder / 'model.pt'}")
@@ -79,21 +108,36 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # -- unlearn ---------------------------------------------------------------------------------------
-def _hparam(text: str) -> tuple[str, float]:
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``: VALUE an integer, a finite number, true/false or none."""
     key, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    word = value.strip().lower()
+    if word in _WORDS:
+        return key.strip(), _WORDS[word]
     try:
-        return key.strip(), float(value)
+        return key.strip(), int(word)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"the value of {key!r} must be a number; got {value!r}") from None
+        pass
+    try:
+        number = float(word)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} must be a finite number, true, false or "
+                                         f"none; got {value!r}")
+    return key.strip(), number
 
 
 def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=sorted(METHODS) + [f"{name}+cl" for name in sorted(METHODS)],
-                        required=True, metavar="METHOD",
+    parser.add_argument("--method", choices=method_names(), required=True, metavar="METHOD",
                         help="; ".join(f"{name}: {METHODS[name].summary}" for name in sorted(METHODS))
-                        + ". NAME+cl adds CoUn's contrastive term to NAME's objective (--hparam cl_lam=, cl_temperature=)")
+                        + ". NAME+cl adds CoUn's contrastive term to NAME's objective (--hparam cl_lam=, cl_temperature=; "
+                        "not for coun and ssd)")
     parser.add_argument("--original", required=True, metavar="RUN", help="the Original's run folder (or model.pt)")
     parser.add_argument("--out", required=True, help="run folder: model.pt, split.npz, checkpoint.pt")
     forget = parser.add_argument_group("forget request", "what to forget (ignored with --split)")
@@ -108,26 +152,29 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--lam", type=float, help="CoUn: weight of the contrastive term, >= 0 (1.0; paper: 0.1-6)")
     method.add_argument("--temperature", type=float, help="CoUn: temperature tau > 0 (0.1; paper: (0, 0.3])")
     method.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="NAME=VALUE",
-                        help="any other hyperparameter of the method (repeatable)")
+                        help="any other hyperparameter of the method: a number, true, false or none (repeatable)")
     _training_options(parser, "paper_unlearn")
 
 
 def run_unlearn(args: argparse.Namespace) -> int:
-    original = load_run(args.original)
-    if args.split:
-        split = ForgetSplit.load(args.split)
-    else:
-        classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
-        split = make_forget_split(original, args.forget, ratio=None if args.forget == "class" else args.ratio,
-                                  classes=classes, num_chunks=args.chunks, seed=args.split_seed)
     hparams = dict(args.hparam)
     for name in ("lam", "temperature"):
         if getattr(args, name) is not None:
             hparams[name] = getattr(args, name)
-    # Retrain repeats the Original's recipe unless told otherwise.
-    base = TrainConfig(**original.record["config"]) if args.method == "retrain" and args.preset == "paper_unlearn" else None
-    config = _config(args, base)
-    run = run_unlearning(args.method, original, split, config, args.out, hparams=hparams, resume=args.resume)
+    resolve_hparams(args.method, hparams)  # a bad value fails before anything is loaded
+    config = _config(args)
+    _output_folder(args)
+    original = load_run(args.original)
+    if args.method == "retrain" and args.preset == "paper_unlearn":  # Retrain repeats the Original's recipe
+        config = _config(args, TrainConfig(**original.record["config"]))
+    if args.split:
+        split = split_file(args.split, "--split")
+    else:
+        classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+        split = make_forget_split(original, args.forget, ratio=None if args.forget == "class" else args.ratio,
+                                  classes=classes, num_chunks=args.chunks, seed=args.split_seed)
+    run = run_unlearning(args.method, original, split, config, args.out, hparams=hparams, resume=args.resume,
+                         overwrite=args.overwrite)
     print(f"{args.method}: forgot {len(split.forget)} of {len(split.train_indices)} training images in "
           f"{run.record['cost'].get('seconds', 0):.1f} s; wrote {run.folder / 'model.pt'} and {run.folder / 'split.npz'}")
     return 0
@@ -140,22 +187,54 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the forget/retain split (default: each run's own split.npz; an Original has none)")
     parser.add_argument("--retrain", metavar="RUN", help="the Retrain run: adds Avg.Gap to every other run")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--device", help="evaluate on this device (default: cpu)")
     parser.add_argument("--analyses", action="store_true",
                         help="also the forget samples' predicted-class distribution and their distances to "
                              "the retain class centroids (the paper's Tables 1, 4-6)")
 
 
+def _evaluated_name(path: str, taken: dict) -> str:
+    """A run's row name: its folder's name, or the path as given when another run has that name."""
+    name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
+    return str(path) if name in taken else name
+
+
+def _same_split(run, reference, where: str) -> None:
+    """With --retrain and each run's own split: every run must have unlearned the Retrain's split."""
+    mine, theirs = run.record.get("split"), reference.record.get("split")
+    if mine is not None and theirs is not None and (mine["forget"] != theirs["forget"]
+                                                    or mine["retain"] != theirs["retain"]):
+        raise ValueError(f"{where} unlearned another split than the Retrain {str(reference.folder)!r}: Avg.Gap would "
+                         "compare different forget sets; pass --split, or a Retrain of the same split")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    split = ForgetSplit.load(args.split) if args.split else None
-    rows = {}
-    retrain = None
-    if args.retrain:
-        retrain = evaluate_run(args.retrain, split=split, device=args.device, analyses=args.analyses)
-        rows["Retrain"] = retrain
+    # everything is read and checked before any metric is computed
+    if args.json:
+        target = check_writable_location(args.json, "--json")
+        if target.is_dir():
+            raise ValueError(f"--json {args.json!r} is a folder; name a file")
+        if target.exists() and not args.overwrite:
+            raise ValueError(f"--json {args.json!r} exists; pass --overwrite to replace it")
+    if args.device is not None:
+        resolve_device(args.device)
+    if args.split:
+        split_file(args.split, "--split")  # readable, and of a data set (evaluate_run reads it again)
+    split = args.split
+    retrain = load_run(args.retrain) if args.retrain else None
+    runs: dict = {}
     for path in args.runs:
-        name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
-        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device, analyses=args.analyses)
+        run = load_run(path)
+        if retrain is not None and split is None:
+            _same_split(run, retrain, repr(path))
+        runs[_evaluated_name(path, runs)] = run
+    rows = {}
+    if retrain is not None:
+        rows["Retrain"] = evaluate_run(retrain, split=split, device=args.device, analyses=args.analyses)
+    for name, run in runs.items():
+        rows[name] = evaluate_run(run, split=split, retrain=rows.get("Retrain"), device=args.device,
+                                  analyses=args.analyses)
     print(metrics_table(rows, "Retrain" if retrain is not None else None))
     for name, row in rows.items():
         if "forget_predictions" in row:
@@ -164,7 +243,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print(f"{name}: forget predicted as {shares}; nearest retain centroids "
                   + ", ".join(f"{c} {d:.3f}" for c, d in nearest))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.json, json.dumps(rows, indent=2, default=str))
         print(f"wrote {args.json}")
     return 0
 
@@ -204,13 +284,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", metavar="DIR",
                         help="cache of Original and Retrain models (default: the file's, else $COUN_FAST_CACHE "
                              "or ~/.cache/coun_fast)")
-    parser.add_argument("--check", action="store_true", help="validate the experiment file and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check everything a run would refuse (the file, the device, the data and its class "
+                             "names, the model, the scenario, the output and cache folders) and exit")
     parser.add_argument("--no-progress", action="store_true", help="no training progress bars (step lines stay)")
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     from coun_fast import recipes
     from coun_fast.experiment import load_config, run_experiment
+    from coun_fast.experiment.check import check_experiment
 
     if args.list:
         shipped = recipes.available()
@@ -224,6 +307,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
                          output=args.output, device=args.device, cache=args.cache, data=args.data,
                          sweep=args.sweep)
     if args.check:
+        check_experiment(config)
         print(f"{config.name}: valid; {len(config.methods)} methods x {len(config.seeds)} seeds, "
               f"{config.scenario.describe()}, output {config.output}")
         return 0

@@ -8,13 +8,18 @@ hooks, and atomic checkpoints from which ``resume=True`` continues a killed run.
 nothing waits for the device: metrics accumulate there and are read at the end of the epoch (and
 at most twice a second for the progress bar). Batches, augmentations and the torch RNG of every
 epoch are functions of ``(seed, epoch)``, so a resumed run on the CPU is bit-identical to an
-uninterrupted one.
+uninterrupted one with the same number of threads (``torch.get_num_threads()``, set by
+``OMP_NUM_THREADS``; a resume with another count is logged, as its result differs in the last
+bits). A checkpoint is resumed only by a run of the same configuration and the same record (what
+the caller says the run is: its data set, model, method...); any difference is refused with an
+error that names it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,8 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coun_fast import checkpoint
+from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch
+from coun_fast.identity import describe_differences
 from coun_fast.step import graph_unsupported, make_step
 
 record_function = torch.profiler.record_function
@@ -37,6 +44,10 @@ objectives: loss, nested in forward)."""
 
 SCHEDULES = ("multistep", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_TYPES = ("cpu", "cuda")
+NOT_RECIPE = ("progress", "cuda_graph")
+"""TrainConfig fields that do not change the trained model: a run resumes whatever they are."""
+log = logging.getLogger("coun_fast.train")
 
 
 @dataclasses.dataclass
@@ -84,7 +95,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(float(m) for m in self.milestones)
+        try:
+            self.milestones = tuple(float(m) for m in self.milestones)
+        except (TypeError, ValueError):
+            raise ValueError(f"milestones must be fractions of the epochs in (0, 1]; got {self.milestones!r}") from None
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -105,6 +119,16 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {self.seed!r}")
+        for name in ("nesterov", "compile", "cuda_graph", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be true, false or null (on a GPU only); got {self.channels_last!r}")
+        if self.augment_backend not in BACKENDS:
+            raise ValueError(f"augment_backend must be one of {', '.join(map(repr, BACKENDS))}; "
+                             f"got {self.augment_backend!r}")
+        if self.device is not None:
+            parse_device(self.device)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -195,13 +219,66 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+def parse_device(device) -> torch.device:
+    """``device`` (text or torch.device) as a torch.device of a type coun_fast runs on (cpu,
+    cuda, cuda:N); ValueError otherwise. Does not look for the hardware."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise ValueError(f"device must be cpu, cuda or cuda:N (e.g. cuda:1); got {device!r}")
+    return parsed
+
+
 def resolve_device(device) -> torch.device:
+    """The device to run on: ``device`` checked against the hardware, or a GPU when None and there
+    is one. ValueError for a malformed name, a missing GPU or a GPU index beyond the count."""
     if device is None:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was requested but no CUDA GPU is available to torch")
+    device = parse_device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was requested but no CUDA GPU is available to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} was requested but torch sees {torch.cuda.device_count()} GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
+
+
+def check_runnable(config: TrainConfig) -> torch.device:
+    """What :func:`fit` would refuse on this machine, checked before any work: the device, the
+    augmentation backend for it and a CUDA-graph step off a GPU. Returns the device."""
+    device = resolve_device(config.device)
+    try:
+        resolve_backend(config.augment_backend, device)
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
+    if config.cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device; this run is on {device.type}")
+    return device
+
+
+def recipe_dict(config: TrainConfig) -> dict:
+    """``config`` as a dict without :data:`NOT_RECIPE` (what a resumed run must match)."""
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_RECIPE}
+
+
+def check_resumable(path: str | Path, config: TrainConfig, record: dict | None, state: dict | None = None) -> dict:
+    """The checkpoint at ``path`` (``state`` when already read) when it continues this very run:
+    the same configuration (but for :data:`NOT_RECIPE`) and the same ``record``; else ValueError
+    saying what differs."""
+    state = checkpoint.load(path) if state is None else state
+    stored = {k: v for k, v in (state.get("config") or {}).items() if k not in NOT_RECIPE}
+    reason = None
+    if stored != recipe_dict(config):
+        reason = f"it was written with another configuration ({describe_differences(stored, recipe_dict(config))})"
+    elif (state.get("record") or {}) != (record or {}):
+        reason = f"it was written for another run ({describe_differences(state.get('record') or {}, record or {})})"
+    if reason is not None:
+        raise ValueError(f"cannot resume from {str(path)!r}: {reason}; start over with --overwrite or use "
+                         "another run folder")
+    return state
 
 
 def precision_autocast(config: TrainConfig, device: torch.device):
@@ -289,8 +366,11 @@ def fit(
         config: optimiser, schedule, precision, device, seed.
         normalization: ``(mean, std)`` for the images; default the statistics of ``dataset``.
         run_dir: where ``checkpoint.pt`` is written after every epoch (atomically); None = nowhere.
-        resume: continue from ``run_dir/checkpoint.pt`` when it exists (same config required).
-        record: extra JSON-safe facts stored in the checkpoint (split indices, model arguments...).
+        resume: continue from ``run_dir/checkpoint.pt`` when it exists; it must have been written
+            with the same config (but for ``progress``) and the same ``record``, else ValueError
+            saying what differs.
+        record: the run's identity, plain JSON-safe values stored in the checkpoint (data set,
+            model, method, split...): what a resumed run must match.
         on_epoch_end: ``(model, epoch) -> dict`` of metrics added to that epoch's history row
             (e.g. forget and retain accuracy); the model is handed over in eval mode.
         description: the progress bar's label.
@@ -315,12 +395,12 @@ def fit(
     start_epoch, spent, trained, extra = 0, 0.0, 0, 0
     path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
     if resume and path is not None and path.is_file():
-        state = checkpoint.load(path, map_location=device)
-        if state.get("config") != config.to_dict():
-            raise ValueError(
-                f"cannot resume from {str(path)!r}: it was written with another configuration "
-                f"({_config_difference(state.get('config') or {}, config.to_dict())}); use a new run folder"
-            )
+        state = check_resumable(path, config, record, checkpoint.load(path, map_location=device))
+        threads = (state.get("environment") or {}).get("threads")
+        if threads is not None and threads != torch.get_num_threads():
+            log.warning("resuming with %d threads a run that began with %d: the result will differ in the last "
+                        "bits from an uninterrupted run (set OMP_NUM_THREADS=%d for a bit-identical resume)",
+                        torch.get_num_threads(), threads, threads)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -393,11 +473,6 @@ def fit(
 
 def _side_images(objective) -> tuple[int, int]:
     return int(getattr(objective, "side_trained_images", 0)), int(getattr(objective, "side_forward_images", 0))
-
-
-def _config_difference(old: dict, new: dict) -> str:
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
-    return "; ".join(changed) or "unknown"
 
 
 def _compiled(model: nn.Module) -> nn.Module:

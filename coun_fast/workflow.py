@@ -5,10 +5,19 @@
     coun = run_unlearning("coun", original, split, unlearn_config, "runs/coun")
     metrics = evaluate_run(coun)
 
-Every step writes its folder: ``model.pt`` (weights, architecture, the run's record),
-``checkpoint.pt`` (for ``resume``), and for unlearning runs ``split.npz`` (the forget/retain
-indices). A record holds the data source, normalization, the Original's training indices, the
+Every step writes its folder as a unit (:func:`coun_fast.runfolder.staged`): under the folder's
+lock, in a partial folder renamed into place when the step succeeds, so a failed or refused step
+never changes an existing folder; a finished one is replaced only with ``overwrite=True``. A
+folder holds ``model.pt`` (weights, architecture, the run's record), ``checkpoint.pt`` (for
+``resume``), and for unlearning runs ``split.npz`` (the forget/retain indices). A record holds
+the data source and the data set's identity, normalization, the Original's training indices, the
 configuration, seed, history, cost, versions and device, so a later step needs only the path.
+
+Each step is checked before any training (:func:`prepare_original`, :func:`prepare_unlearning`):
+the device, the hyperparameters, the model against the data, the split against the data set and
+the Original, the output folder. Checkpoints record the run's identity (data set, architecture,
+method and hyperparameters, starting model, split): ``resume`` refuses one of another run, saying
+what differs. :func:`evaluate_run` refuses a split other than the one the model unlearned.
 """
 
 from __future__ import annotations
@@ -22,12 +31,14 @@ from torch import nn
 
 from coun_fast import checkpoint
 from coun_fast.data import DatasetSplits, ForgetSplit, check_within_training, load_dataset, make_split
+from coun_fast.data.identity import check_same_dataset, dataset_identity
 from coun_fast.data.recipes import Normalization
 from coun_fast.evaluate import Cost, avg_gap, centroid_distances, predict, prediction_distribution, unlearning_metrics
+from coun_fast.identity import plain, weights_digest
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
-from coun_fast.train import CrossEntropy, TrainConfig, fit
-from coun_fast.unlearn import get_method, unlearn
-from coun_fast.unlearn.cl_plugin import split_name
+from coun_fast.runfolder import CHECKPOINT, check_target, staged
+from coun_fast.train import CrossEntropy, TrainConfig, check_resumable, check_runnable, fit
+from coun_fast.unlearn import resolve_hparams, unlearn
 
 MODEL_FILE = "model.pt"
 SPLIT_FILE = "split.npz"
@@ -61,28 +72,54 @@ class Run:
     def normalization(self) -> Normalization:
         return Normalization(tuple(self.record["normalization"]["mean"]), tuple(self.record["normalization"]["std"]))
 
+    def load_data(self) -> tuple[DatasetSplits, dict]:
+        """The run's data set and its identity, checked against the identity the run recorded (the
+        files at the recorded path may have changed since)."""
+        splits = self.source.load()
+        identity = dataset_identity(splits)
+        check_same_dataset(self.record.get("dataset"), identity, f"the model in {str(self.folder)!r}")
+        return splits, identity
+
 
 # -- model files -----------------------------------------------------------------------------------
 def save_run(folder: str | Path, model: nn.Module, record: dict) -> Run:
-    """Write ``folder/model.pt`` (weights on the CPU, architecture, record) atomically."""
+    """Write ``folder/model.pt`` (weights on the CPU, architecture, record as plain values) atomically."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    record = plain(record)
     checkpoint.save(folder / MODEL_FILE, {"model": state, "build_args": model_config(model), "record": record})
     return Run(model, record, folder)
 
 
+_RECORD_KEYS = ("data", "normalization", "train_indices")
+
+
 def load_run(path: str | Path, *, device="cpu") -> Run:
-    """A step's model and record from its folder or its ``model.pt``."""
+    """A step's model and record from its folder or its ``model.pt`` (read safely, every part
+    checked: a damaged or foreign file is a ValueError naming it)."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     state = checkpoint.load(file)
     if "build_args" not in state or "record" not in state:
         raise ValueError(f"{str(file)!r} is a checkpoint, not a finished model file (no build_args/record); "
                          f"use the {MODEL_FILE} of a finished run")
-    model = rebuild(state["build_args"])
-    check_compatible(model, state["model"])
-    model.load_state_dict(state["model"])
-    return Run(model.to(device).eval(), state["record"], file.parent)
+    weights, args, record = state.get("model"), state["build_args"], state["record"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise ValueError(f"{str(file)!r} is damaged: its 'model' is not a mapping of names to tensors")
+    missing = [key for key in _RECORD_KEYS if key not in record] if isinstance(record, dict) else list(_RECORD_KEYS)
+    if missing:
+        raise ValueError(f"{str(file)!r} is damaged: its record lacks {missing}")
+    if not isinstance(args, dict):
+        raise ValueError(f"{str(file)!r} is damaged: its build_args are not a mapping")
+    try:
+        model = rebuild(args)
+        check_compatible(model, weights)
+        model.load_state_dict(weights)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{str(file)!r}: {error}") from None
+    return Run(model.to(device).eval(), record, file.parent)
 
 
 def _as_run(run: "Run | str | Path") -> Run:
@@ -96,6 +133,19 @@ def _check_classes(model: nn.Module, splits: DatasetSplits, where: str) -> None:
                          f"{splits.train.num_classes}; use a model trained on this data set")
 
 
+def check_fits(model: nn.Module, splits: DatasetSplits) -> None:
+    """ValueError unless ``model`` takes the data set's images (one forward pass of a zero image,
+    in eval mode, no state changed)."""
+    height, width = splits.train.decoded().image_size
+    try:
+        forward_flops(model, (3, height, width))
+    except (RuntimeError, ValueError, AssertionError) as error:
+        name = model_config(model)["name"]
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {name!r} does not take the {height}x{width} images of {splits.train.name!r}: "
+                         f"{first}") from None
+
+
 def _cost(result, model: nn.Module, splits: DatasetSplits) -> dict:
     """Wall time, images and PFLOPs by the paper's count (3 forward-equivalents per trained image)."""
     height, width = splits.train.decoded().image_size
@@ -103,90 +153,191 @@ def _cost(result, model: nn.Module, splits: DatasetSplits) -> dict:
     return Cost.from_result(result, flops, device=str(next(model.parameters()).device)).as_dict()
 
 
+def check_split_of(run: Run, split: ForgetSplit, where: str) -> None:
+    """ValueError unless ``split`` (read from ``where``) is the split the unlearned ``run`` recorded
+    (an Original records none: any split of its training set will do)."""
+    recorded = run.record.get("split")
+    if recorded is None:
+        return
+    mine = ForgetSplit.from_dict(recorded)
+    if np.array_equal(mine.forget, split.forget) and np.array_equal(mine.retain, split.retain):
+        return
+    outside = np.setdiff1d(split.forget, mine.forget).size
+    raise ValueError(f"{where} is not the split the model in {str(run.folder)!r} unlearned: its forget set has "
+                     f"{split.forget.size} indices, {outside} of them not among the model's {mine.forget.size}; "
+                     "evaluate it with its own split")
+
+
 # -- steps -----------------------------------------------------------------------------------------
-def train_original(
-    source: DataSource, model_name: str, config: TrainConfig, folder: str | Path, *,
-    model_kwargs: dict | None = None, resume: bool = False,
-) -> Run:
-    """Train the Original model on the whole training split of ``source``."""
+@dataclasses.dataclass
+class _Step:
+    """A step checked and ready to run: its configuration and its identity (what a checkpoint of
+    it records, and what a resumed run must match)."""
+
+    config: TrainConfig
+    identity: dict
+
+    def belongs(self, work: Path) -> None:
+        """ValueError, saying what differs, unless the checkpoint in ``work`` is one of this very run."""
+        check_resumable(work / CHECKPOINT, self.config, self.identity)
+
+
+@dataclasses.dataclass(kw_only=True)
+class OriginalStep(_Step):
+    """An Original's training, checked and ready (:func:`prepare_original`): :meth:`run` writes it
+    into a working folder (the caller stages and locks it, see :func:`coun_fast.runfolder.staged`)."""
+
+    source: DataSource
+    splits: DatasetSplits
+    model: nn.Module
+
+    def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
+        """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
+        the returned run names ``folder``, where ``work`` is about to be moved."""
+        Path(work).mkdir(parents=True, exist_ok=True)
+        norm = self.splits.train.normalization
+        result = fit(self.model, self.splits.train, CrossEntropy(), self.config, normalization=norm, run_dir=work,
+                     resume=resume, record=self.identity, description="original")
+        record = {
+            "kind": "original", "data": dataclasses.asdict(self.source), "dataset": self.identity["data"],
+            "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+            "train_indices": np.arange(len(self.splits.train), dtype=np.int64), "config": self.config.to_dict(),
+            "history": result.history, "cost": _cost(result, self.model, self.splits),
+            "environment": checkpoint.environment(next(self.model.parameters()).device),
+        }
+        saved = save_run(work, self.model, record)
+        return Run(self.model, saved.record, Path(folder))
+
+
+def prepare_original(source: DataSource, model_name: str, config: TrainConfig, *,
+                     model_kwargs: dict | None = None) -> OriginalStep:
+    """Check an Original's training before any of it runs: the device and augmentation backend,
+    the data set, the model and that it takes the data's images."""
+    check_runnable(config)
     splits = source.load()
     torch.manual_seed(config.seed)
     model = build(model_name, splits.train.num_classes, **(model_kwargs or {}))
-    norm = splits.train.normalization
-    record = {
-        "kind": "original", "data": dataclasses.asdict(source),
-        "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
-        "train_indices": np.arange(len(splits.train), dtype=np.int64), "config": config.to_dict(),
-    }
-    result = fit(model, splits.train, CrossEntropy(), config, normalization=norm, run_dir=folder, resume=resume,
-                 record={"kind": "original", "data": record["data"]}, description="original")
-    record.update(history=result.history, cost=_cost(result, model, splits),
-                  environment=checkpoint.environment(next(model.parameters()).device))
-    return save_run(folder, model, record)
+    check_fits(model, splits)
+    identity = {"kind": "original", "data": dataset_identity(splits), "model": model_config(model)}
+    return OriginalStep(config, plain(identity), source=source, splits=splits, model=model)
+
+
+def train_original(
+    source: DataSource, model_name: str, config: TrainConfig, folder: str | Path, *,
+    model_kwargs: dict | None = None, resume: bool = False, overwrite: bool = False,
+) -> Run:
+    """Train the Original model on the whole training split of ``source`` into the run folder
+    ``folder``. ``resume`` continues a killed run of the same folder; ``overwrite`` replaces a
+    finished run there (only when this one succeeds). Everything is checked before training."""
+    check_target(folder, overwrite=overwrite, resume=resume)
+    step = prepare_original(source, model_name, config, model_kwargs=model_kwargs)
+    with staged(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
+        return step.run(work, Path(folder), resume=resume)
 
 
 def make_forget_split(original: "Run | str | Path", kind: str = "random", *, ratio: float | None = None,
                       classes=None, num_chunks: int | None = None, seed: int = 0) -> ForgetSplit:
-    """A forget/retain split of the Original's training set (checked to lie inside it)."""
+    """A forget/retain split of the Original's training set (checked to lie inside it), recording
+    the data set's identity."""
     original = _as_run(original)
-    splits = original.source.load()
+    splits, identity = original.load_data()
     train_indices = np.asarray(original.record["train_indices"])
     split = make_split(kind, num_train=len(splits.train), labels=splits.train.labels,
                        class_names=splits.train.classes, ratio=ratio, classes=classes, num_chunks=num_chunks,
                        seed=seed, train_indices=train_indices)
     check_within_training(split, train_indices)
-    return split
+    return dataclasses.replace(split, dataset=identity)
+
+
+@dataclasses.dataclass(kw_only=True)
+class UnlearningStep(_Step):
+    """An unlearning run, checked and ready (:func:`prepare_unlearning`); :meth:`run` writes it into
+    a working folder the caller has staged and locked."""
+
+    method: str
+    hparams: dict
+    original: Run
+    splits: DatasetSplits
+    split: ForgetSplit
+
+    def run(self, work: Path, folder: Path, *, resume: bool = False, on_epoch_end=None) -> Run:
+        """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
+        ``work/model.pt``; the returned run names ``folder``, where ``work`` is about to be moved."""
+        original = self.original
+        Path(work).mkdir(parents=True, exist_ok=True)
+        self.split.save(work / SPLIT_FILE)
+        result = unlearn(self.method, original.model, self.splits.train, self.split, self.config,
+                         normalization=original.normalization, hparams=self.hparams, run_dir=work, resume=resume,
+                         on_epoch_end=on_epoch_end, record=self.identity)
+        record = {
+            "kind": "unlearned", "method": self.method, "hparams": result.hparams, "data": original.record["data"],
+            "dataset": self.identity["data"], "normalization": original.record["normalization"],
+            "train_indices": original.record["train_indices"], "original": str(original.folder),
+            "split_file": SPLIT_FILE, "split": self.split.to_dict(), "config": self.config.to_dict(),
+            "history": result.train.history, "cost": _cost(result.train, result.model, self.splits),
+            "environment": checkpoint.environment(next(result.model.parameters()).device),
+        }
+        saved = save_run(work, result.model, record)
+        return Run(result.model, saved.record, Path(folder))
+
+
+def prepare_unlearning(method: str, original: "Run | str | Path", split: ForgetSplit, config: TrainConfig, *,
+                       hparams: dict | None = None) -> UnlearningStep:
+    """Check an unlearning run before any of it runs: the method and its hyperparameters, the
+    device and backend, the Original against its data set, and the split against both (made on
+    the same data set, inside the Original's training indices)."""
+    hparams = resolve_hparams(method, hparams)
+    check_runnable(config)
+    original = _as_run(original)
+    splits, data = original.load_data()
+    _check_classes(original.model, splits, "the Original model")
+    check_same_dataset(split.dataset, data, "the split")
+    check_within_training(split, np.asarray(original.record["train_indices"]))
+    identity = {"kind": "unlearned", "method": method, "hparams": hparams, "data": data,
+                "model": model_config(original.model), "original": weights_digest(original.model.state_dict()),
+                "split": split.to_dict()}
+    return UnlearningStep(config, plain(identity), method=method, hparams=hparams, original=original, splits=splits,
+                          split=split)
 
 
 def run_unlearning(
     method: str, original: "Run | str | Path", split: ForgetSplit, config: TrainConfig, folder: str | Path, *,
-    hparams: dict | None = None, resume: bool = False, on_epoch_end=None,
+    hparams: dict | None = None, resume: bool = False, overwrite: bool = False, on_epoch_end=None,
 ) -> Run:
-    """Unlearn ``split.forget`` from the Original with ``method``; writes the model and the split."""
-    get_method(split_name(method)[0])  # an unknown method fails before any data is loaded
-    original = _as_run(original)
-    splits = original.source.load()
-    _check_classes(original.model, splits, "the Original model")
-    check_within_training(split, np.asarray(original.record["train_indices"]))
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    split.save(folder / SPLIT_FILE)
-    result = unlearn(method, original.model, splits.train, split, config, normalization=original.normalization,
-                     hparams=hparams, run_dir=folder, resume=resume, on_epoch_end=on_epoch_end,
-                     record={"kind": "unlearned", "method": method, "original": str(original.folder),
-                             "split": split.to_dict()})
-    record = {
-        "kind": "unlearned", "method": method, "hparams": result.hparams, "data": original.record["data"],
-        "normalization": original.record["normalization"], "train_indices": original.record["train_indices"],
-        "original": str(original.folder), "split_file": SPLIT_FILE, "split": split.to_dict(),
-        "config": config.to_dict(),
-        "history": result.train.history,
-        "cost": _cost(result.train, result.model, splits),
-        "environment": checkpoint.environment(next(result.model.parameters()).device),
-    }
-    return save_run(folder, result.model, record)
+    """Unlearn ``split.forget`` from the Original with ``method`` into the run folder ``folder``
+    (the model and the split). ``resume`` continues a killed run of the same folder (refused when
+    its checkpoint is of another run); ``overwrite`` replaces a finished run there (only when this
+    one succeeds). Everything is checked before training."""
+    check_target(folder, overwrite=overwrite, resume=resume)
+    step = prepare_unlearning(method, original, split, config, hparams=hparams)
+    with staged(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
+        return step.run(work, Path(folder), resume=resume, on_epoch_end=on_epoch_end)
 
 
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
                  retrain: "dict | None" = None, device=None, analyses: bool = False) -> dict:
     """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
 
-    ``split`` defaults to the run's own ``split.npz``; an Original (which has none) needs one.
+    ``split`` defaults to the run's own ``split.npz``; an Original (which has none) needs one. The
+    split must be of the run's data set, and for an unlearned run the very split it unlearned
+    (as its model file records it), else ValueError.
     ``analyses=True`` adds the paper's representation analyses: ``forget_predictions`` (share in %
     of the forget samples predicted as each class, top 5) and ``centroid_distances`` (average
     distance of the forget features to each retain class centroid, divided by the largest).
     """
     run = _as_run(run)
     if split is None:
-        own = run.folder / SPLIT_FILE
-        if not own.is_file():
+        split = run.folder / SPLIT_FILE
+        if not split.is_file():
             raise ValueError(f"{str(run.folder)!r} has no {SPLIT_FILE}; pass the split to evaluate against "
                              "(e.g. the split.npz of an unlearning run)")
-        split = own
+    where = "the split" if isinstance(split, ForgetSplit) else repr(str(split))
     if not isinstance(split, ForgetSplit):
         split = ForgetSplit.load(split)
-    splits = run.source.load()
+    splits, identity = run.load_data()
     _check_classes(run.model, splits, f"the model of {str(run.folder)!r}")
+    check_same_dataset(split.dataset, identity, where)
+    check_split_of(run, split, where)
     check_within_training(split, np.asarray(run.record["train_indices"]))
     if device is not None:
         run.model.to(device)

@@ -71,8 +71,8 @@ def load_dataset(
             cached, no ``image_size``); only packed files support it.
         options: per data set (see :data:`DATASETS`); ``threads`` sets the decoding threads.
 
-    Raises ValueError for an unknown name or option, a missing or superfluous path, or an
-    unsupported combination; FileNotFoundError for a path that does not exist; and the loaders'
+    Raises ValueError for an unknown name or option, a missing or superfluous path, an
+    unsupported combination, or a CIFAR file with another number of classes; FileNotFoundError for a path that does not exist; and the loaders'
     own errors for malformed files.
     """
     kind = name.lower() if isinstance(name, str) else name
@@ -120,5 +120,21 @@ def load_dataset(
         return load_image_folder(path, image_size=size, threads=threads, **options)
 
     if not decode or not cache:
-        return build()
-    return cached_splits(cache_key(kind, path, image_size=size, **options), build, cache_dir)
+        return _check_classes(kind, path, build())
+    return _check_classes(kind, path, cached_splits(cache_key(kind, path, image_size=size, **options), build, cache_dir))
+
+
+_CLASS_COUNTS = {"cifar10": (10,), "cifar100": (100, 20)}
+"""The class counts of the CIFAR benchmarks (CIFAR-100: fine labels, or the 20 coarse ones); a
+packed file given as one of them must have it."""
+
+
+def _check_classes(kind: str, path: Path, splits: DatasetSplits) -> DatasetSplits:
+    """``splits``, unless a CIFAR file has another number of classes (e.g. a CIFAR-10 file given
+    as cifar100): then ValueError."""
+    expected = _CLASS_COUNTS.get(kind)
+    if expected is not None and splits.train.num_classes not in expected:
+        raise ValueError(f"dataset {kind!r} has {' or '.join(map(str, expected))} classes, but {path} holds "
+                         f"{splits.train.num_classes}; is it another data set? (use dataset 'npz' or 'folder' for "
+                         "other data)")
+    return splits

@@ -14,7 +14,9 @@ rest of them is the **retain** set. Three kinds of split:
 
 Random splits are deterministic from their seed (``np.random.default_rng(seed)``); class splits
 involve no randomness. A :class:`ForgetSplit` checks its own consistency when built and can be
-saved and loaded (``.npz``) or turned into JSON-safe Python values. Before unlearning, call
+saved and loaded (``.npz``) or turned into JSON-safe Python values. A split made for a loaded data
+set records that data set's identity (``dataset``, see :mod:`coun_fast.data.identity`), so a
+split file cannot be used with another data set of the same size. Before unlearning, call
 :func:`check_within_training` with the indices the Original model was actually trained on: a
 forget set drawn from data the Original never saw makes every unlearning metric meaningless.
 
@@ -24,14 +26,17 @@ Every index array here is 1-D int64, sorted and without duplicates, unless state
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import numbers
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from coun_fast.files import write_atomic
 
 __all__ = [
     "KINDS",
@@ -48,7 +53,8 @@ __all__ = [
 KINDS = ("random", "class", "sequential")
 """The kinds of forget split."""
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1: no data set identity
 _SHOW = 5  # offending indices shown in error messages
 
 
@@ -194,6 +200,9 @@ class ForgetSplit:
         seed: the seed the split was drawn with; None when it involves no randomness.
         params: JSON-safe parameters the split was made with (``num_train``, ``ratio``,
             ``classes``, ``num_chunks``; ``stage`` for a stage of a sequential split).
+        dataset: the identity of the data set the split was made for (a JSON-safe dict, see
+            :func:`coun_fast.data.identity.dataset_identity`); None for a split made from
+            indices alone.
 
     All index arrays are sorted, duplicate-free, read-only int64; ``__post_init__`` converts
     array-likes and raises ValueError (TypeError for wrong types) on any inconsistency. Two
@@ -208,6 +217,7 @@ class ForgetSplit:
     forget_classes: tuple[int, ...] = ()
     seed: int | None = None
     params: dict = dataclasses.field(default_factory=dict)
+    dataset: dict | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -278,6 +288,8 @@ class ForgetSplit:
         object.__setattr__(self, "forget_classes", classes)
         object.__setattr__(self, "seed", None if self.seed is None else int(self.seed))
         object.__setattr__(self, "params", _json_safe(self.params))
+        if self.dataset is not None:
+            object.__setattr__(self, "dataset", _json_safe(self.dataset, "dataset"))
 
     # -- comparison and display ----------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -288,6 +300,7 @@ class ForgetSplit:
             and self.seed == other.seed
             and self.forget_classes == other.forget_classes
             and self.params == other.params
+            and self.dataset == other.dataset
             and np.array_equal(self.train_indices, other.train_indices)
             and np.array_equal(self.forget, other.forget)
             and np.array_equal(self.retain, other.retain)
@@ -335,6 +348,7 @@ class ForgetSplit:
             forget_classes=self.forget_classes,
             seed=self.seed,
             params={**self.params, "stage": k},
+            dataset=self.dataset,
         )
 
     # -- serialisation -------------------------------------------------------------------------
@@ -346,6 +360,7 @@ class ForgetSplit:
             "forget_classes": list(self.forget_classes),
             "seed": self.seed,
             "params": self.params,
+            "dataset": self.dataset,
         }
 
     def to_dict(self) -> dict:
@@ -362,9 +377,10 @@ class ForgetSplit:
     def _from_meta(cls, meta: dict, arrays: dict, source: str) -> "ForgetSplit":
         if not isinstance(meta, dict) or meta.get("format") != "coun_fast.ForgetSplit":
             raise ValueError(f"{source} does not describe a ForgetSplit (no format 'coun_fast.ForgetSplit')")
-        if meta.get("version") != _FORMAT_VERSION:
+        if meta.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
-                f"{source} has ForgetSplit format version {meta.get('version')!r}; this code reads {_FORMAT_VERSION}"
+                f"{source} has ForgetSplit format version {meta.get('version')!r}; this code reads "
+                f"{', '.join(map(str, _READABLE_VERSIONS))}"
             )
         missing = [k for k in ("kind", "forget_classes", "seed", "params") if k not in meta]
         if missing:
@@ -378,6 +394,7 @@ class ForgetSplit:
             forget_classes=tuple(meta["forget_classes"]),
             seed=meta["seed"],
             params=meta["params"],
+            dataset=meta.get("dataset"),
         )
 
     @classmethod
@@ -401,41 +418,50 @@ class ForgetSplit:
         ``chunks`` (concatenated in chunk order), ``chunk_sizes`` and ``meta`` (a JSON string of
         kind, forget_classes, seed, params and the format version). It is written to a temporary
         file in the same folder and moved into place with ``os.replace``, so a reader never sees
-        a partial file. The folder must exist. Returns the path.
+        a partial file; the file gets the permissions the umask gives. The folder must exist.
+        Returns the path.
         """
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot save the split to {path}: folder {path.parent} does not exist")
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                np.savez_compressed(
-                    file,
-                    train_indices=self.train_indices,
-                    forget=self.forget,
-                    retain=self.retain,
-                    chunks=np.concatenate(self.chunks),
-                    chunk_sizes=np.array([c.size for c in self.chunks], dtype=np.int64),
-                    meta=np.array(json.dumps(self._meta())),
-                )
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            if os.path.exists(temp):
-                os.unlink(temp)
-            raise
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            train_indices=self.train_indices,
+            forget=self.forget,
+            retain=self.retain,
+            chunks=np.concatenate(self.chunks),
+            chunk_sizes=np.array([c.size for c in self.chunks], dtype=np.int64),
+            meta=np.array(json.dumps(self._meta())),
+        )
+        write_atomic(path, buffer.getvalue())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ForgetSplit":
-        """Read a split written by :meth:`save` (checked as in the constructor)."""
+        """Read a split written by :meth:`save` (checked as in the constructor).
+
+        Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
+        that is not a readable split file (another kind of file, a damaged archive, other arrays).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"split file {str(path)!r} does not exist")
+        with open(path, "rb") as file:
+            if file.read(4) != b"PK\x03\x04":
+                raise ValueError(f"{str(path)!r} is not a split file: it is not an .npz archive "
+                                 "(write one with ForgetSplit.save, or use the split.npz of an unlearning run)")
         keys = ("train_indices", "forget", "retain", "chunks", "chunk_sizes", "meta")
-        with np.load(Path(path), allow_pickle=False) as data:
-            missing = [k for k in keys if k not in data.files]
-            if missing:
-                raise ValueError(f"{path} is not a saved ForgetSplit: it lacks the arrays {missing}")
-            arrays = {k: data[k] for k in keys}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [k for k in keys if k not in data.files]
+                if missing:
+                    raise ValueError(f"{path} is not a saved ForgetSplit: it lacks the arrays {missing}")
+                arrays = {k: data[k] for k in keys}
+        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+            if "is not a saved ForgetSplit" in str(error):
+                raise
+            raise ValueError(f"{str(path)!r} is not a readable split file: {error}") from None
         sizes = arrays.pop("chunk_sizes").astype(np.int64)
         flat = arrays["chunks"]
         if sizes.ndim != 1 or np.any(sizes < 0) or sizes.sum() != flat.size:

@@ -1,37 +1,36 @@
-"""Content-addressed Original and Retrain models, and the reuse rules of run folders.
+"""Content-addressed Original and Retrain models.
 
 An Original is keyed by a hash of the data source, the model, its training recipe and the seed;
-a Retrain by the Original's key, the forget split and its recipe. Both live in
-``{cache}/original/{key}/`` and ``{cache}/retrain/{key}/`` (a workflow run folder plus
-``key.json``, what the hash covers, for people). An entry whose ``model.pt`` exists is reused; a
-killed one resumes from its ``checkpoint.pt``. ``device`` and ``progress`` are left out of the
-hashes: where a model was trained and whether a bar was shown do not change its recipe (results
-on another device may differ in the last bits). A file data set is identified by its path, not
-its content. Two processes filling the same entry at once are not supported.
+a Retrain by the Original's key, the forget split (with the data set's identity) and its recipe.
+Both live in ``{cache}/original/{key}/`` and ``{cache}/retrain/{key}/`` (a workflow run folder
+plus ``key.json``, what the hash covers, for people). An entry is written as a unit
+(:func:`coun_fast.runfolder.staged`): it appears only when finished, under its lock, and a
+finished entry is reused as it is. A killed entry resumes from the checkpoint in its partial
+folder when that checkpoint is of the same run, and starts over otherwise. ``device`` and
+``progress`` are left out of the hashes: where a model was trained and whether a bar was shown
+do not change its recipe (results on another device may differ in the last bits). A file data
+set is identified by its path in the key and by its content in the models' records. Two
+processes filling the same entry at once: the second is refused at once, naming the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
-from coun_fast import checkpoint
 from coun_fast.data import ForgetSplit
 from coun_fast.data.cache import default_cache_dir
+from coun_fast.files import write_text_atomic
+from coun_fast.identity import fingerprint
+from coun_fast.runfolder import locked, staged
 from coun_fast.train import TrainConfig
-from coun_fast.workflow import MODEL_FILE, Run, load_run, run_unlearning, train_original
+from coun_fast.workflow import MODEL_FILE, Run, load_run, prepare_original, prepare_unlearning
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: entries written as a unit; splits and records carry the data set's identity."""
 _UNHASHED = ("device", "progress")
-
-
-def fingerprint(payload) -> str:
-    """A 20-hex-digit SHA-256 of ``payload`` as canonical JSON (sorted keys)."""
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def recipe(config: TrainConfig) -> dict:
@@ -48,21 +47,6 @@ def cache_root(cache: Path | None) -> Path:
     return Path(cache) if cache is not None else default_cache_dir()
 
 
-def resumable(folder: Path, config: TrainConfig) -> bool:
-    """Whether ``folder/checkpoint.pt`` continues a run of exactly ``config``; a checkpoint of any
-    other configuration is deleted (the run starts over)."""
-    path = Path(folder) / "checkpoint.pt"
-    if not path.is_file():
-        return False
-    try:
-        same = checkpoint.load(path).get("config") == config.to_dict()
-    except ValueError:  # unreadable: start over
-        same = False
-    if not same:
-        path.unlink()
-    return same
-
-
 @dataclasses.dataclass(frozen=True)
 class Cached:
     """A cached model: the run, its key, and whether it was reused (True) or trained now."""
@@ -72,13 +56,18 @@ class Cached:
     hit: bool
 
 
-def _reuse_or_train(folder: Path, described: dict, config: TrainConfig, train: Callable[[bool], Run],
-                    device) -> tuple[Run, bool]:
+def _reuse_or_make(folder: Path, described: dict, prepare: Callable[[], object], device) -> tuple[Run, bool]:
+    """The finished entry ``folder``, or the step ``prepare()`` gives run into it now (resuming a
+    partial entry of the same run); ``(run, reused)``."""
     if (folder / MODEL_FILE).is_file():
         return load_run(folder, device=device), True
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "key.json").write_text(json.dumps(described, indent=2, default=str))
-    return train(resumable(folder, config)), False
+    step = prepare()  # every check before the lock is taken and any work is done
+    with locked(folder, what="cache entry"):
+        if (folder / MODEL_FILE).is_file():  # finished by another process meanwhile
+            return load_run(folder, device=device), True
+        with staged(folder, overwrite=True, resume="auto", belongs=step.belongs, lock=False) as work:
+            write_text_atomic(work / "key.json", json.dumps(described, indent=2, default=str))
+            return step.run(work, folder, resume=True), False
 
 
 def cached_original(source, model_name: str, model_kwargs: dict, config: TrainConfig, cache: Path | None, *,
@@ -88,10 +77,8 @@ def cached_original(source, model_name: str, model_kwargs: dict, config: TrainCo
                  "model": {"name": model_name, "kwargs": model_kwargs}, "config": recipe(config)}
     key = fingerprint(described)
     folder = cache_root(cache) / "original" / key
-    run, hit = _reuse_or_train(
-        folder, described, config,
-        lambda resume: train_original(source, model_name, config, folder, model_kwargs=model_kwargs, resume=resume),
-        device)
+    run, hit = _reuse_or_make(folder, described,
+                              lambda: prepare_original(source, model_name, config, model_kwargs=model_kwargs), device)
     return Cached(run, key, hit)
 
 
@@ -102,11 +89,10 @@ def cached_retrain(original: Cached, split: ForgetSplit, config: TrainConfig, ca
                  "split": split_fingerprint(split), "config": recipe(config)}
     key = fingerprint(described)
     folder = cache_root(cache) / "retrain" / key
-    run, hit = _reuse_or_train(
-        folder, described, config,
-        lambda resume: run_unlearning("retrain", original.run, split, config, folder, resume=resume), device)
+    run, hit = _reuse_or_make(folder, described,
+                              lambda: prepare_unlearning("retrain", original.run, split, config), device)
     return Cached(run, key, hit)
 
 
 __all__ = ["CACHE_VERSION", "Cached", "cache_root", "cached_original", "cached_retrain", "fingerprint", "recipe",
-           "resumable", "split_fingerprint"]
+           "split_fingerprint"]

@@ -22,8 +22,13 @@ Schema (every key but ``methods`` is optional; unknown keys are errors)::
 
 TrainConfig sections take the fields of :class:`coun_fast.train.TrainConfig` except ``seed``,
 ``device`` and ``progress``, which the runner sets. A sweep grid's parameters are the method's
-hyperparameters or those TrainConfig fields. Method names and hyperparameters are checked against
-the registry (``cl_lam`` and ``cl_temperature`` for ``+cl``), so a typo fails before any training.
+hyperparameters or those TrainConfig fields. Method names, hyperparameter names and values are
+checked against the registry (``cl_lam`` and ``cl_temperature`` for ``+cl``; ``+cl`` only where
+the plug-in applies), so a typo fails before any training. What depends on the machine and the
+data (the device, the data set's files and class names, the model against its images, the
+scenario's feasibility, the output and cache folders) is checked by
+:func:`coun_fast.experiment.check.check_experiment` (``coun-fast run --check``), which every run
+calls first.
 """
 
 from __future__ import annotations
@@ -34,15 +39,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import yaml
 
 from coun_fast.data import DATASETS
 from coun_fast.data.registry import BUILT_IN
 from coun_fast.models import MODELS
-from coun_fast.train import PRESETS, TrainConfig
-from coun_fast.unlearn import METHODS
-from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, split_name
+from coun_fast.train import PRESETS, TrainConfig, parse_device
+from coun_fast.unlearn import METHODS, method_names, resolve_hparams
+from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, split_name
 from coun_fast.workflow import DataSource
 
 SET_BY_RUNNER = ("seed", "device", "progress")
@@ -198,7 +202,17 @@ def method_hparams(name: str) -> set[str]:
 
 
 def _method_names() -> str:
-    return ", ".join(sorted(n for n in METHODS if n != "retrain")) + f" (each also as NAME{SUFFIX})"
+    return ", ".join(n for n in method_names() if split_name(n)[0] != "retrain")
+
+
+def _checked_hparams(name: str, hparams: Mapping, path: str) -> None:
+    """Every value of ``hparams`` checked by the method's own rules; errors under ``path``."""
+    try:
+        resolve_hparams(name, dict(hparams))
+    except ValueError as error:
+        message = str(error)
+        key = message.split(" ", 1)[0]
+        raise ConfigError(f"{path}.{key}: {message}" if key in hparams else f"{path}: {message}") from None
 
 
 # -- sections --------------------------------------------------------------------------------------
@@ -274,8 +288,10 @@ def _method(raw: Any, path: str, unlearn: TrainConfig) -> MethodSpec:
     base, _ = split_name(name)
     if base == "retrain":
         _fail(f"{path}.name", "Retrain is run for every seed as the reference of Avg.Gap; remove it from methods")
-    if base not in METHODS:
-        _fail(f"{path}.name", f"unknown method {name!r}; available: {_method_names()}")
+    if base not in METHODS or name not in method_names():
+        refused = METHODS[base].cl_refused if base in METHODS else None
+        _fail(f"{path}.name", f"there is no {name!r}: {refused}" if refused else
+              f"unknown method {name!r}; available: {_method_names()}")
     label = fields.get("label", name)
     if not isinstance(label, str) or not _LABEL.fullmatch(label) or label in ("Retrain", "Original"):
         _fail(f"{path}.label", f"must be a name of letters, digits and _.+- other than Retrain/Original; got {label!r}")
@@ -287,6 +303,7 @@ def _method(raw: Any, path: str, unlearn: TrainConfig) -> MethodSpec:
         if key not in allowed:
             _fail(f"{path}.hparams.{key}", f"method {name!r} has no such hyperparameter; it takes: "
                                            f"{', '.join(sorted(allowed)) or 'none'}")
+    _checked_hparams(name, hparams, f"{path}.hparams")
     train = _mapping(fields.get("train"), f"{path}.train", TRAIN_KEYS)
     _train_config(unlearn, train, f"{path}.train")
     return MethodSpec(name, label, dict(hparams), train)
@@ -335,8 +352,13 @@ def _sweep(raw: Any, methods: tuple[MethodSpec, ...], seeds: tuple[int, ...], un
                                          f"({', '.join(TRAIN_KEYS)})")
             if not isinstance(values, list) or not values:
                 _fail(f"{path}.{param}", f"must be a non-empty list of values; got {values!r}")
-            if param not in allowed:
-                for i, value in enumerate(values):
+            for i, value in enumerate(values):
+                if param in allowed:
+                    try:
+                        resolve_hparams(spec.name, {**spec.hparams, param: value})
+                    except ValueError as error:
+                        _fail(f"{path}.{param}[{i}]", str(error))
+                else:
                     _train_config(spec.train_config(unlearn), {param: value}, f"{path}.{param}[{i}]")
         checked[label] = {param: list(values) for param, values in params.items()}
     return Sweep(seed, checked, enabled)
@@ -367,9 +389,9 @@ def parse_config(raw: Any, *, name: str = "experiment") -> ExperimentConfig:
     device = top.get("device")
     if device is not None:
         try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            _fail("device", f"not a device: {device!r} (cpu, cuda, cuda:1 ...)")
+            parse_device(device)
+        except ValueError as error:
+            _fail("device", str(error))
     for key in ("output", "cache", "description"):
         if top.get(key) is not None and not isinstance(top[key], str):
             _fail(key, f"must be text; got {top[key]!r}")

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 from coun_fast.experiment.results import REFERENCE
+from coun_fast.files import write_atomic
 
 
 def _figure(width: float, height: float, columns: int = 1):
@@ -36,9 +38,11 @@ def _styles(labels) -> dict[str, dict]:
 
 
 def _save(figure, path: Path) -> Path:
+    """The figure as a PNG at ``path``, replaced atomically."""
     figure.tight_layout()
-    figure.savefig(path, format="png", bbox_inches="tight")  # "tight" keeps legends placed outside the axes
-    return Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")  # "tight" keeps legends placed outside the axes
+    return write_atomic(path, buffer.getvalue())
 
 
 def avg_gap_chart(entries: Sequence[dict], path: Path, *, title: str = "") -> Path:

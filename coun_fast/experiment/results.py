@@ -13,12 +13,14 @@ summary's ``Avg.Gap`` is the mean of the four |Δ| of the means (as the paper co
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from coun_fast.evaluate import GAP_KEYS
+from coun_fast.files import write_text_atomic
 
 REFERENCE = "Retrain"
 COLUMNS = ("RA", "UA", "TA", "MIA")
@@ -126,18 +128,18 @@ def markdown_report(entries: Sequence[dict], *, title: str, details: str) -> str
 
 # -- files -----------------------------------------------------------------------------------------
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
-    """One line per row (method x seed x stage); hparams as JSON text."""
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "hparams": json.dumps(row.get("hparams", {}), sort_keys=True)})
-    return path
+    """One line per row (method x seed x stage); hparams as JSON text; the file replaced atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "hparams": json.dumps(row.get("hparams", {}), sort_keys=True)})
+    return write_text_atomic(path, text.getvalue())
 
 
 def write_json(payload: dict, path: Path) -> Path:
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
+    """``payload`` as indented JSON, the file replaced atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 __all__ = ["COLUMNS", "CSV_FIELDS", "REFERENCE", "cell", "markdown_report", "markdown_table", "mean_std",

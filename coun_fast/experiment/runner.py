@@ -13,6 +13,12 @@ holds the row and the hash of everything that made it (method, hyperparameters, 
 starting model): a run whose hash matches is skipped on the next call (resume); one that does
 not is run again, continuing a killed run from its checkpoint when ``run_key.txt`` shows the
 checkpoint belongs to the same hash.
+
+The whole experiment is checked first (:func:`coun_fast.experiment.check.check_experiment`) and
+runs under the lock of its output folder (a second run on it is refused at once). Each method's
+folder is written as a unit, its evaluation included (:func:`coun_fast.runfolder.staged`): a
+stale folder of another hash is replaced only when the new run has finished. Every other file
+is replaced atomically; ``config.json`` and the results are written together at the end.
 """
 
 from __future__ import annotations
@@ -33,17 +39,20 @@ from coun_fast import checkpoint
 from coun_fast.data import ForgetSplit, class_test_subsets
 from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
-from coun_fast.experiment.cache import (Cached, cached_original, cached_retrain, fingerprint, recipe, resumable,
-                                        split_fingerprint)
+from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
+from coun_fast.experiment.check import check_experiment
 from coun_fast.experiment.config import ExperimentConfig, MethodSpec
 from coun_fast.experiment.results import markdown_report, summarize, write_csv, write_json
+from coun_fast.files import write_text_atomic
+from coun_fast.runfolder import locked, staged
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.workflow import Run, evaluate_run, make_forget_split, run_unlearning
+from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
 
 CURVE_RETAIN_SAMPLES = 1000
 """At most this many retain (and test) samples, a fixed random subset per seed, give the per-epoch
 retain (and test) accuracy."""
 METRICS_FILE = "metrics.json"
+RUN_KEY_FILE = "run_key.txt"
 _KEPT = ("UA", "RA", "TA", "MIA", "FA", "forgotten_class_test_acc", "seconds", "PFLOPs")
 
 
@@ -114,18 +123,6 @@ def _finished(folder: Path, key: str) -> dict | None:
     return stored["row"] if stored.get("key") == key else None
 
 
-def _claim(folder: Path, key: str, config: TrainConfig) -> bool:
-    """Mark ``folder`` as the run of ``key``; True when its checkpoint continues that very run
-    (a checkpoint left by another key or recipe is deleted, so the run starts over)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / "run_key.txt"
-    if marker.is_file() and marker.read_text() == key:
-        return resumable(folder, config)
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
-    marker.write_text(key)
-    return False
-
-
 def _store(folder: Path, key: str, row: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     write_json({"key": key, "row": row}, folder / METRICS_FILE)
@@ -153,15 +150,17 @@ class SeedSetup:
 
 
 class Runner:
-    """Runs the steps of ``config``; ``progress`` shows training bars, ``log`` receives one line per step."""
+    """Runs the steps of ``config``; ``progress`` shows training bars, ``log`` receives one line per step;
+    ``splits``: the experiment's data set when already loaded."""
 
-    def __init__(self, config: ExperimentConfig, *, progress: bool = True, log: Callable[[str], None] | None = print):
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True, log: Callable[[str], None] | None = print,
+                 splits=None):
         self.config = config
         self.progress = progress
         self.log = log
         self.device = resolve_device(config.device)
         self.started = time.perf_counter()
-        self._splits = None
+        self._splits = splits
 
     def data_splits(self):
         """The experiment's data set (training and test splits), loaded once."""
@@ -243,16 +242,28 @@ class Runner:
 
     def _run_method(self, setup: SeedSetup, stage: Stage, spec: MethodSpec, config: TrainConfig,
                     start: "Run | Path", folder: Path, key: str) -> dict:
+        """Run, evaluate and store one method in ``folder``, written as a unit (a killed run of the
+        same ``key`` continues from its checkpoint; a folder of another key is replaced at the end)."""
         original = setup.original.run
         curve = EpochAccuracy(curve_sets(*self.data_splits(), stage.split, setup.seed), original.normalization,
                               config.augment_backend)
-        run = run_unlearning(spec.name, start, stage.split, config, folder, hparams=spec.hparams,
-                             resume=_claim(folder, key, config), on_epoch_end=curve)
-        metrics = evaluate_run(run, split=stage.split, device=self.device)
-        points = [{key: r[key] for key in ("epoch", *curve.sets)} for r in run.record["history"] if "forget_acc" in r]
-        row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
-                   hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
-        return _store(folder, key, row)
+        step = prepare_unlearning(spec.name, start, stage.split, config, hparams=spec.hparams)
+
+        def belongs(work: Path) -> None:
+            marker = work / RUN_KEY_FILE
+            if not marker.is_file() or marker.read_text() != key:
+                raise ValueError(f"{work} holds a run of another key")
+            step.belongs(work)
+
+        # the experiment's lock covers its folders; a stale folder of another key is replaced
+        with staged(folder, overwrite=True, resume="auto", belongs=belongs, lock=False) as work:
+            write_text_atomic(work / RUN_KEY_FILE, key)
+            run = step.run(work, folder, resume=True, on_epoch_end=curve)
+            metrics = evaluate_run(run, split=stage.split, device=self.device)
+            points = [{k: r[k] for k in ("epoch", *curve.sets)} for r in run.record["history"] if "forget_acc" in r]
+            row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
+                       hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
+            return _store(work, key, row)
 
     # -- sweep ---------------------------------------------------------------------------------
     def sweep(self, methods: tuple[MethodSpec, ...]) -> dict:
@@ -300,6 +311,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
                   f"{config.sweep.seed}: see sweep/best_hparams.json." if sweep else ""))
     files = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md",
              "avg_gap": out / "avg_gap.png", "ua_mia": out / "ua_mia.png", "curves": out / "curves.png"}
+    write_json(config.to_dict(), out / "config.json")
     payload = {
         "config": config.to_dict(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": {**checkpoint.environment(device), "git_sha": _git_sha()},
@@ -308,7 +320,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
     }
     write_json(payload, files["json"])
     write_csv(rows, files["csv"])
-    files["markdown"].write_text(markdown_report(summary, title=title, details=details))
+    write_text_atomic(files["markdown"], markdown_report(summary, title=title, details=details))
     plots.avg_gap_chart(summary, files["avg_gap"], title=f"Avg.Gap: {config.name}")
     plots.ua_mia_chart(summary, files["ua_mia"], title=f"UA vs MIA: {config.name}")
     plots.curves_chart(rows, files["curves"], title=f"Per-epoch accuracy: {config.name}")
@@ -322,10 +334,17 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     With an enabled sweep, each method's grid is tried on the sweep seed first and the best point
     is used for the main seeds. Returns the results.json payload (``runs``: one row per
     method x seed x stage, Retrain and Original included; ``summary``: :func:`summarize`).
+    Everything is checked first (:func:`coun_fast.experiment.check.check_experiment`); the run
+    holds the output folder's lock throughout.
     """
-    runner = Runner(config, progress=progress, log=log)
-    config.output.mkdir(parents=True, exist_ok=True)
-    write_json(config.to_dict(), config.output / "config.json")
+    splits = check_experiment(config)
+    with locked(config.output, what="experiment output"):
+        config.output.mkdir(parents=True, exist_ok=True)
+        return _run_locked(config, splits, progress=progress, log=log)
+
+
+def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log) -> dict:
+    runner = Runner(config, progress=progress, log=log, splits=splits)
     methods = config.methods
     chosen = runner.sweep(methods) if config.sweep is not None and config.sweep.enabled else {}
     methods = tuple(spec.with_values(chosen[spec.label]["best"]) if spec.label in chosen else spec for spec in methods)

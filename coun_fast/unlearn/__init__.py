@@ -25,8 +25,38 @@ from coun_fast.unlearn import (  # noqa: F401  (importing a method's module regi
     scrub,
     ssd,
 )
-from coun_fast.unlearn.base import METHODS, BatchStream, ForgetData, Method, RetainData, UnlearnResult, get_method, hyperparameters
-from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, WithCL, split_name
+from coun_fast.unlearn.base import (METHODS, BatchStream, ForgetData, Method, RetainData, UnlearnResult, get_method,
+                                    hyperparameters, non_negative, positive)
+from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, split_name
+
+
+def method_names() -> list[str]:
+    """Every name :func:`unlearn` accepts: the registered methods, and ``NAME+cl`` for those the
+    CL plug-in applies to."""
+    return sorted(METHODS) + [f"{name}{SUFFIX}" for name in sorted(METHODS) if METHODS[name].cl_refused is None]
+
+
+def _resolved(method: str, hparams: dict | None) -> tuple[Method, bool, dict, dict]:
+    """``(spec, with_cl, the method's checked hyperparameters, the CL plug-in's)``."""
+    base_name, with_cl = split_name(method)
+    spec = get_method(base_name)
+    if with_cl and spec.cl_refused is not None:
+        raise ValueError(f"there is no {method!r}: {spec.cl_refused}")
+    given = dict(hparams or {})
+    cl_given = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
+    values = hyperparameters(spec, given)
+    cl_values = {"cl_lam": non_negative(cl_given["cl_lam"], "cl_lam"),
+                 "cl_temperature": positive(cl_given["cl_temperature"], "cl_temperature")} if with_cl else {}
+    return spec, with_cl, values, cl_values
+
+
+def resolve_hparams(method: str, hparams: dict | None = None) -> dict:
+    """The hyperparameters ``method`` (a registered name, maybe ``NAME+cl``) runs with: its
+    defaults updated with ``hparams`` (plus ``cl_lam`` and ``cl_temperature`` for ``+cl``), every
+    value checked. Raises ValueError for an unknown method, a method the CL plug-in does not
+    apply to, an unknown hyperparameter or a bad value, before any work is done."""
+    _, _, values, cl_values = _resolved(method, hparams)
+    return {**values, **cl_values}
 
 
 def unlearn(
@@ -45,14 +75,11 @@ def unlearn(
     ``method`` is a registered name, or one with the ``+cl`` suffix (the CL plug-in: the method's
     objective plus ``cl_lam`` x cross-view InfoNCE at ``cl_temperature`` on its retain batches).
     Methods that do not use the forget set receive the retain indices only. ``hparams`` are the
-    method's hyperparameters (defaults in ``METHODS[method].defaults``); ``fit_options`` go to
-    :func:`coun_fast.train.fit` (``run_dir``, ``resume``, ``on_epoch_end``, ``record``...).
+    method's hyperparameters (defaults in ``METHODS[method].defaults``), checked by
+    :func:`resolve_hparams` before any work; ``fit_options`` go to :func:`coun_fast.train.fit`
+    (``run_dir``, ``resume``, ``on_epoch_end``, ``record``...).
     """
-    base_name, with_cl = split_name(method)
-    spec = get_method(base_name)
-    given = dict(hparams or {})
-    cl_values = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
-    values = hyperparameters(spec, given)
+    spec, with_cl, values, cl_values = _resolved(method, hparams)
     norm = train.normalization if normalization is None else normalization
     retain = np.asarray(split.retain)
     if spec.uses_forget:
@@ -68,7 +95,7 @@ def unlearn(
     prepared = TrainResult([], time.perf_counter() - started, plan.prepared_images, 0)
     if plan.objective is None:
         if with_cl:
-            raise ValueError(f"method {base_name!r} does not train, so it has no objective to add the CL term to")
+            raise ValueError(f"method {spec.name!r} does not train, so it has no objective to add the CL term to")
         return UnlearnResult(plan.model, method, values, prepared)
     objective = plan.objective
     if with_cl:
@@ -81,4 +108,5 @@ def unlearn(
     return UnlearnResult(plan.model, method, {**values, **cl_values}, result)
 
 
-__all__ = ["METHODS", "ForgetData", "Method", "RetainData", "UnlearnResult", "get_method", "unlearn"]
+__all__ = ["METHODS", "ForgetData", "Method", "RetainData", "UnlearnResult", "get_method", "method_names",
+           "resolve_hparams", "unlearn"]

@@ -82,7 +82,7 @@ def retain_subset(retain: np.ndarray, retain_fraction: float, seed: int) -> np.n
 
 def plan_bad_teacher(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """Bad Teacher from a copy of ``original`` (left untouched); see the module docstring."""
-    temperature = positive(hparams["temperature"], "temperature")
+    temperature = hparams["temperature"]
     subset = retain_subset(np.asarray(data.retain), hparams["retain_fraction"], config.seed)
     if len(data.forget) == 0:
         raise ValueError("bad_teacher needs a non-empty forget set")
@@ -99,4 +99,5 @@ register(Method(
     defaults={"temperature": 1.0, "retain_fraction": 0.3},
     search={"temperature": "1 (fixed)", "retain_fraction": "0.3 (SSD repo)", "lr": "[0.01, 0.1]"},
     summary="Bad Teacher: distil the Original on retain rows and a random network on forget rows (AAAI 2023)",
+    checks={"temperature": positive, "retain_fraction": fraction},
 ))

@@ -95,6 +95,12 @@ class Method:
         defaults: default hyperparameters.
         search: the paper's search range of each hyperparameter, as text (for --help and docs).
         summary: one line for listings.
+        checks: per hyperparameter, ``(value, name) -> value``: the value checked (ValueError
+            naming it) and normalized. :func:`hyperparameters` runs them before any work, so a
+            bad value never costs a run.
+        cl_refused: why ``NAME+cl`` does not exist, or None when it does (the method trains
+            with one-view ``train`` batches the CL plug-in adds views to; SSD does not train,
+            and CoUn has the term already).
     """
 
     name: str
@@ -103,6 +109,8 @@ class Method:
     defaults: dict
     search: dict
     summary: str
+    checks: dict = dataclasses.field(default_factory=dict)
+    cl_refused: str | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -122,12 +130,16 @@ def get_method(name: str) -> Method:
 
 
 def hyperparameters(method: Method, given: dict) -> dict:
-    """``method``'s defaults updated with ``given``; an unknown name is an error naming the known ones."""
+    """``method``'s defaults updated with ``given``, each value checked (``method.checks``); an
+    unknown name is an error naming the known ones, a bad value one naming the hyperparameter."""
     unknown = sorted(set(given) - set(method.defaults))
     if unknown:
         known = ", ".join(sorted(method.defaults)) or "none"
         raise ValueError(f"method {method.name!r} has no hyperparameter {', '.join(unknown)}; it takes: {known}")
-    return {**method.defaults, **given}
+    values = {**method.defaults, **given}
+    for name, check in method.checks.items():
+        values[name] = check(values[name], name)
+    return values
 
 
 def run_loader(train: ImageDataset, indices: np.ndarray, normalization: Normalization, config: TrainConfig,
@@ -206,6 +218,18 @@ def fraction(value: object, name: str) -> float:
     return float(value)
 
 
+def boolean(value: object, name: str) -> bool:
+    """``value`` when it is True or False, or a ValueError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def at_least_one(value: object, name: str) -> int:
+    """:func:`whole` with a minimum of 1."""
+    return whole(value, name, minimum=1)
+
+
 def whole(value: object, name: str, minimum: int = 0) -> int:
     """``value`` as an int >= ``minimum``, or a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
@@ -217,6 +241,6 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 
 __all__ = [
     "LOOPS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
-    "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "non_negative", "positive", "register",
-    "run_loader", "whole",
+    "at_least_one", "boolean", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member",
+    "non_negative", "positive", "register", "run_loader", "whole",
 ]

@@ -76,11 +76,17 @@ class BoundaryShrinkObjective:
         return loss, {"ce_shrink": loss.detach(), "label_moved": moved, "logits": logits.detach()}
 
 
+def pixel_step(value: object, name: str) -> float:
+    """``value`` as a step in [0, 1] pixel space, or a ValueError naming ``name``."""
+    value = non_negative(value, name)
+    if value > 1:
+        raise ValueError(f"{name} is a step in [0, 1] pixel space; got {value!r}")
+    return value
+
+
 def plan_boundary_shrink(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """Boundary Shrinking from a copy of ``original`` (left untouched); see the module docstring."""
-    bound = non_negative(hparams["bound"], "bound")
-    if bound > 1:
-        raise ValueError(f"bound is a step in [0, 1] pixel space; got {bound!r}")
+    bound = hparams["bound"]
     if len(data.forget) == 0:
         raise ValueError("boundary_shrink needs a non-empty forget set")
     objective = BoundaryShrinkObjective(frozen_copy(original, config), data.normalization, bound)
@@ -91,4 +97,5 @@ register(Method(
     name="boundary_shrink", plan=plan_boundary_shrink, uses_forget=True, defaults={"bound": 0.1},
     search={"bound": "0.1 (anchors)", "lr": "very small, from 1e-8 (anchors)"},
     summary="Boundary Shrinking: train forget images toward the Original's FGSM nearest-wrong class (CVPR 2023)",
+    checks={"bound": pixel_step},
 ))

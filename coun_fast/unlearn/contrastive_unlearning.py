@@ -55,7 +55,8 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
 from coun_fast.train import TrainConfig
-from coun_fast.unlearn.base import BatchStream, ForgetData, Method, Plan, non_negative, positive, register, whole
+from coun_fast.unlearn.base import (BatchStream, ForgetData, Method, Plan, at_least_one, boolean, non_negative, positive,
+                                    register)
 
 
 def contrastive_unlearning_loss(z_forget: Tensor, y_forget: Tensor, z_retain: Tensor, y_retain: Tensor,
@@ -87,6 +88,16 @@ def contrastive_unlearning_loss(z_forget: Tensor, y_forget: Tensor, z_retain: Te
     return loss, used
 
 
+def percentage_or_none(value: object, name: str) -> float | None:
+    """None, or ``value`` as a percentage in [0, 100]; a ValueError naming ``name`` otherwise."""
+    if value is None:
+        return None
+    value = non_negative(value, name)
+    if value > 100:
+        raise ValueError(f"{name} is a percentage in [0, 100]; got {value!r}")
+    return value
+
+
 @dataclasses.dataclass
 class ContrastiveUnlearningObjective:
     """CU's loss on a forget batch plus a retain batch from ``retain_stream``; see the module docstring."""
@@ -104,12 +115,8 @@ class ContrastiveUnlearningObjective:
     def __post_init__(self) -> None:
         self.scale = non_negative(self.scale, "scale")
         self.temperature = positive(self.temperature, "temperature")
-        if not isinstance(self.early_stop, bool):
-            raise ValueError(f"early_stop must be True or False; got {self.early_stop!r}")
-        if self.stop_acc is not None:
-            self.stop_acc = non_negative(self.stop_acc, "stop_acc")
-            if self.stop_acc > 100:
-                raise ValueError(f"stop_acc is a percentage in [0, 100]; got {self.stop_acc!r}")
+        self.early_stop = boolean(self.early_stop, "early_stop")
+        self.stop_acc = percentage_or_none(self.stop_acc, "stop_acc")
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         m = len(batch.labels)
@@ -137,7 +144,7 @@ class ContrastiveUnlearningObjective:
 
 def plan_cu(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """CU from a copy of ``original`` (left untouched); see the module docstring."""
-    omega = whole(hparams["omega"], "omega", minimum=1)
+    omega = hparams["omega"]
     if len(data.forget) == 0:
         raise ValueError("cu needs a non-empty forget set")
     num_classes = getattr(original, "num_classes", None) or len(data.train.classes)
@@ -153,4 +160,6 @@ register(Method(
     defaults={"scale": 1.0, "temperature": 0.1, "omega": 4, "early_stop": True, "stop_acc": None},
     search={"scale": "[0.1, 2]", "temperature": "(0, 0.2]", "omega": "[1, 5]", "lr": "[0.01, 0.1]"},
     summary="CU: pull forget embeddings toward other classes' retain embeddings, CE on retain (IJCAI 2025)",
+    checks={"scale": non_negative, "temperature": positive, "omega": at_least_one, "early_stop": boolean,
+            "stop_acc": percentage_or_none},
 ))

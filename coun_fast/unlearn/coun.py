@@ -106,6 +106,8 @@ register(Method(
     name="coun", plan=plan_coun, uses_forget=False, defaults={"lam": 1.0, "temperature": 0.1},
     search={"lam": "[0.1, 6]", "temperature": "(0, 0.3], 0.1 best", "lr": "[0.01, 0.1]"},
     summary="CoUn: CE on the retain set + lam x cross-view InfoNCE between two views (NeurIPS 2025)",
+    checks={"lam": non_negative, "temperature": positive},
+    cl_refused="'coun' has the contrastive term already (ft+cl is coun)",
 ))
 register(Method(
     name="ft", plan=plan_ft, uses_forget=False, defaults={}, search={"lr": "[0.01, 0.1]"},

@@ -73,4 +73,5 @@ register(Method(
     name="l1_sparse", plan=plan_l1_sparse, uses_forget=False, defaults={"gamma": 5e-4, "l1_epochs": 4},
     search={"gamma": "[1e-4, 1e-1]", "l1_epochs": "4 (fixed in the CoUn protocol)", "lr": "[0.01, 0.1]"},
     summary="l1-sparse: FT on the retain set + gamma_t x sum|theta|, gamma_t decaying to 0 over the first l1_epochs",
+    checks={"gamma": non_negative, "l1_epochs": whole},
 ))

@@ -61,7 +61,7 @@ class NegGradPlusObjective:
 
 def plan_neggrad_plus(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """NegGrad+ from a copy of ``original`` (left untouched): loop over retain, a forget batch per step."""
-    beta = fraction(hparams["beta"], "beta")
+    beta = hparams["beta"]
     stream = forget_stream(data, config) if beta < 1 else None
     return Plan(copy.deepcopy(original), NegGradPlusObjective(beta, stream), data.retain)
 
@@ -70,4 +70,5 @@ register(Method(
     name="neggrad_plus", plan=plan_neggrad_plus, uses_forget=True, defaults={"beta": 0.99},
     search={"beta": "[0.95, 0.9999]", "lr": "[0.01, 0.1]"},
     summary="NegGrad+: beta x CE on retain batches - (1 - beta) x CE on forget batches",
+    checks={"beta": fraction},
 ))

@@ -98,7 +98,7 @@ class SalUnObjective(RandomLabelObjective):
 
 def plan_salun(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """SalUn from a copy of ``original`` (left untouched): saliency mask, then masked RL."""
-    threshold = fraction(hparams["threshold"], "threshold")
+    threshold = hparams["threshold"]
     device = resolve_device(config.device)
     model = copy.deepcopy(original).to(device)
     loader = run_loader(data.train, data.forget, data.normalization, config, "eval", shuffle=False)
@@ -112,4 +112,5 @@ register(Method(
     name="salun", plan=plan_salun, uses_forget=True, defaults={"threshold": 0.5},
     search={"threshold": "[0.1, 1.0]", "lr": "[0.01, 0.1]"},
     summary="SalUn: RL updating only the top-threshold fraction of weights by forget-gradient saliency",
+    checks={"threshold": fraction},
 ))

@@ -88,7 +88,7 @@ class ScrubObjective:
 
 def plan_scrub(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """SCRUB from a copy of ``original`` (left untouched); see the module docstring."""
-    msteps = whole(hparams["msteps"], "msteps")
+    msteps = hparams["msteps"]
     loader = None
     if msteps > 0:
         if len(data.forget) == 0:
@@ -105,4 +105,5 @@ register(Method(
     search={"temperature": "1 (fixed)", "msteps": "[1, 10]", "gamma": "[0.1, 3]", "alpha": "[0.1, 3]",
             "lr": "[0.01, 0.1]"},
     summary="SCRUB: max-steps away from the Original on the forget set, CE + KL to it on the retain set (NeurIPS 2023)",
+    checks={"temperature": positive, "msteps": whole, "gamma": non_negative, "alpha": non_negative},
 ))

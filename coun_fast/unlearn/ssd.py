@@ -72,8 +72,7 @@ def dampen(model: nn.Module, full: dict[str, Tensor], forget: dict[str, Tensor],
 
 def plan_ssd(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """SSD on a copy of ``original`` (left untouched); the returned plan does not train."""
-    alpha = positive(hparams["alpha"], "alpha")
-    dampening = positive(hparams["dampening"], "dampening")
+    alpha, dampening = hparams["alpha"], hparams["dampening"]
     if len(data.forget) == 0:
         raise ValueError("ssd needs a non-empty forget set")
     model = copy.deepcopy(original).to(resolve_device(config.device))
@@ -88,4 +87,6 @@ register(Method(
     name="ssd", plan=plan_ssd, uses_forget=True, defaults={"alpha": 10.0, "dampening": 1.0},
     search={"alpha": "[0.1, 100]", "dampening": "[0.1, 5]"},
     summary="SSD: dampen the weights far more important to the forget set than to the training set (AAAI 2024)",
+    checks={"alpha": positive, "dampening": positive},
+    cl_refused="'ssd' does not train, so it has no objective to add the CL term to",
 ))

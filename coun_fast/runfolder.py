@@ -1,0 +1,277 @@
+"""Run folders written as a unit, under an exclusive lock.
+
+A step that writes a run folder ``OUT`` (train, unlearn, the demo, the experiment runner and its
+cache) does it through :func:`staged`:
+
+1. it takes the exclusive lock of ``OUT``, the file ``.OUT.lock`` beside it (:func:`locked`); a
+   second run on the same folder is refused at once, with an error that names the holder
+   (process, host, command, start time); the lock is released when the process ends, however
+   it ends;
+2. it checks ``OUT`` (:func:`check_target`): a finished run there is replaced only with
+   ``overwrite=True`` (``--overwrite``), and a folder that holds anything but coun_fast outputs
+   never is;
+3. it works in the sibling ``.OUT.partial/`` (where ``checkpoint.pt`` of a killed run waits for
+   ``--resume``), and only when the step succeeds renames it to ``OUT`` (the replaced run is
+   moved aside first and deleted after). A failed or refused step leaves ``OUT`` exactly as it
+   was; its partial folder is kept only when it holds a checkpoint to resume, and deleted
+   otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import filelock
+
+from coun_fast.files import fsync_folder, remove_orphans, write_text_atomic
+
+CHECKPOINT = "checkpoint.pt"
+OUTPUT_NAMES = frozenset({"model.pt", CHECKPOINT, "split.npz", "metrics.json", "results.json", "results.md",
+                          "run_key.txt", "key.json", "config.json"})
+"""Files only coun_fast writes: a folder holding one of them may be replaced with ``overwrite``."""
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked (finished, unfinished, holds other files)."""
+
+
+class FolderBusy(RunFolderError):
+    """Another run holds the folder's lock."""
+
+
+def absolute(target: str | os.PathLike) -> Path:
+    """``target`` as an absolute path with symbolic links resolved (so the partial folder and the
+    lock sit beside the real folder)."""
+    path = Path(target).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise RunFolderError(f"a run folder cannot be the file system's root ({path})")
+    return path
+
+
+def partial_path(target: str | os.PathLike) -> Path:
+    """Where an unfinished run of ``target`` is written: ``.NAME.partial`` beside it."""
+    target = absolute(target)
+    return target.parent / f".{target.name}.partial"
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    target = absolute(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def _holder_path(lock: Path) -> Path:
+    return lock.with_name(lock.name[: -len(".lock")] + ".holder")
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``, in words (read from the holder file it wrote)."""
+    try:
+        info = json.loads(_holder_path(lock).read_text())
+        return (f"process {info['pid']} on {info['host']} since {info['since']} "
+                f"({info['command']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def locked(target: str | os.PathLike, *, what: str = "run folder") -> Iterator[Path]:
+    """Hold the exclusive lock of ``target`` (created with its missing parent folders) for the
+    block; yields ``target`` as an absolute path. Raises :class:`FolderBusy` at once, naming the
+    holder, when another process (or another part of this one) holds it."""
+    target = absolute(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(target)
+    lock = filelock.FileLock(str(path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise FolderBusy(f"{what} {str(target)!r} is in use by {_holder(path)}; wait for that run to end or choose "
+                         "another folder") from None
+    holder = _holder_path(path)
+    try:
+        write_text_atomic(holder, json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else "python",
+        }))
+        yield target
+    finally:
+        holder.unlink(missing_ok=True)  # before the release: the next holder writes its own
+        lock.release()
+
+
+def is_busy(target: str | os.PathLike) -> str | None:
+    """Who holds ``target``'s lock, or None when it is free; creates nothing."""
+    path = lock_path(target)
+    if not path.is_file():
+        return None
+    lock = filelock.FileLock(str(path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return _holder(path)
+    except OSError:
+        return None  # cannot even open it: the run will say why
+    lock.release()
+    return None
+
+
+def is_coun_fast_output(folder: Path) -> bool:
+    """Whether ``folder`` holds one of the files only coun_fast writes (:data:`OUTPUT_NAMES`)."""
+    return any((folder / name).exists() for name in OUTPUT_NAMES)
+
+
+def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                 what: str = "run folder", free: bool = True) -> Path:
+    """Check that a run may write ``target``; returns it as an absolute path.
+
+    Raises :class:`FolderBusy` when another run holds its lock (``free``: check that; False for
+    the holder itself); :class:`RunFolderError` when ``target`` is a file; holds files coun_fast
+    does not write (never replaced); or holds a finished run and ``overwrite`` is False; or when
+    an unfinished run waits in its partial folder and neither ``resume`` nor ``overwrite`` says
+    what to do with it. An empty folder is fine. Reads only; creates nothing.
+    """
+    target = absolute(target)
+    holder = is_busy(target) if free else None
+    if holder is not None:
+        raise FolderBusy(f"{what} {str(target)!r} is in use by {holder}; wait for that run to end or choose "
+                         "another folder")
+    if target.exists() and not target.is_dir():
+        raise RunFolderError(f"{what} {str(target)!r} is a file, not a folder")
+    if target.is_dir() and any(target.iterdir()):
+        if not is_coun_fast_output(target):
+            raise RunFolderError(f"{what} {str(target)!r} already exists and holds files coun_fast did not "
+                                 "write; choose another folder (it is never replaced)")
+        if not overwrite:
+            if resume:
+                raise RunFolderError(f"{what} {str(target)!r} holds a finished run: there is nothing to resume "
+                                     "(--overwrite runs it again)")
+            raise RunFolderError(f"{what} {str(target)!r} already holds a finished run; pass --overwrite to "
+                                 "replace it (it stays untouched until the new run succeeds) or choose another "
+                                 "folder")
+    partial = partial_path(target)
+    if not resume and not overwrite and (partial / CHECKPOINT).is_file():
+        raise RunFolderError(f"{what} {str(target)!r} has an unfinished run in {str(partial)!r}; pass --resume "
+                             "to continue it or --overwrite to start over")
+    return target
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _prepare(work: Path, target: Path, resume, overwrite: bool, belongs) -> None:
+    """Make ``work`` the folder to write: a kept partial run to continue, or a new empty one."""
+    for stale in target.parent.glob(f".{target.name}.replaced-*"):  # an interrupted commit's leftovers
+        shutil.rmtree(stale, ignore_errors=True)
+    if work.exists() and not work.is_dir():
+        work.unlink()
+    if work.is_dir():
+        keep = False
+        if (work / CHECKPOINT).is_file():
+            if resume is True:
+                if belongs is not None:
+                    belongs(work)  # a partial of another run: the error says what differs; nothing is touched
+                keep = True
+            elif resume == "auto":
+                keep = _accepted(belongs, work)
+            # else: overwrite (check_target refused the other case)
+        if not keep:
+            _clear(work)
+    work.mkdir(parents=True, exist_ok=True)
+    remove_orphans(work)
+
+
+def _accepted(belongs, work: Path) -> bool:
+    try:
+        if belongs is not None:
+            belongs(work)
+    except ValueError:
+        return False
+    return True
+
+
+def _commit(work: Path, target: Path) -> None:
+    """Rename ``work`` to ``target``; a replaced ``target`` is moved aside first, deleted after."""
+    remove_orphans(work)
+    if target.exists():
+        aside = target.parent / f".{target.name}.replaced-{secrets.token_hex(8)}"
+        os.rename(target, aside)
+        try:
+            os.rename(work, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(work, target)
+    fsync_folder(target.parent)
+
+
+def note(error: BaseException, text: str) -> None:
+    """Attach ``text`` to ``error`` (``__notes__``, as ``add_note`` does); the CLI prints it after the error."""
+    notes = getattr(error, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        try:
+            error.__notes__ = notes
+        except AttributeError:
+            return
+    notes.append(text)
+
+
+@contextlib.contextmanager
+def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool | str = False,
+           belongs: Callable[[Path], None] | None = None, lock: bool = True,
+           what: str = "run folder") -> Iterator[Path]:
+    """Write the run folder ``target`` as a unit; yields the folder to write into.
+
+    Args:
+        target: the run folder to create (or to replace, with ``overwrite``).
+        overwrite: replace a finished run at ``target`` when the step succeeds, and discard an
+            unfinished one.
+        resume: True continues an unfinished run (its partial folder with ``checkpoint.pt``),
+            after ``belongs(partial)`` accepted it (it raises ValueError saying what differs);
+            ``"auto"`` continues it when ``belongs`` accepts it and starts over otherwise (for
+            folders whose owner names them by content: the experiment runner and cache); False
+            refuses to discard one unless ``overwrite``.
+        belongs: the check that a partial run is this run's (see ``resume``).
+        lock: take ``target``'s lock (False when the caller holds a lock over it already).
+        what: how errors name the folder.
+
+    The checks of :func:`check_target` run under the lock. On an error in the block, ``target``
+    is untouched; the partial folder is kept when it holds a checkpoint (the error then notes
+    that ``--resume`` continues it) and deleted otherwise.
+    """
+    target = absolute(target)
+    holding = locked(target, what=what) if lock else contextlib.nullcontext(target)
+    with holding:
+        check_target(target, overwrite=overwrite, resume=bool(resume), what=what, free=False)
+        work = partial_path(target)
+        _prepare(work, target, resume, overwrite, belongs)
+        try:
+            yield work
+        except BaseException as error:
+            if (work / CHECKPOINT).is_file():
+                remove_orphans(work)
+                note(error, f"the unfinished run is kept in {str(work)!r}; --resume continues it")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        _commit(work, target)
+
+
+__all__ = ["CHECKPOINT", "FolderBusy", "OUTPUT_NAMES", "RunFolderError", "absolute", "check_target",
+           "is_busy", "is_coun_fast_output", "locked", "note", "partial_path", "staged"]
