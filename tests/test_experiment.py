@@ -192,6 +192,18 @@ def test_end_to_end_files(finished):
     assert any("seed 1 coun:" in line and "Avg.Gap" in line for line in lines)
 
 
+def test_wall_time_in_all_and_per_stage(finished):
+    """The run prints and stores its total wall time and each stage's (training and evaluation)."""
+    config, results, lines = finished
+    timings = json.loads((config.output / "results.json").read_text())["timings"]
+    stages = timings["stages"]
+    for seed in (0, 1):
+        for stage in ("Original", "Retrain", "ft", "coun", "ft+cl"):
+            assert stages[f"seed {seed} {stage}"] > 0
+    assert sum(stages.values()) <= timings["total_seconds"]
+    assert any(line.split("] ", 1)[1].startswith("wall time:") and "seed 0 coun" in line for line in lines)
+
+
 def test_resume_and_cache_hit(finished, cache, tmp_path):
     config, results, _ = finished
     model = next((cache / "original").glob("*/model.pt"))

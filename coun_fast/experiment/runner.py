@@ -23,6 +23,7 @@ is replaced atomically; ``config.json`` and the results are written together at 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
@@ -31,7 +32,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -160,6 +161,7 @@ class Runner:
         self.log = log
         self.device = resolve_device(config.device)
         self.started = time.perf_counter()
+        self.stage_seconds: dict[str, float] = {}  # wall time of each step, training and evaluation
         self._splits = splits
 
     def data_splits(self):
@@ -171,6 +173,24 @@ class Runner:
     def say(self, text: str) -> None:
         if self.log is not None:
             self.log(f"[{time.perf_counter() - self.started:7.1f}s] {text}")
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the wall time of the block (training, evaluation, cache reads) to ``stage``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def timings(self) -> dict:
+        """Wall time so far: in all, and per stage (e.g. "seed 0 Original", "seed 0 CoUn")."""
+        return {"total_seconds": time.perf_counter() - self.started, "stages": dict(self.stage_seconds)}
+
+    def say_timings(self) -> None:
+        times = self.timings()
+        stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times["stages"].items())
+        self.say(f"wall time: {times['total_seconds']:.1f} s in all; per stage: {stages}")
 
     def train_config(self, base: TrainConfig, seed: int) -> TrainConfig:
         return base.replace(seed=seed, device=self.config.device, progress=self.progress)
@@ -186,8 +206,9 @@ class Runner:
         """The Original (cached), the split of ``seed``, and per stage Retrain (cached) and the
         Retrain and Original rows (evaluations stored under ``root``)."""
         c = self.config
-        original = cached_original(c.data, c.model.name, c.model.kwargs, self.train_config(c.original, seed),
-                                   c.cache, device=self.device)
+        with self.timed(f"seed {seed} Original"):
+            original = cached_original(c.data, c.model.name, c.model.kwargs, self.train_config(c.original, seed),
+                                       c.cache, device=self.device)
         self.say(f"seed {seed}: Original {'reused from the cache' if original.hit else 'trained'} "
                  f"({original.run.folder})")
         split = make_forget_split(original.run, seed=seed, **c.scenario.split_arguments())
@@ -195,7 +216,9 @@ class Runner:
         for k in range(split.num_stages):
             part = split.stage(k)
             where = self._where(seed, k, split.num_stages)
-            retrain = cached_retrain(original, part, self.train_config(c.retrain, seed), c.cache, device=self.device)
+            with self.timed(f"{where} Retrain"):
+                retrain = cached_retrain(original, part, self.train_config(c.retrain, seed), c.cache,
+                                         device=self.device)
             self.say(f"{where}: forget {len(part.forget)} of {len(part.train_indices)}; Retrain "
                      f"{'reused from the cache' if retrain.hit else 'trained'}")
             folder = self._stage_folder(root / "Retrain", k, split.num_stages)
@@ -233,7 +256,8 @@ class Runner:
             if row is not None:
                 self.say(f"{where}: finished before, skipped")
             else:
-                row = self._run_method(setup, stage, spec, config, start, folder, key)
+                with self.timed(where):
+                    row = self._run_method(setup, stage, spec, config, start, folder, key)
                 self.say(f"{where}: {row.get('seconds', 0.0):.1f} s, UA {row['UA']:.2f} RA {row['RA']:.2f} "
                          f"TA {row['TA']:.2f} MIA {row['MIA']:.2f}, Avg.Gap {row['Avg.Gap']:.2f}")
             rows.append(row)
@@ -300,7 +324,8 @@ def _git_sha() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | None, device) -> dict:
+def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | None, device,
+                  timings: dict | None = None) -> dict:
     """results.json / .csv / .md and the three charts in ``config.output``; returns the JSON payload."""
     out = config.output
     summary = summarize(rows)
@@ -317,6 +342,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
         "environment": {**checkpoint.environment(device), "git_sha": _git_sha()},
         "statistics": "mean and sample std (ddof=1; 0 for one seed) over seeds; Avg.Gap of the means",
         "sweep": sweep or None, "summary": summary, "runs": rows, "files": {k: str(v) for k, v in files.items()},
+        "timings": timings,
     }
     write_json(payload, files["json"])
     write_csv(rows, files["csv"])
@@ -355,11 +381,12 @@ def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log) -> dic
         rows += setup.rows
         for spec in methods:
             rows += runner.method_rows(setup, spec, root / spec.label)
-    payload = write_results(config, rows, sweep=chosen, device=runner.device)
+    payload = write_results(config, rows, sweep=chosen, device=runner.device, timings=runner.timings())
     best = {e["label"]: e["Avg.Gap"] for e in payload["summary"]
             if e["label"] not in ("Retrain", "Original") and e["Avg.Gap"] is not None}
     runner.say(f"done: {len(rows)} rows; wrote {config.output / 'results.md'}"
                + (f"; least Avg.Gap: {min(best, key=best.get)} ({min(best.values()):.2f})" if best else ""))
+    runner.say_timings()
     return payload
 
 
