@@ -9,13 +9,14 @@ import textwrap
 from pathlib import Path
 
 from coun_fast.data import DATASETS, ForgetSplit
-from coun_fast.evaluate import metrics_table
+from coun_fast.evaluate import ATTACKS, metrics_table
 from coun_fast.models import MODELS
-from coun_fast.train import PRECISIONS, PRESETS, SCHEDULES, TrainConfig
-from coun_fast.unlearn import METHODS
+from coun_fast.train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig
+from coun_fast.unlearn import METHODS, PROTOCOLS, method_config
+from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import DataSource, evaluate_run, load_run, make_forget_split, run_unlearning, train_original
 
-_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "min_lr", "warmup_epochs",
+_TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "min_lr", "warmup_epochs",
                     "seed", "precision", "compile", "device")
 
 
@@ -26,9 +27,10 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
                        help=f"start from this preset; the options below override it (default: {preset})")
     group.add_argument("--epochs", type=int, help=f"passes over the data ({base.epochs})")
     group.add_argument("--batch-size", type=int, help=f"images per step ({base.batch_size})")
-    group.add_argument("--lr", type=float, help=f"SGD learning rate ({base.lr})")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, help=f"sgd or adam ({base.optimizer})")
+    group.add_argument("--lr", type=float, help=f"learning rate ({base.lr})")
     group.add_argument("--momentum", type=float, help=f"SGD momentum ({base.momentum})")
-    group.add_argument("--weight-decay", type=float, help=f"SGD weight decay ({base.weight_decay})")
+    group.add_argument("--weight-decay", type=float, help=f"weight decay ({base.weight_decay})")
     group.add_argument("--schedule", choices=SCHEDULES,
                        help=f"learning-rate schedule per epoch ({base.schedule}; multistep: x0.1 at 50%% and 75%%)")
     group.add_argument("--min-lr", type=float, help=f"final lr of the cosine schedule ({base.min_lr})")
@@ -79,14 +81,21 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # -- unlearn ---------------------------------------------------------------------------------------
-def _hparam(text: str) -> tuple[str, float]:
+def _hparam(text: str) -> tuple[str, object]:
+    """``NAME=VALUE``: VALUE read as a number, ``true``/``false``, ``none``, or else kept as text."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return key.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the value of {key!r} must be a number; got {value!r}") from None
+    value = value.strip()
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if value.lower() in words:
+        return key.strip(), words[value.lower()]
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +117,11 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--lam", type=float, help="CoUn: weight of the contrastive term, >= 0 (1.0; paper: 0.1-6)")
     method.add_argument("--temperature", type=float, help="CoUn: temperature tau > 0 (0.1; paper: (0, 0.3])")
     method.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="NAME=VALUE",
-                        help="any other hyperparameter of the method (repeatable)")
+                        help="any other hyperparameter of the method (repeatable; numbers, true/false, none or text)")
+    method.add_argument("--protocol", choices=PROTOCOLS, default="coun",
+                        help="coun (default): train under the preset and the options below (the CoUn protocol); "
+                             "authors: the method's authors' optimiser protocol (docs/fidelity.md), which the "
+                             "options below still override")
     _training_options(parser, "paper_unlearn")
 
 
@@ -126,6 +139,7 @@ def run_unlearn(args: argparse.Namespace) -> int:
             hparams[name] = getattr(args, name)
     # Retrain repeats the Original's recipe unless told otherwise.
     base = TrainConfig(**original.record["config"]) if args.method == "retrain" and args.preset == "paper_unlearn" else None
+    base = method_config(METHODS[split_name(args.method)[0]], base or PRESETS[args.preset], args.protocol)
     config = _config(args, base)
     run = run_unlearning(args.method, original, split, config, args.out, hparams=hparams, resume=args.resume)
     print(f"{args.method}: forgot {len(split.forget)} of {len(split.train_indices)} training images in "
@@ -141,6 +155,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain", metavar="RUN", help="the Retrain run: adds Avg.Gap to every other run")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--device", help="evaluate on this device (default: cpu)")
+    parser.add_argument("--mia-attack", choices=ATTACKS, default="confidence",
+                        help="the SVC attack of the MIA column (SalUn's SVC_MIA.py): confidence (the paper's, "
+                             "default), correctness, entropy, m_entropy or prob")
     parser.add_argument("--analyses", action="store_true",
                         help="also the forget samples' predicted-class distribution and their distances to "
                              "the retain class centroids (the paper's Tables 1, 4-6)")
@@ -151,11 +168,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     rows = {}
     retrain = None
     if args.retrain:
-        retrain = evaluate_run(args.retrain, split=split, device=args.device, analyses=args.analyses)
+        retrain = evaluate_run(args.retrain, split=split, device=args.device, analyses=args.analyses,
+                               mia_attack=args.mia_attack)
         rows["Retrain"] = retrain
     for path in args.runs:
         name = Path(path).name if Path(path).is_dir() else Path(path).parent.name
-        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device, analyses=args.analyses)
+        rows[name] = evaluate_run(path, split=split, retrain=retrain, device=args.device, analyses=args.analyses,
+                                  mia_attack=args.mia_attack)
     print(metrics_table(rows, "Retrain" if retrain is not None else None))
     for name, row in rows.items():
         if "forget_predictions" in row:

@@ -28,6 +28,7 @@ from coun_fast.data.loader import AugmentedLoader, Batch
 
 SCHEDULES = ("multistep", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclasses.dataclass
@@ -37,7 +38,8 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training indices.
         batch_size: samples per step.
-        lr, momentum, weight_decay, nesterov: SGD.
+        optimizer: ``sgd`` (with ``momentum`` and ``nesterov``) or ``adam`` (torch's defaults for
+            the betas; ``momentum`` and ``nesterov`` unused); ``lr`` and ``weight_decay`` for both.
         schedule: per-epoch learning rate: ``multistep`` (x ``gamma`` at each of ``milestones``,
             fractions of ``epochs``), ``cosine`` (from ``lr`` down to ``min_lr`` at the end) or
             ``constant``.
@@ -53,6 +55,7 @@ class TrainConfig:
 
     epochs: int = 182
     batch_size: int = 256
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {self.schedule!r}")
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones must be fractions of the epochs in (0, 1]; got {self.milestones}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -143,6 +148,10 @@ class Objective(Protocol):
     to restore weights a mask froze, whatever weight decay and momentum did);
     ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
     the run ends after that epoch).
+
+    Optional loop settings: ``shuffle`` (default True; False serves the indices in their order every
+    epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
+    each a fresh call of the objective, e.g. CU's omega steps per forget batch).
 
     Optional counters, for the cost: ``side_trained_images`` and ``side_forward_images``, running
     totals of images the objective trained on (forward and backward) or only ran forward, beyond
@@ -273,11 +282,10 @@ def fit(
     loader = AugmentedLoader(
         dataset, objective.recipe, batch_size=config.batch_size, indices=indices, backend=config.augment_backend,
         device=device, seed=config.seed, normalization=normalization, channels_last=channels_last,
+        shuffle=getattr(objective, "shuffle", True),
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    steps_per_batch = int(getattr(objective, "steps_per_batch", 1))
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
     step_model = _compiled(model) if config.compile else model
 
@@ -313,18 +321,19 @@ def fit(
                 start_epoch(step_model, optimizer, epoch)
             model.train()
         for batch in loader.iterate(epoch):
-            with autocast:
-                loss, parts = objective(step_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            before_step = getattr(objective, "before_step", None)
-            if before_step is not None:
-                before_step(model)
-            optimizer.step()
-            after_step = getattr(objective, "after_step", None)
-            if after_step is not None:
-                after_step(model, optimizer)
-            meter.update({"loss": loss.detach(), **parts}, batch.labels)
+            for _ in range(steps_per_batch):
+                with autocast:
+                    loss, parts = objective(step_model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                before_step = getattr(objective, "before_step", None)
+                if before_step is not None:
+                    before_step(model)
+                optimizer.step()
+                after_step = getattr(objective, "after_step", None)
+                if after_step is not None:
+                    after_step(model, optimizer)
+                meter.update({"loss": loss.detach(), **parts}, batch.labels)
             if bar is not None:
                 bar.update(len(batch.labels))
                 if _due(bar):  # reading the running loss syncs the device: at most twice a second
@@ -361,6 +370,14 @@ def fit(
         bar.close()
     model.eval()
     return TrainResult(history, spent, trained, extra, resumed_from)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``model``'s parameters with ``config``'s lr and weight decay."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
 
 
 def _side_images(objective) -> tuple[int, int]:

@@ -152,7 +152,7 @@ def run_unlearning(
     folder.mkdir(parents=True, exist_ok=True)
     split.save(folder / SPLIT_FILE)
     result = unlearn(method, original.model, splits.train, split, config, normalization=original.normalization,
-                     hparams=hparams, run_dir=folder, resume=resume, on_epoch_end=on_epoch_end,
+                     hparams=hparams, test=splits.test, run_dir=folder, resume=resume, on_epoch_end=on_epoch_end,
                      record={"kind": "unlearned", "method": method, "original": str(original.folder),
                              "split": split.to_dict()})
     record = {
@@ -168,8 +168,12 @@ def run_unlearning(
 
 
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
-                 retrain: "dict | None" = None, device=None, analyses: bool = False) -> dict:
+                 retrain: "dict | None" = None, device=None, analyses: bool = False,
+                 mia_attack: str = "confidence") -> dict:
     """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
+
+    ``mia_attack`` picks the SVC attack of the MIA column (SalUn's ``confidence`` by default; see
+    :data:`coun_fast.evaluate.mia.ATTACKS`).
 
     ``split`` defaults to the run's own ``split.npz``; an Original (which has none) needs one.
     ``analyses=True`` adds the paper's representation analyses: ``forget_predictions`` (share in %
@@ -190,7 +194,8 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     check_within_training(split, np.asarray(run.record["train_indices"]))
     if device is not None:
         run.model.to(device)
-    metrics = unlearning_metrics(run.model, splits.train, splits.test, split, normalization=run.normalization)
+    metrics = unlearning_metrics(run.model, splits.train, splits.test, split, normalization=run.normalization,
+                                 mia_attack=mia_attack)
     if retrain is not None:
         metrics["Avg.Gap"] = avg_gap(metrics, retrain)
     metrics.update({k: v for k, v in run.record.get("cost", {}).items() if k in ("seconds", "PFLOPs")})
