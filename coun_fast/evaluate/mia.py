@@ -161,12 +161,27 @@ def attack_features(probs, labels, attack: str = "confidence", *, m_entropy_vari
     return out.numpy().astype(np.float32)
 
 
-def _features(value, name: str, attack: str, m_entropy_variant: str) -> np.ndarray:
-    """(N, d) features of one set: 1-D confidences pass through (confidence attack only)."""
-    if attack == "confidence" and not hasattr(value, "probs") and not isinstance(value, tuple):
-        return _confidences(value, name)[:, None]
-    probs, labels = _probabilities(value, name)
-    return attack_features(probs, labels, attack, m_entropy_variant=m_entropy_variant)
+class _Set:
+    """One set of an attack, validated: confidences (1-D, confidence attack only) or (probs, labels)."""
+
+    def __init__(self, value, name: str, attack: str) -> None:
+        self.name = name
+        if attack == "confidence" and not hasattr(value, "probs") and not isinstance(value, tuple):
+            self.confidences, self.probs, self.labels = _confidences(value, name), None, None
+        else:
+            self.confidences = None
+            self.probs, self.labels = _probabilities(value, name)
+
+    def __len__(self) -> int:
+        return len(self.confidences) if self.confidences is not None else len(self.labels)
+
+    def features(self, attack: str, m_entropy_variant: str, rows: slice = slice(None)) -> np.ndarray:
+        """(n, d) features of ``rows`` of the set, computed on those rows alone (``m_entropy``'s
+        columns depend on the labels present, as in the reference harness, which computes each
+        loader's features separately)."""
+        if self.confidences is not None:
+            return self.confidences[rows][:, None]
+        return attack_features(self.probs[rows], self.labels[rows], attack, m_entropy_variant=m_entropy_variant)
 
 
 def svc_attack(members: np.ndarray, non_members: np.ndarray):
@@ -208,19 +223,20 @@ def mia_efficacy(retain, test, forget, *, attack: str = "confidence", m_entropy_
         raise ValueError(f"attack must be one of {', '.join(map(repr, ATTACKS))}; got {attack!r}")
     if short_retain not in SHORT_RETAIN:
         raise ValueError(f"short_retain must be one of {SHORT_RETAIN}; got {short_retain!r}")
-    retain = _features(retain, "retain", attack, m_entropy_variant)
-    test = _features(test, "test", attack, m_entropy_variant)
-    forget = _features(forget, "forget", attack, m_entropy_variant)
-    if len(retain) < len(test):
+    retain, test, forget = _Set(retain, "retain", attack), _Set(test, "test", attack), _Set(forget, "forget", attack)
+    size = len(test)
+    if len(retain) < size:
         if short_retain == "error":
             raise ValueError(
-                f"retain has {len(retain)} samples but test has {len(test)}; MIA-Efficacy takes the first len(test) "
+                f"retain has {len(retain)} samples but test has {size}; MIA-Efficacy takes the first len(test) "
                 f"retain samples as members. Pass short_retain='truncate' to train on the first {len(retain)} of "
                 f"each instead"
             )
-        test = test[: len(retain)]
-    attack_model = svc_attack(retain[: len(test)], test)
-    return float(100.0 * np.mean(attack_model.predict(forget) == 0))
+        size = len(retain)
+    members = retain.features(attack, m_entropy_variant, slice(0, size))
+    non_members = test.features(attack, m_entropy_variant, slice(0, size))
+    attack_model = svc_attack(members, non_members)
+    return float(100.0 * np.mean(attack_model.predict(forget.features(attack, m_entropy_variant)) == 0))
 
 
 def mia_privacy(retain, test, *, attack: str = "confidence", m_entropy_variant: str = "salun") -> float:
@@ -230,19 +246,21 @@ def mia_privacy(retain, test, *, attack: str = "confidence", m_entropy_variant: 
     (non-members) and is scored on ``retain[h:]`` (all the rest of retain) and ``test[h:]``:
     ``100 * (share of retain[h:] called member + share of test[h:] called non-member) / 2``. 50
     means the attack cannot tell training data from test data. Needs at least 2 test samples and
-    more than ``h`` retain samples. Sets as for :func:`mia_efficacy`; the ``m_entropy`` features
-    are computed per set, so the split halves share their set's feature definition.
+    more than ``h`` retain samples. Sets as for :func:`mia_efficacy`; features are computed on each
+    of the four parts separately (the reference harness's one loader per part).
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {', '.join(map(repr, ATTACKS))}; got {attack!r}")
-    retain = _features(retain, "retain", attack, m_entropy_variant)
-    test = _features(test, "test", attack, m_entropy_variant)
+    retain, test = _Set(retain, "retain", attack), _Set(test, "test", attack)
     half = len(test) // 2
     if half == 0:
         raise ValueError(f"test needs at least 2 samples for MIA-Privacy; got {len(test)}")
     if len(retain) <= half:
         raise ValueError(f"retain needs more than {half} samples (half of test) for MIA-Privacy; got {len(retain)}")
-    attack_model = svc_attack(retain[:half], test[:half])
-    members_found = np.mean(attack_model.predict(retain[half:]) == 1)
-    non_members_found = np.mean(attack_model.predict(test[half:]) == 0)
+    features = {(name, part): data.features(attack, m_entropy_variant, rows)
+                for name, data in (("retain", retain), ("test", test))
+                for part, rows in (("shadow", slice(0, half)), ("target", slice(half, None)))}
+    attack_model = svc_attack(features["retain", "shadow"], features["test", "shadow"])
+    members_found = np.mean(attack_model.predict(features["retain", "target"]) == 1)
+    non_members_found = np.mean(attack_model.predict(features["test", "target"]) == 0)
     return float(100.0 * (members_found + non_members_found) / 2)

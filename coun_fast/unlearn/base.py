@@ -143,6 +143,14 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return {**method.defaults, **given}
 
 
+OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
+                  "epochs": 10, "schedule": "constant"}
+"""The unlearning defaults of the OPTML code (SalUn, l1-sparse): ``Classification/arg_parser.py`` of
+OPTML-Group/Unlearn-Saliency (``--unlearn_lr 0.01``, ``--unlearn_epochs 10``, ``--batch_size 256``,
+momentum 0.9, weight decay 5e-4; its MultiStepLR at epochs 91 and 136 never fires within 10 epochs)."""
+OPTML_SOURCE = ("OPTML-Group/Unlearn-Saliency Classification/arg_parser.py L69-78, L116-122 (unlearn_lr 0.01, "
+                "unlearn_epochs 10, batch_size 256, momentum 0.9, weight_decay 5e-4, decreasing_lr 91,136)")
+
 PROTOCOLS = ("coun", "authors")
 """Optimiser protocols a method can run under: ``coun`` (the run's configuration as given: the CoUn
 protocol of the experiment or preset) or ``authors`` (the method's :attr:`Method.protocol`)."""
@@ -295,7 +303,8 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 
 
 __all__ = [
-    "LOOPS", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig",
-    "UnlearnResult", "accuracy_on", "augment_recipe", "choice", "extra_steps", "forget_stream", "fraction", "get_method",
-    "hyperparameters", "is_member", "method_config", "non_negative", "positive", "register", "run_loader", "whole",
+    "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
+    "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "augment_recipe", "choice", "extra_steps",
+    "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config", "non_negative",
+    "positive", "register", "run_loader", "whole",
 ]

@@ -199,7 +199,7 @@ def plan_cu(original: nn.Module, data: ForgetData, config: TrainConfig, hparams:
     if objective.early_stop and data.test is None and (data.forget_classes or objective.stop_acc is None):
         raise ValueError("cu's stopping rule reads test accuracy: pass the test split (unlearn(..., test=...)), "
                          "or set stop_acc (sample unlearning), or early_stop=False")
-    retain = np.asarray(data.retain)
+    retain = np.sort(np.asarray(data.retain))  # dataset order, as their unshuffled loaders
     if batches == "authors":
         first = objective.omega * config.batch_size
         if len(retain) < first:
@@ -209,7 +209,7 @@ def plan_cu(original: nn.Module, data: ForgetData, config: TrainConfig, hparams:
     objective.retain_stream = BatchStream(data.train, retain, data.normalization, config, objective.recipe,
                                           seed_offset=4)
     objective.retain_stream.loader.shuffle = batches == "shuffled"
-    return Plan(model, objective, np.asarray(data.forget), loop="forget")
+    return Plan(model, objective, np.sort(np.asarray(data.forget)), loop="forget")
 
 
 register(Method(

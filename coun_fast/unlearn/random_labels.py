@@ -38,18 +38,12 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.train import TrainConfig
-from coun_fast.unlearn.base import (ForgetData, Method, Plan, choice, extra_steps, is_member, register, run_loader,
-                                    whole)
+from coun_fast.unlearn.base import (OPTML_PROTOCOL, OPTML_SOURCE, ForgetData, Method, Plan, choice, extra_steps,
+                                    is_member, register, run_loader, whole)
 
 VARIANTS = ("auto", "forget_then_retain", "union")
 FORGET_FIRST_DATASETS = ("cifar10", "svhn")
 """Data sets whose RL/SalUn run the ``forget_then_retain`` variant under ``variant="auto"``."""
-
-OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
-                  "epochs": 10, "schedule": "constant"}
-OPTML_SOURCE = ("OPTML-Group/Unlearn-Saliency Classification/arg_parser.py (unlearn_lr 0.01, unlearn_epochs 10, "
-                "batch_size 256, momentum 0.9, weight_decay 5e-4, decreasing_lr 91,136)")
-
 
 class RandomLabelObjective:
     """Cross-entropy with forget rows relabelled uniformly at random over ``num_classes``.

@@ -43,8 +43,9 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, choice, fraction, register, run_loader
-from coun_fast.unlearn.random_labels import OPTML_PROTOCOL, OPTML_SOURCE, RandomLabelObjective, random_label_plan
+from coun_fast.unlearn.base import (OPTML_PROTOCOL, OPTML_SOURCE, ForgetData, Method, Plan, choice, fraction,
+                                    register, run_loader)
+from coun_fast.unlearn.random_labels import RandomLabelObjective, random_label_plan
 
 MASKS = ("hard", "leaky")
 
