@@ -233,7 +233,8 @@ def test_cu_stopping_rule_reads_the_whole_test_set(data, split):
                      hparams={"omega": 2, "batches": "shuffled"}, test=data.test)
     row = result.train.history[-1]
     assert row["cu_threshold"] == 25.0
-    assert row["cu_forgotten_class_test_acc"] == pytest.approx(accuracy(data.test, np.flatnonzero(data.test.labels == 1)))
+    forgotten = np.flatnonzero(data.test.labels == 1)
+    assert row["cu_forgotten_class_test_acc"] == pytest.approx(accuracy(data.test, forgotten))
 
 
 def test_projection_head_model_as_the_authors_supcon_resnet():
@@ -513,7 +514,8 @@ def test_mia_attacks_equal_salun_svc_mia(attack):
     from coun_fast.evaluate import attack_features, mia_efficacy
 
     (retain_p, retain_y), (test_p, test_y), (forget_p, forget_y) = mia_sets()
-    shadow_train_p, shadow_train_y = retain_p[: len(test_p)], retain_y[: len(test_p)]  # main_forget.py: the first len(test)
+    # main_forget.py: the shadow members are the first len(test) retain samples
+    shadow_train_p, shadow_train_y = retain_p[: len(test_p)], retain_y[: len(test_p)]
     expected = salun_svc_efficacy(salun_features(shadow_train_p, shadow_train_y, attack),
                                   salun_features(test_p, test_y, attack), salun_features(forget_p, forget_y, attack))
     # the set-level m_entropy: the shadow-train set's labels come from its own rows

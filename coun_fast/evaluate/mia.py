@@ -120,7 +120,8 @@ def _probabilities(value, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{name}: {error}") from None
     if probs.size == 0:
         raise ValueError(f"{name} is empty; the attack needs at least one sample")
-    if not np.issubdtype(probs.dtype, np.floating) or not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+    finite = np.issubdtype(probs.dtype, np.floating) and np.isfinite(probs).all()
+    if not finite or not 0 <= probs.min() <= probs.max() <= 1:
         raise ValueError(f"{name}: probs must be finite probabilities in [0, 1]")
     return probs.astype(np.float32), _as_numpy(labels, f"{name} labels").astype(np.int64)
 

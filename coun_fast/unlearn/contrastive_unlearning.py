@@ -37,9 +37,11 @@ Stopping rule (``unlearn.py`` L77-85; ``early_stop=True``), checked after every 
 in eval mode, without augmentation, by the method itself: sample unlearning stops once the accuracy
 on the whole forget set is <= the accuracy on the whole test set (``core/data/loader.py`` L14-39:
 the whole test split), or <= ``stop_acc`` (%) when that is given; class unlearning (a class-wise
-split) stops once the accuracy on the forgotten classes' test images is <= 100 / C. Both need the test split
-(``unlearn(..., test=)``; the workflow and the experiment runner pass it); the two accuracies go
-into the epoch's history row (``cu_forget_acc``, ``cu_test_acc``) and count as forward images.
+split) stops once the accuracy on the forgotten classes' test images is <= 100 / C. Both need the
+test split (``unlearn(..., test=)``; the workflow and the experiment runner pass it). The values go
+into the epoch's history row (``cu_forget_acc`` or ``cu_forgotten_class_test_acc``, and
+``cu_test_acc`` or, for ``stop_acc`` and class unlearning, ``cu_threshold``) and the evaluated
+images count as forward images.
 
 Hyperparameters: ``scale`` (lambda_UL, their ``CT_ratio``; default 3, theirs; CoUn's range
 [0.1, 2]), ``temperature`` (default 0.7, theirs; CoUn's range (0, 0.2]), ``omega`` (their
@@ -179,8 +181,9 @@ class ContrastiveUnlearningObjective:
         if not self.early_stop:
             return False
         value, threshold = self.stopping_accuracies()
-        row["cu_forget_acc" if not self.data.forget_classes else "cu_forgotten_class_test_acc"] = value
-        row["cu_test_acc" if not self.data.forget_classes else "cu_threshold"] = threshold
+        class_wise = bool(self.data.forget_classes)
+        row["cu_forgotten_class_test_acc" if class_wise else "cu_forget_acc"] = value
+        row["cu_threshold" if class_wise or self.stop_acc is not None else "cu_test_acc"] = threshold
         return value <= threshold
 
 
@@ -222,6 +225,7 @@ register(Method(
     protocol={"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "schedule": "constant",
               "batch_size": 128, "epochs": 30},
     protocol_source="Hongkyu-Lee/Contrastive-Unlearning core/trainer/unlearn/unlearn.py L19 (SGD, lr, momentum; "
-                    "no weight decay, no scheduler), core/args/parse.py L73, L76 (lr 1e-3, momentum 0.9), README.md (sample unlearning: "
+                    "no weight decay, no scheduler), core/args/parse.py L73, L76 (lr 1e-3, momentum 0.9), "
+                    "README.md (sample unlearning: "
                     "--batch_size 128 --unlearn_epoch 30)",
 ))

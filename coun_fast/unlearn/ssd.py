@@ -92,7 +92,8 @@ def plan_ssd(original: nn.Module, data: ForgetData, config: TrainConfig, hparams
 
 
 register(Method(
-    name="ssd", plan=plan_ssd, uses_forget=True, defaults={"alpha": 10.0, "dampening": 1.0, "importance_batch_size": 128},
+    name="ssd", plan=plan_ssd, uses_forget=True,
+    defaults={"alpha": 10.0, "dampening": 1.0, "importance_batch_size": 128},
     search={"alpha": "[0.1, 100]", "dampening": "[0.1, 5]", "importance_batch_size": "128 (authors)"},
     summary="SSD: dampen the weights far more important to the forget set than to the training set (AAAI 2024)",
 ))
