@@ -10,17 +10,18 @@ import textwrap
 from pathlib import Path
 
 from coun_fast.data import DATASETS, ForgetSplit
-from coun_fast.evaluate import metrics_table
+from coun_fast.evaluate import ATTACKS, metrics_table
 from coun_fast.files import check_writable_location, write_text_atomic
 from coun_fast.models import MODELS
 from coun_fast.runfolder import check_target
-from coun_fast.train import PRECISIONS, PRESETS, SCHEDULES, TrainConfig, resolve_device
-from coun_fast.unlearn import METHODS, method_names, resolve_hparams
+from coun_fast.train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, resolve_device
+from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
+from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_split, run_unlearning,
                                 train_original)
 
-_TRAINING_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "min_lr", "warmup_epochs",
-                    "seed", "precision", "compile", "cuda_graph", "device")
+_TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "min_lr",
+                    "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device")
 
 
 def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -30,9 +31,10 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
                        help=f"start from this preset; the options below override it (default: {preset})")
     group.add_argument("--epochs", type=int, help=f"passes over the data ({base.epochs})")
     group.add_argument("--batch-size", type=int, help=f"images per step ({base.batch_size})")
-    group.add_argument("--lr", type=float, help=f"SGD learning rate ({base.lr})")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, help=f"sgd or adam ({base.optimizer})")
+    group.add_argument("--lr", type=float, help=f"learning rate ({base.lr})")
     group.add_argument("--momentum", type=float, help=f"SGD momentum ({base.momentum})")
-    group.add_argument("--weight-decay", type=float, help=f"SGD weight decay ({base.weight_decay})")
+    group.add_argument("--weight-decay", type=float, help=f"weight decay ({base.weight_decay})")
     group.add_argument("--schedule", choices=SCHEDULES,
                        help=f"learning-rate schedule per epoch ({base.schedule}; multistep: x0.1 at 50%% and 75%%)")
     group.add_argument("--min-lr", type=float, help=f"final lr of the cosine schedule ({base.min_lr})")
@@ -112,13 +114,14 @@ _WORDS = {"true": True, "false": False, "none": None, "null": None}
 
 
 def _hparam(text: str) -> tuple[str, object]:
-    """``NAME=VALUE``: VALUE an integer, a finite number, true/false or none."""
+    """``NAME=VALUE``: VALUE an integer, a finite number, true/false, none, or else text (the
+    method's checks then say whether it is a value it takes)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    word = value.strip().lower()
-    if word in _WORDS:
-        return key.strip(), _WORDS[word]
+    word = value.strip()
+    if word.lower() in _WORDS:
+        return key.strip(), _WORDS[word.lower()]
     try:
         return key.strip(), int(word)
     except ValueError:
@@ -126,10 +129,9 @@ def _hparam(text: str) -> tuple[str, object]:
     try:
         number = float(word)
     except ValueError:
-        number = math.nan
+        return key.strip(), word  # text, e.g. variant=union
     if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} must be a finite number, true, false or "
-                                         f"none; got {value!r}")
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} must be finite; got {value!r}")
     return key.strip(), number
 
 
@@ -152,7 +154,12 @@ def add_unlearn_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--lam", type=float, help="CoUn: weight of the contrastive term, >= 0 (1.0; paper: 0.1-6)")
     method.add_argument("--temperature", type=float, help="CoUn: temperature tau > 0 (0.1; paper: (0, 0.3])")
     method.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="NAME=VALUE",
-                        help="any other hyperparameter of the method: a number, true, false or none (repeatable)")
+                        help="any other hyperparameter of the method: a number, true, false, none or text "
+                             "(repeatable)")
+    method.add_argument("--protocol", choices=PROTOCOLS, default="coun",
+                        help="coun (default): train under the preset and the options below (the CoUn protocol); "
+                             "authors: the method's authors' optimiser protocol (docs/fidelity.md), which the "
+                             "options below still override")
     _training_options(parser, "paper_unlearn")
 
 
@@ -162,11 +169,12 @@ def run_unlearn(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             hparams[name] = getattr(args, name)
     resolve_hparams(args.method, hparams)  # a bad value fails before anything is loaded
-    config = _config(args)
+    spec = METHODS[split_name(args.method)[0]]
+    config = _config(args, method_config(spec, PRESETS[args.preset], args.protocol))
     _output_folder(args)
     original = load_run(args.original)
     if args.method == "retrain" and args.preset == "paper_unlearn":  # Retrain repeats the Original's recipe
-        config = _config(args, TrainConfig(**original.record["config"]))
+        config = _config(args, method_config(spec, TrainConfig(**original.record["config"]), args.protocol))
     if args.split:
         split = split_file(args.split, "--split")
     else:
@@ -189,6 +197,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--device", help="evaluate on this device (default: cpu)")
+    parser.add_argument("--mia-attack", choices=ATTACKS, default="confidence",
+                        help="the SVC attack of the MIA column (SalUn's SVC_MIA.py): confidence (the paper's, "
+                             "default), correctness, entropy, m_entropy or prob")
     parser.add_argument("--analyses", action="store_true",
                         help="also the forget samples' predicted-class distribution and their distances to "
                              "the retain class centroids (the paper's Tables 1, 4-6)")
@@ -231,10 +242,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         runs[_evaluated_name(path, runs)] = run
     rows = {}
     if retrain is not None:
-        rows["Retrain"] = evaluate_run(retrain, split=split, device=args.device, analyses=args.analyses)
+        rows["Retrain"] = evaluate_run(retrain, split=split, device=args.device, analyses=args.analyses,
+                                       mia_attack=args.mia_attack)
     for name, run in runs.items():
         rows[name] = evaluate_run(run, split=split, retrain=rows.get("Retrain"), device=args.device,
-                                  analyses=args.analyses)
+                                  analyses=args.analyses, mia_attack=args.mia_attack)
     print(metrics_table(rows, "Retrain" if retrain is not None else None))
     for name, row in rows.items():
         if "forget_predictions" in row:

@@ -48,6 +48,7 @@ DEVICE_TYPES = ("cpu", "cuda")
 NOT_RECIPE = ("progress", "cuda_graph")
 """TrainConfig fields that do not change the trained model: a run resumes whatever they are."""
 log = logging.getLogger("coun_fast.train")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclasses.dataclass
@@ -57,7 +58,8 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training indices.
         batch_size: samples per step.
-        lr, momentum, weight_decay, nesterov: SGD.
+        optimizer: ``sgd`` (with ``momentum`` and ``nesterov``) or ``adam`` (torch's defaults for
+            the betas; ``momentum`` and ``nesterov`` unused); ``lr`` and ``weight_decay`` for both.
         schedule: per-epoch learning rate: ``multistep`` (x ``gamma`` at each of ``milestones``,
             fractions of ``epochs``), ``cosine`` (from ``lr`` down to ``min_lr`` at the end) or
             ``constant``.
@@ -76,6 +78,7 @@ class TrainConfig:
 
     epochs: int = 182
     batch_size: int = 256
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -115,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}; got {self.schedule!r}")
         if any(not 0 < m <= 1 for m in self.milestones):
             raise ValueError(f"milestones must be fractions of the epochs in (0, 1]; got {self.milestones}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -180,6 +185,10 @@ class Objective(Protocol):
     to restore weights a mask froze, whatever weight decay and momentum did);
     ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
     the run ends after that epoch).
+
+    Optional loop settings: ``shuffle`` (default True; False serves the indices in their order every
+    epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
+    each a fresh call of the objective, e.g. CU's omega steps per forget batch).
 
     Optional counters, for the cost: ``side_trained_images`` and ``side_forward_images``, running
     totals of images the objective trained on (forward and backward) or only ran forward, beyond
@@ -297,15 +306,20 @@ def channels_last_for(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" if config.channels_last is None else config.channels_last
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD of ``config`` over ``model``'s parameters, the fused implementation (one kernel for all
-    parameters) where torch has it for their device, else the multi-tensor one."""
-    options = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   nesterov=config.nesterov)
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``model``'s parameters with ``config``'s settings (SGD: lr,
+    momentum, weight decay, nesterov; Adam: lr, weight decay, torch's betas), the fused
+    implementation (one kernel for all parameters) where torch has it for their device, else the
+    multi-tensor one."""
+    if config.optimizer == "adam":
+        kind, options = torch.optim.Adam, dict(lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        kind, options = torch.optim.SGD, dict(lr=config.lr, momentum=config.momentum,
+                                              weight_decay=config.weight_decay, nesterov=config.nesterov)
     try:
-        return torch.optim.SGD(model.parameters(), fused=True, **options)
-    except (RuntimeError, ValueError, TypeError):  # no fused SGD for this device or torch
-        return torch.optim.SGD(model.parameters(), foreach=True, **options)
+        return kind(model.parameters(), fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):  # no fused implementation for this device or torch
+        return kind(model.parameters(), foreach=True, **options)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -386,7 +400,9 @@ def fit(
     loader = AugmentedLoader(
         dataset, objective.recipe, batch_size=config.batch_size, indices=indices, backend=config.augment_backend,
         device=device, seed=config.seed, normalization=normalization, channels_last=channels_last,
+        shuffle=getattr(objective, "shuffle", True),
     )
+    steps_per_batch = int(getattr(objective, "steps_per_batch", 1))
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
     step_model = _compiled(model) if config.compile else model
@@ -431,8 +447,9 @@ def fit(
                 batch = next(batches, None)
             if batch is None:
                 break
-            loss, parts = step(batch)
-            meter.update({"loss": loss, **parts}, batch.labels)
+            for _ in range(steps_per_batch):
+                loss, parts = step(batch)
+                meter.update({"loss": loss, **parts}, batch.labels)
             if bar is not None:
                 bar.update(len(batch.labels))
                 if _due(bar):  # reading the running loss syncs the device: at most twice a second

@@ -267,8 +267,8 @@ class UnlearningStep(_Step):
         Path(work).mkdir(parents=True, exist_ok=True)
         self.split.save(work / SPLIT_FILE)
         result = unlearn(self.method, original.model, self.splits.train, self.split, self.config,
-                         normalization=original.normalization, hparams=self.hparams, run_dir=work, resume=resume,
-                         on_epoch_end=on_epoch_end, record=self.identity)
+                         normalization=original.normalization, hparams=self.hparams, test=self.splits.test,
+                         run_dir=work, resume=resume, on_epoch_end=on_epoch_end, record=self.identity)
         record = {
             "kind": "unlearned", "method": self.method, "hparams": result.hparams, "data": original.record["data"],
             "dataset": self.identity["data"], "normalization": original.record["normalization"],
@@ -315,8 +315,12 @@ def run_unlearning(
 
 
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
-                 retrain: "dict | None" = None, device=None, analyses: bool = False) -> dict:
+                 retrain: "dict | None" = None, device=None, analyses: bool = False,
+                 mia_attack: str = "confidence") -> dict:
     """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
+
+    ``mia_attack`` picks the SVC attack of the MIA column (SalUn's ``confidence`` by default; see
+    :data:`coun_fast.evaluate.mia.ATTACKS`).
 
     ``split`` defaults to the run's own ``split.npz``; an Original (which has none) needs one. The
     split must be of the run's data set, and for an unlearned run the very split it unlearned
@@ -341,7 +345,8 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     check_within_training(split, np.asarray(run.record["train_indices"]))
     if device is not None:
         run.model.to(device)
-    metrics = unlearning_metrics(run.model, splits.train, splits.test, split, normalization=run.normalization)
+    metrics = unlearning_metrics(run.model, splits.train, splits.test, split, normalization=run.normalization,
+                                 mia_attack=mia_attack)
     if retrain is not None:
         metrics["Avg.Gap"] = avg_gap(metrics, retrain)
     metrics.update({k: v for k, v in run.record.get("cost", {}).items() if k in ("seconds", "PFLOPs")})

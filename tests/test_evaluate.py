@@ -107,13 +107,13 @@ def test_mia_efficacy_short_retain():
 @pytest.mark.parametrize(
     "retain, test, forget, match",
     [
-        (np.ones((4, 1)) * 0.5, [0.5, 0.2], [0.3], "retain_conf must be a 1-D"),
-        ([0.5, 0.9], [], [0.3], "test_conf is empty"),
-        ([0.5, 0.9], [0.1], [0.3, float("nan")], "forget_conf must be finite"),
-        ([0.5, 1.2], [0.1], [0.3], r"retain_conf must be probabilities in \[0, 1\]"),
-        ([0.5, 0.9], [-0.1], [0.3], "test_conf must be probabilities"),
-        ([0.5, 0.9], [0.1], ["a"], "forget_conf must hold real numbers"),
-        ([0.5, 0.9], [0.1], [float("inf")], "forget_conf must be finite"),
+        (np.ones((4, 1)) * 0.5, [0.5, 0.2], [0.3], "retain must be a 1-D"),
+        ([0.5, 0.9], [], [0.3], "test is empty"),
+        ([0.5, 0.9], [0.1], [0.3, float("nan")], "forget must be finite"),
+        ([0.5, 1.2], [0.1], [0.3], r"retain must be probabilities in \[0, 1\]"),
+        ([0.5, 0.9], [-0.1], [0.3], "test must be probabilities"),
+        ([0.5, 0.9], [0.1], ["a"], "forget must hold real numbers"),
+        ([0.5, 0.9], [0.1], [float("inf")], "forget must be finite"),
     ],
 )
 def test_mia_efficacy_validates_inputs(retain, test, forget, match):

@@ -470,7 +470,7 @@ def test_demo_refuses_to_replace_a_finished_report(tmp_path, capsys):
     ({"methods": [{"name": "coun", "hparams": {"lam": "one"}}]}, "methods[0].hparams.lam: lam must be"),
     ({"scenario": {"kind": "class", "classes": ["truck"]}}, "scenario: unknown class name 'truck'"),
     ({"methods": ["ssd+cl"]}, "methods[0].name: there is no 'ssd+cl'"),
-    ({"methods": [{"name": "cu", "hparams": {"early_stop": "yes"}}]}, "early_stop must be True or False"),
+    ({"methods": [{"name": "cu", "hparams": {"early_stop": "yes"}}]}, "early_stop must be true or false"),
     ({"sweep": {"seed": 9, "grid": {"coun": {"temperature": [0.1, 0]}}}, "methods": ["coun"]},
      "sweep.grid.coun.temperature[1]: temperature must be"),
     ({"scenario": {"kind": "random", "ratio": 0.0001}}, "scenario: ratio=0.0001"),

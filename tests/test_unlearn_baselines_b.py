@@ -18,10 +18,9 @@ import coun_fast.unlearn.scrub  # noqa: F401
 import coun_fast.unlearn.ssd  # noqa: F401
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.models import rebuild
-from coun_fast.unlearn import unlearn
+from coun_fast.unlearn import METHODS, unlearn
 from coun_fast.unlearn.bad_teacher import plan_bad_teacher
 from coun_fast.unlearn.boundary_shrink import plan_boundary_shrink
-from coun_fast.unlearn.contrastive_unlearning import ContrastiveUnlearningObjective, contrastive_unlearning_loss
 from coun_fast.unlearn.distill import distill_kl
 from coun_fast.unlearn.scrub import plan_scrub
 from method_setup import config, data, forget_data, split  # noqa: F401  (data, split: fixtures)
@@ -46,7 +45,8 @@ def test_runs_through_unlearn(method, data, split):
     torch.manual_seed(0)
     original = TinyNet()
     before = state(original)
-    result = unlearn(method, original, data.train, split, config())
+    hparams = {"omega": 3} if method.startswith("cu") else None  # the first omega retain batches must exist
+    result = unlearn(method, original, data.train, split, config(), hparams=hparams, test=data.test)
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the Original is untouched
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
     (row,) = result.train.history
@@ -58,7 +58,7 @@ def test_ssd_does_not_train_and_refuses_the_cl_plug_in(data, split):
     original = TinyNet()
     before = state(original)
     result = unlearn("ssd", original, data.train, split, config(), hparams={"alpha": 1.0})
-    assert result.hparams == {"alpha": 1.0, "dampening": 1.0}
+    assert result.hparams == {"alpha": 1.0, "dampening": 1.0, "importance_batch_size": 128}
     # no training: no history; the cost is the two importance passes (training set, forget set)
     assert result.train.history == [] and result.train.seconds > 0
     assert result.train.trained_images == len(data.train) + len(split.forget)
@@ -76,18 +76,34 @@ def test_ssd_does_not_train_and_refuses_the_cl_plug_in(data, split):
     ("scrub", {"alpha": float("nan")}, "alpha must be a finite number >= 0"),
     ("ssd", {"alpha": 0}, "alpha must be a finite number > 0"),
     ("ssd", {"dampening": -1}, "dampening must be a finite number > 0"),
-    ("ssd", {"lambda": 1}, "has no hyperparameter lambda; it takes: alpha, dampening"),
+    ("ssd", {"lambda": 1}, "has no hyperparameter lambda; it takes: alpha, dampening, importance_batch_size"),
+    ("ssd", {"importance_batch_size": 0}, "importance_batch_size must be a whole number >= 1"),
+    ("bad_teacher", {"kl_reduction": "sum"}, "kl_reduction must be one of 'mean', 'batchmean_t2'"),
+    ("bad_teacher", {"augment": "no"}, "augment must be true or false"),
+    ("scrub", {"forget_batch_size": 0}, "forget_batch_size must be a whole number >= 1"),
+    ("cu", {"push_weight": "two"}, "push_weight must be one of 'batch', 'one'"),
+    ("cu", {"batches": "random"}, "batches must be one of 'authors', 'shuffled'"),
+    ("cu", {"omega": 5}, r"batches='authors' reuses the first omega x batch_size = 80 retain samples"),
+    ("rl", {"variant": "mixed"}, "variant must be one of 'auto', 'forget_then_retain', 'union'"),
+    ("salun", {"mask": "soft"}, "mask must be one of 'hard', 'leaky'"),
     ("cu", {"temperature": 0}, "temperature must be a finite number > 0"),
     ("cu", {"omega": 0}, "omega must be a whole number >= 1"),
     ("cu", {"scale": -0.5}, "scale must be a finite number >= 0"),
     ("cu", {"stop_acc": 150}, r"stop_acc is a percentage in \[0, 100\]"),
-    ("cu", {"early_stop": "yes"}, "early_stop must be True or False"),
+    ("cu", {"early_stop": "yes"}, "early_stop must be true or false"),
     ("boundary_shrink", {"bound": -0.1}, "bound must be a finite number >= 0"),
     ("boundary_shrink", {"bound": 2}, r"bound is a step in \[0, 1\] pixel space"),
 ])
 def test_bad_hyperparameters(method, hparams, match, data, split):
     with pytest.raises(ValueError, match=match):
-        unlearn(method, TinyNet(), data.train, split, config(), hparams=hparams)
+        unlearn(method, TinyNet(), data.train, split, config(), hparams=hparams, test=data.test)
+
+
+def test_cu_needs_the_test_split_for_its_stopping_rule(data, split):
+    with pytest.raises(ValueError, match="cu's stopping rule reads test accuracy"):
+        unlearn("cu", TinyNet(), data.train, split, config(), hparams={"omega": 2})
+    unlearn("cu", TinyNet(), data.train, split, config(), hparams={"omega": 2, "stop_acc": 50.0})
+    unlearn("cu", TinyNet(), data.train, split, config(), hparams={"omega": 2, "early_stop": False})
 
 
 def test_distill_kl_is_the_textbook_formula():
@@ -105,7 +121,8 @@ def test_bad_teacher_teachers_and_zero_gradient_on_retain(data, split):
     torch.manual_seed(0)
     original = TinyNet()
     fd = forget_data(data, split)
-    plan = plan_bad_teacher(original, fd, config(seed=5), {"temperature": 1.0, "retain_fraction": 0.5})
+    hparams = {**METHODS["bad_teacher"].defaults, "retain_fraction": 0.5}
+    plan = plan_bad_teacher(original, fd, config(seed=5), hparams)
     objective, student = plan.objective, plan.model.eval()
     assert plan.loop == "mixed" and objective.extra_forward_views == 1
     assert set(split.forget) <= set(plan.indices) and len(plan.indices) == len(split.forget) + len(split.retain) // 2
@@ -122,7 +139,9 @@ def test_bad_teacher_teachers_and_zero_gradient_on_retain(data, split):
         incompetent = rebuild(original).eval()
     batch = first_batch(data, split.forget)
     loss, parts = objective(student, batch)
-    torch.testing.assert_close(loss, distill_kl(student(batch.inputs), incompetent(batch.inputs)))
+    teacher = F.softmax(incompetent(batch.inputs), 1)  # F.kl_div's default "mean": over all N x C elements
+    expected = F.kl_div(F.log_softmax(student(batch.inputs), 1), teacher, reduction="sum") / teacher.numel()
+    torch.testing.assert_close(loss, expected)
     assert float(loss.detach()) > 1e-4 and float(parts["kl_retain"]) == 0.0
 
 
@@ -130,7 +149,7 @@ def test_bad_teacher_teachers_and_zero_gradient_on_retain(data, split):
 def test_scrub_max_step_raises_the_kl_on_forget_data(data, split):
     torch.manual_seed(0)
     fd = forget_data(data, split)
-    plan = plan_scrub(TinyNet(), fd, config(), {"temperature": 1.0, "msteps": 1, "gamma": 1.0, "alpha": 0.5})
+    plan = plan_scrub(TinyNet(), fd, config(), {**METHODS["scrub"].defaults, "msteps": 1})
     objective, student = plan.objective, plan.model
     with torch.no_grad():  # start a little away from the teacher, so the KL is positive before
         for p in student.parameters():
@@ -174,9 +193,11 @@ def independent_importance(model, data, indices, batch_size=16):
 def test_ssd_dampens_exactly_the_selected_weights(alpha, dampening, data, split):
     torch.manual_seed(0)
     original = TinyNet()
-    result = unlearn("ssd", original, data.train, split, config(), hparams={"alpha": alpha, "dampening": dampening})
+    result = unlearn("ssd", original, data.train, split, config(),
+                     hparams={"alpha": alpha, "dampening": dampening, "importance_batch_size": 16})
     reference = copy.deepcopy(original).eval()
-    full = independent_importance(reference, data, np.arange(len(data.train)))
+    # the authors' full set: the retain samples, then the forget samples (ConcatDataset((retain, forget)))
+    full = independent_importance(reference, data, np.concatenate([split.retain, split.forget]))
     forget = independent_importance(reference, data, np.sort(split.forget))
     selected = kept = 0
     new = dict(result.model.named_parameters())
@@ -216,65 +237,3 @@ def test_boundary_shrink_labels_come_from_the_frozen_copy_on_the_pixel_grid(data
     model = plan.model.eval()
     loss, _ = objective(model, batch)
     torch.testing.assert_close(loss, F.cross_entropy(model(batch.inputs), labels))
-
-
-# -- CU ------------------------------------------------------------------------------------------
-def independent_cu(zf, yf, zr, yr, tau):
-    """L_UL averaged over anchors with an other-class sample, written anchor by anchor."""
-    zf, zr = F.normalize(zf, dim=1), F.normalize(zr, dim=1)
-    losses = []
-    for i in range(len(zf)):
-        s = torch.stack([zf[i] @ zr[a] / tau for a in range(len(zr))])
-        others = [a for a in range(len(zr)) if yr[a] != yf[i]]
-        same = [a for a in range(len(zr)) if yr[a] == yf[i]]
-        if not others:
-            continue
-        push = torch.log(torch.exp(s[same]).sum()) if same else torch.zeros((), dtype=s.dtype)
-        losses.append(-s[others].mean() + push)
-    return torch.stack(losses).mean()
-
-
-def test_cu_loss_equals_the_formula_and_survives_missing_classes():
-    torch.manual_seed(0)
-    zf = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-    zr = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
-    yf, yr = torch.tensor([0, 1, 2, 3, 0, 1]), torch.arange(12) % 4  # every class on both sides
-    loss, used = contrastive_unlearning_loss(zf, yf, zr, yr, 0.1)
-    expected = independent_cu(zf, yf, zr, yr, 0.1)
-    torch.testing.assert_close(loss, expected)
-    for got, want in zip(torch.autograd.grad(loss, [zf, zr]), torch.autograd.grad(expected, [zf, zr])):
-        torch.testing.assert_close(got, want)
-    assert bool(used.all())
-    # the retain batch lacks class 3 (no positive for anchor 3) and anchor 4's class is its only one
-    yr_missing = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0, 1, 2])
-    loss, used = contrastive_unlearning_loss(zf, yf, zr, yr_missing, 0.1)
-    grads = torch.autograd.grad(loss, [zf, zr])
-    assert math.isfinite(loss.item()) and all(bool(torch.isfinite(g).all()) for g in grads)
-    torch.testing.assert_close(loss, independent_cu(zf, yf, zr, yr_missing, 0.1))
-    # a retain batch of one class only: anchors of that class have no negative and drop out
-    loss, used = contrastive_unlearning_loss(zf, yf, zr, torch.zeros(12, dtype=torch.long), 0.1)
-    assert used.tolist() == [False, True, True, True, False, True] and math.isfinite(loss.item())
-    loss, used = contrastive_unlearning_loss(zf[:1], yf[:1], zr, torch.zeros(12, dtype=torch.long), 0.1)
-    assert loss.item() == 0.0 and not used.any()
-
-
-def test_cu_stopping_rule():
-    rule = ContrastiveUnlearningObjective(None, num_classes=4)
-    assert rule.should_stop(0, {"acc": 50.0, "test_acc": 60.0})
-    assert not rule.should_stop(0, {"acc": 70.0, "test_acc": 60.0})
-    # the evaluated forget_acc wins over the loop's acc
-    assert rule.should_stop(0, {"acc": 90.0, "forget_acc": 55.0, "test_acc": 60.0})
-    assert not rule.should_stop(0, {"acc": 10.0})  # no threshold: never
-    assert rule.should_stop(0, {"acc": 90.0, "forgotten_class_test_acc": 25.0})  # class rule: <= 100 / C
-    assert not rule.should_stop(0, {"acc": 0.0, "forgotten_class_test_acc": 30.0})
-    assert ContrastiveUnlearningObjective(None, stop_acc=80.0).should_stop(0, {"acc": 75.0, "test_acc": 60.0})
-    assert not ContrastiveUnlearningObjective(None, early_stop=False).should_stop(0, {"acc": 0.0, "test_acc": 60.0})
-
-
-def test_cu_stops_a_run_when_the_rule_fires(data, split):
-    result = unlearn("cu", TinyNet(), data.train, split, config(epochs=3), hparams={"stop_acc": 100.0, "omega": 2})
-    (row,) = result.train.history
-    assert row["stopped"] == "the method's stopping rule"
-    assert result.train.trained_images == 2 * 2 * len(split.forget)  # omega passes of forget + as many retain rows
-    full = unlearn("cu", TinyNet(), data.train, split, config(epochs=2), hparams={"stop_acc": 0.0, "omega": 1})
-    assert len(full.train.history) == 2 or full.train.history[-1]["acc"] == 0.0

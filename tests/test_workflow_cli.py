@@ -140,3 +140,21 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     assert all(key in results["CoUn"] for key in ("UA", "RA", "TA", "MIA", "Avg.Gap"))
     assert (out / "results.md").read_text().count("|") > 20
     assert (out / "gaps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_unlearn_under_the_authors_protocol_with_text_hyperparameters(original, tmp_path, capsys):
+    out = tmp_path / "badt"
+    code = main(["unlearn", "--method", "bad_teacher", "--original", str(original.folder), "--out", str(out),
+                 "--protocol", "authors", "--batch-size", "64", "--device", "cpu", "--augment-backend", "cpu",
+                 "--no-progress", "--hparam", "kl_reduction=batchmean_t2", "--hparam", "augment=true"])
+    assert code == 0
+    record = load_run(out).record
+    assert (record["config"]["optimizer"], record["config"]["lr"], record["config"]["epochs"]) == ("adam", 1e-4, 1)
+    assert record["config"]["batch_size"] == 64  # an explicit option wins over the protocol
+    assert record["hparams"]["kl_reduction"] == "batchmean_t2" and record["hparams"]["augment"] is True
+    code = main(["evaluate", str(out), "--mia-attack", "entropy", "--device", "cpu"])
+    assert code == 0 and "badt" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--method", "not", "--original", str(original.folder), "--out", str(tmp_path / "n"),
+              "--protocol", "authors", "--no-progress"])
+    assert "method 'not' has no authors' protocol" in capsys.readouterr().err

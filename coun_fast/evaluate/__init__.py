@@ -7,23 +7,25 @@
 >>> print(evaluate.metrics_table({"Retrain": r, "CoUn": m}))
 
 Modules: :mod:`.predict` (one pass of a model), :mod:`.metrics` (UA, RA, TA, MIA, Avg. Gap),
-:mod:`.mia` (the SVC confidence attack), :mod:`.cost` (time, images, PFLOPs), :mod:`.analysis`
+:mod:`.mia` (SalUn's five SVC attacks), :mod:`.cost` (time, images, PFLOPs), :mod:`.analysis`
 (prediction distributions, centroid distances), :mod:`.report` (markdown table, bar chart).
 """
 
 from coun_fast.evaluate.analysis import centroid_distances, distribution_gap, prediction_distribution
 from coun_fast.evaluate.cost import Cost, CostMeter, pflops
 from coun_fast.evaluate.metrics import GAP_KEYS, accuracy, avg_gap, metrics_from_predictions, unlearning_metrics
-from coun_fast.evaluate.mia import mia_efficacy, mia_privacy, true_label_confidence
+from coun_fast.evaluate.mia import ATTACKS, attack_features, mia_efficacy, mia_privacy, true_label_confidence
 from coun_fast.evaluate.predict import Predictions, eval_mode, predict
 from coun_fast.evaluate.report import gap_bar_chart, metrics_table
 
 __all__ = [
+    "ATTACKS",
     "Cost",
     "CostMeter",
     "GAP_KEYS",
     "Predictions",
     "accuracy",
+    "attack_features",
     "avg_gap",
     "centroid_distances",
     "distribution_gap",

@@ -7,7 +7,8 @@ All values are percentages of a model's predictions without augmentation (:func:
 * **TA**: accuracy on the test set. For a class-wise split, TA is on the retained classes' test
   images and ``forgotten_class_test_acc`` on the forgotten classes' test images (both reported).
 * **MIA**: MIA-Efficacy (:func:`coun_fast.evaluate.mia.mia_efficacy`), members = the first
-  ``len(test)`` retain samples in dataset order, non-members = the test samples TA uses.
+  ``len(test)`` retain samples in dataset order, non-members = the test samples TA uses; the
+  confidence attack unless ``mia_attack`` names another of SalUn's five.
 * **Avg. Gap** (:func:`avg_gap`): the mean |difference| to Retrain over UA, RA, TA and MIA.
 
 None of them is "higher is better": the target is the Retrain model's value.
@@ -52,6 +53,7 @@ def metrics_from_predictions(
     mia: bool = True,
     privacy: bool = False,
     short_retain: str = "error",
+    mia_attack: str = "confidence",
 ) -> dict:
     """The metrics dict of :func:`unlearning_metrics` from predictions already made.
 
@@ -69,9 +71,9 @@ def metrics_from_predictions(
     if forgotten_test is not None:
         out["forgotten_class_test_acc"] = accuracy(forgotten_test)
     if mia:
-        out["MIA"] = mia_efficacy(retain.confidence, test.confidence, forget.confidence, short_retain=short_retain)
+        out["MIA"] = mia_efficacy(retain, test, forget, attack=mia_attack, short_retain=short_retain)
     if privacy:
-        out["MIA_privacy"] = mia_privacy(retain.confidence, test.confidence)
+        out["MIA_privacy"] = mia_privacy(retain, test, attack=mia_attack)
     out.update(num_forget=len(forget), num_retain=len(retain), num_test=len(test))
     return out
 
@@ -90,6 +92,7 @@ def unlearning_metrics(
     mia: bool = True,
     privacy: bool = False,
     short_retain: str = "error",
+    mia_attack: str = "confidence",
     return_predictions: bool = False,
 ) -> dict:
     """Evaluate an (unlearned) model on a forget/retain split: UA, RA, TA, MIA and FA (percent).
@@ -105,6 +108,8 @@ def unlearning_metrics(
         mia: compute MIA-Efficacy (an SVC fit: seconds on a CPU for 10k + 10k points).
         privacy: also compute MIA-Privacy as ``MIA_privacy``.
         short_retain: see :func:`coun_fast.evaluate.mia.mia_efficacy`.
+        mia_attack: the SVC attack of ``MIA`` (and ``MIA_privacy``): ``confidence`` (the paper's;
+            default) or another of :data:`coun_fast.evaluate.mia.ATTACKS`.
         return_predictions: add ``"predictions"``: a dict of the :class:`Predictions` used
             (``forget``, ``retain``, ``test`` and, class-wise, ``forgotten_test``).
 
@@ -136,7 +141,8 @@ def unlearning_metrics(
     else:
         test_pred = test_all
     out = metrics_from_predictions(
-        forget, retain, test_pred, forgotten_test=forgotten_test, mia=mia, privacy=privacy, short_retain=short_retain
+        forget, retain, test_pred, forgotten_test=forgotten_test, mia=mia, privacy=privacy, short_retain=short_retain,
+        mia_attack=mia_attack,
     )
     out["eval_seconds"] = time.perf_counter() - started
     if return_predictions:

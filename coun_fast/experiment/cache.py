@@ -31,11 +31,16 @@ from coun_fast.workflow import MODEL_FILE, Run, load_run, prepare_original, prep
 CACHE_VERSION = 2
 """2: entries written as a unit; splits and records carry the data set's identity."""
 _UNHASHED = ("device", "progress")
+_LATER_DEFAULTS = {"optimizer": "sgd"}
+"""TrainConfig fields added after CACHE_VERSION 1, left out of the hashes at these values (so the keys of
+entries made before they existed stay valid)."""
 
 
 def recipe(config: TrainConfig) -> dict:
-    """``config`` as a dict without the fields that do not change the trained model (device, progress)."""
-    return {k: v for k, v in config.to_dict().items() if k not in _UNHASHED}
+    """``config`` as a dict without the fields that do not change the trained model (device, progress)
+    and without later fields at their old implicit value (``optimizer: sgd``)."""
+    return {k: v for k, v in config.to_dict().items()
+            if k not in _UNHASHED and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
 
 def split_fingerprint(split: ForgetSplit) -> str:

@@ -13,6 +13,7 @@ Schema (every key but ``methods`` is optional; unknown keys are errors)::
                                            # or {kind: sequential, ratio: 0.5, chunks: 5}
     methods:                         # registry names of coun_fast.unlearn.METHODS, NAME+cl allowed
       - {name: coun, hparams: {lam: 0.5}, train: {lr: 0.02}, label: CoUn}   # label default: name
+      - {name: bad_teacher, protocol: authors}   # the authors' optimiser protocol (default: coun)
       - ft                           # a bare name is {name: ft}
     seeds: [0, 1, 2]                 # one Original, split, Retrain and unlearning run per seed
     device: null                     # cpu, cuda, cuda:1 ...; null = a GPU when there is one
@@ -21,14 +22,16 @@ Schema (every key but ``methods`` is optional; unknown keys are errors)::
     sweep: {seed: 100, enabled: false, grid: {CoUn: {lam: [0.1, 1.0], lr: [0.01, 0.05]}}}
 
 TrainConfig sections take the fields of :class:`coun_fast.train.TrainConfig` except ``seed``,
-``device`` and ``progress``, which the runner sets. A sweep grid's parameters are the method's
-hyperparameters or those TrainConfig fields. Method names, hyperparameter names and values are
-checked against the registry (``cl_lam`` and ``cl_temperature`` for ``+cl``; ``+cl`` only where
-the plug-in applies), so a typo fails before any training. What depends on the machine and the
-data (the device, the data set's files and class names, the model against its images, the
-scenario's feasibility, the output and cache folders) is checked by
-:func:`coun_fast.experiment.check.check_experiment` (``coun-fast run --check``), which every run
-calls first.
+``device`` and ``progress``, which the runner sets. A method trains with the ``unlearn`` section
+(``protocol: coun``, the default) or with its authors' optimiser protocol on top of it
+(``protocol: authors``; see docs/fidelity.md); its ``train`` fields override either. A sweep
+grid's parameters are the method's hyperparameters or those TrainConfig fields. Method names,
+hyperparameter names and values are checked against the registry (``cl_lam`` and
+``cl_temperature`` for ``+cl``; ``+cl`` only where the plug-in applies), so a typo fails before any
+training. What depends on the machine and the data (the device, the data set's files and class
+names, the model against its images, the scenario's feasibility, the output and cache folders) is
+checked by :func:`coun_fast.experiment.check.check_experiment` (``coun-fast run --check``), which
+every run calls first.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from coun_fast.data import DATASETS
 from coun_fast.data.registry import BUILT_IN
 from coun_fast.models import MODELS
 from coun_fast.train import PRESETS, TrainConfig, parse_device
-from coun_fast.unlearn import METHODS, method_names, resolve_hparams
+from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, split_name
 from coun_fast.workflow import DataSource
 
@@ -94,15 +97,18 @@ class Scenario:
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """One method of the experiment: registry ``name`` (maybe ``+cl``), its ``hparams``, the
-    TrainConfig overrides ``train`` (on top of the experiment's ``unlearn``) and its ``label``."""
+    TrainConfig overrides ``train`` (on top of the experiment's ``unlearn`` under ``protocol``) and
+    its ``label``."""
 
     name: str
     label: str
     hparams: dict
     train: dict
+    protocol: str = "coun"
 
     def train_config(self, base: TrainConfig) -> TrainConfig:
-        return base.replace(**self.train)
+        """The method's TrainConfig: ``base`` under :attr:`protocol`, then :attr:`train`."""
+        return method_config(METHODS[split_name(self.name)[0]], base, self.protocol, self.train)
 
     def with_values(self, values: Mapping) -> "MethodSpec":
         """A copy with ``values`` (a sweep point) set: hyperparameters into ``hparams``, the rest into ``train``."""
@@ -281,7 +287,7 @@ def _scenario(raw: Any) -> Scenario:
 def _method(raw: Any, path: str, unlearn: TrainConfig) -> MethodSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
-    fields = _mapping(raw, path, ("name", "label", "hparams", "train"))
+    fields = _mapping(raw, path, ("name", "label", "hparams", "train", "protocol"))
     name = fields.get("name")
     if not isinstance(name, str):
         _fail(f"{path}.name", f"required: a method name; available: {_method_names()}")
@@ -305,8 +311,15 @@ def _method(raw: Any, path: str, unlearn: TrainConfig) -> MethodSpec:
                                            f"{', '.join(sorted(allowed)) or 'none'}")
     _checked_hparams(name, hparams, f"{path}.hparams")
     train = _mapping(fields.get("train"), f"{path}.train", TRAIN_KEYS)
-    _train_config(unlearn, train, f"{path}.train")
-    return MethodSpec(name, label, dict(hparams), train)
+    protocol = fields.get("protocol", "coun")
+    if protocol not in PROTOCOLS:
+        _fail(f"{path}.protocol", f"must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    try:
+        start = method_config(METHODS[base], unlearn, protocol)
+    except ValueError as error:
+        _fail(f"{path}.protocol", str(error))
+    _train_config(start, train, f"{path}.train")
+    return MethodSpec(name, label, dict(hparams), train, protocol)
 
 
 def _seeds(raw: Any) -> tuple[int, ...]:

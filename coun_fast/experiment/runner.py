@@ -74,7 +74,7 @@ def curve_sets(train, test, split: ForgetSplit, seed: int) -> dict:
     """What the per-epoch curves measure: the whole forget set (``forget_acc``), fixed subsets of
     the retain set (``retain_acc``) and of the test set (``test_acc``; for class-wise forgetting
     the retained classes' test images, plus ``forgotten_class_test_acc`` on the forgotten
-    classes'). CU's stopping rule reads these names."""
+    classes')."""
     sets = {"forget_acc": (train, split.forget), "retain_acc": (train, fixed_subset(split.retain, seed))}
     if split.kind == "class":
         retained, forgotten = class_test_subsets(test.labels, split.forget_classes)

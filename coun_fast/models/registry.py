@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from coun_fast.models.base import ImageClassifier, check_num_classes
+from coun_fast.models.projection import ProjectionHeadClassifier
 from coun_fast.models.resnet import ResNet18
 from coun_fast.models.small_cnn import SmallCNN
 from coun_fast.models.vgg import VGG16BN
@@ -56,12 +57,14 @@ def _resolve_name(name: object) -> str:
     return key
 
 
-def build(name: str, num_classes: int, **kwargs: object) -> ImageClassifier:
+def build(name: str, num_classes: int, *, projection_dim: int | None = None, **kwargs: object) -> ImageClassifier:
     """A freshly initialised model ``name`` (a key of :data:`MODELS`, any case) with ``num_classes`` outputs.
 
     ``kwargs`` go to the model's constructor (``in_chans`` for all; see each class for the rest).
-    The result carries ``build_args`` (see the module docstring); ``build(**model.build_args)``
-    makes the same architecture again.
+    ``projection_dim`` (e.g. 128) wraps the model with the CU authors' projection head
+    (:class:`~coun_fast.models.projection.ProjectionHeadClassifier`). The result carries
+    ``build_args`` (see the module docstring); ``build(**model.build_args)`` makes the same
+    architecture again.
 
     Raises ValueError for an unknown name (listing the known ones), a ``num_classes`` that is not
     an int >= 2, an argument the model does not take (listing those it does) or a bad value.
@@ -73,11 +76,16 @@ def build(name: str, num_classes: int, **kwargs: object) -> ImageClassifier:
     accepted = [p for p in signature.parameters if p != "num_classes"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"model {key!r} does not take the arguments {unknown}; it accepts {accepted}")
+        raise ValueError(f"model {key!r} does not take the arguments {unknown}; it accepts "
+                         f"{accepted + ['projection_dim']}")
     bound = signature.bind(num_classes=num_classes, **kwargs)
     bound.apply_defaults()
     model = cls(**bound.arguments)
-    model.build_args = {"name": key, **{k: plain_value(v) for k, v in bound.arguments.items()}}
+    args = {"name": key, **{k: plain_value(v) for k, v in bound.arguments.items()}}
+    if projection_dim is not None:
+        model = ProjectionHeadClassifier(model, projection_dim)
+        args["projection_dim"] = model.projection_dim
+    model.build_args = args
     return model
 
 

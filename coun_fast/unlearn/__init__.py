@@ -25,8 +25,8 @@ from coun_fast.unlearn import (  # noqa: F401  (importing a method's module regi
     scrub,
     ssd,
 )
-from coun_fast.unlearn.base import (METHODS, BatchStream, ForgetData, Method, RetainData, UnlearnResult, get_method,
-                                    hyperparameters, non_negative, positive)
+from coun_fast.unlearn.base import (METHODS, PROTOCOLS, BatchStream, ForgetData, Method, RetainData, UnlearnResult,
+                                    get_method, hyperparameters, method_config, non_negative, positive)
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, split_name
 
 
@@ -68,9 +68,13 @@ def unlearn(
     *,
     normalization=None,
     hparams: dict | None = None,
+    test: ImageDataset | None = None,
     **fit_options,
 ) -> UnlearnResult:
-    """Run unlearning ``method`` from ``original`` (left untouched) for ``split`` of ``train``.
+    """Run unlearning ``method`` from ``original`` (left untouched) for ``split`` of ``train`` under
+    ``config`` as given (:func:`~coun_fast.unlearn.base.method_config` gives the config of a
+    method's authors' protocol). ``test``, the test split, serves stopping rules that read test
+    accuracy (CU's).
 
     ``method`` is a registered name, or one with the ``+cl`` suffix (the CL plug-in: the method's
     objective plus ``cl_lam`` x cross-view InfoNCE at ``cl_temperature`` on its retain batches).
@@ -83,7 +87,8 @@ def unlearn(
     norm = train.normalization if normalization is None else normalization
     retain = np.asarray(split.retain)
     if spec.uses_forget:
-        data: RetainData = ForgetData(train, retain, norm, np.asarray(split.forget))
+        data: RetainData = ForgetData(train, retain, norm, np.asarray(split.forget), test=test,
+                                      forget_classes=tuple(split.forget_classes))
     else:
         data = RetainData(train, retain, norm)
     fit_options.setdefault("description", method)
@@ -108,5 +113,5 @@ def unlearn(
     return UnlearnResult(plan.model, method, {**values, **cl_values}, result)
 
 
-__all__ = ["METHODS", "ForgetData", "Method", "RetainData", "UnlearnResult", "get_method", "method_names",
-           "resolve_hparams", "unlearn"]
+__all__ = ["METHODS", "PROTOCOLS", "ForgetData", "Method", "RetainData", "UnlearnResult", "get_method",
+           "method_config", "method_names", "resolve_hparams", "unlearn"]

@@ -32,9 +32,15 @@ class RetainData:
 
 @dataclasses.dataclass(frozen=True)
 class ForgetData(RetainData):
-    """:class:`RetainData` plus the forget indices, for methods that use the forget set."""
+    """:class:`RetainData` plus the forget indices, for methods that use the forget set.
+
+    ``test`` (the test split, or None) and ``forget_classes`` (the forgotten classes of a
+    class-wise split, else empty) serve methods whose stopping rule reads test accuracy (CU).
+    """
 
     forget: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    test: ImageDataset | None = None
+    forget_classes: tuple[int, ...] = ()
 
 
 LOOPS = ("retain", "forget", "mixed")
@@ -101,6 +107,11 @@ class Method:
         cl_refused: why ``NAME+cl`` does not exist, or None when it does (the method trains
             with one-view ``train`` batches the CL plug-in adds views to; SSD does not train,
             and CoUn has the term already).
+        protocol: the optimiser protocol of the method's authors' code, as TrainConfig fields
+            (empty when coun_fast knows none); :func:`method_config` applies it with
+            ``protocol="authors"``. By default every method trains under the run's own
+            configuration (the CoUn protocol, under which the CoUn paper re-ran its baselines).
+        protocol_source: where ``protocol`` comes from (repository, file, lines).
     """
 
     name: str
@@ -111,6 +122,8 @@ class Method:
     summary: str
     checks: dict = dataclasses.field(default_factory=dict)
     cl_refused: str | None = None
+    protocol: dict = dataclasses.field(default_factory=dict)
+    protocol_source: str = ""
 
 
 METHODS: dict[str, Method] = {}
@@ -140,6 +153,66 @@ def hyperparameters(method: Method, given: dict) -> dict:
     for name, check in method.checks.items():
         values[name] = check(values[name], name)
     return values
+
+
+OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
+                  "epochs": 10, "schedule": "constant"}
+"""The unlearning defaults of the OPTML code (SalUn, l1-sparse): ``Classification/arg_parser.py`` of
+OPTML-Group/Unlearn-Saliency (``--unlearn_lr 0.01``, ``--unlearn_epochs 10``, ``--batch_size 256``,
+momentum 0.9, weight decay 5e-4; its MultiStepLR at epochs 91 and 136 never fires within 10 epochs)."""
+OPTML_SOURCE = ("OPTML-Group/Unlearn-Saliency Classification/arg_parser.py L69-78, L116-122 (unlearn_lr 0.01, "
+                "unlearn_epochs 10, batch_size 256, momentum 0.9, weight_decay 5e-4, decreasing_lr 91,136)")
+
+PROTOCOLS = ("coun", "authors")
+"""Optimiser protocols a method can run under: ``coun`` (the run's configuration as given: the CoUn
+protocol of the experiment or preset) or ``authors`` (the method's :attr:`Method.protocol`)."""
+
+
+def method_config(method: Method, config: TrainConfig, protocol: str = "coun", overrides: dict | None = None
+                  ) -> TrainConfig:
+    """The TrainConfig ``method`` runs with: ``config`` under ``protocol`` (:data:`PROTOCOLS`), then
+    ``overrides`` (explicit settings, which win over the authors' protocol)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(map(repr, PROTOCOLS))}; got {protocol!r}")
+    if protocol == "authors":
+        if not method.protocol:
+            having = ", ".join(sorted(m.name for m in METHODS.values() if m.protocol))
+            raise ValueError(f"method {method.name!r} has no authors' protocol in coun_fast (methods with one: "
+                             f"{having}); use protocol 'coun'")
+        config = config.replace(**method.protocol)
+    return config.replace(**(overrides or {}))
+
+
+def augment_recipe(augment: object) -> str:
+    """The recipe of a method's training batches: ``train`` (crop + flip) when ``augment`` is true,
+    ``eval`` (normalisation only) when false; ValueError unless it is a bool."""
+    if not isinstance(augment, bool):
+        raise ValueError(f"augment must be true or false; got {augment!r}")
+    return "train" if augment else "eval"
+
+
+def choice(value: object, name: str, options: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``options``, else a ValueError naming ``name``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
+
+
+def one_of(options: tuple[str, ...]):
+    """A :attr:`Method.checks` entry: the value must be one of ``options``."""
+    return lambda value, name: choice(value, name, options)
+
+
+@torch.no_grad()
+def accuracy_on(model: nn.Module, dataset: ImageDataset, indices: np.ndarray, normalization: Normalization,
+                config: TrainConfig) -> float:
+    """Top-1 accuracy (%) of ``model`` (put in eval mode) on ``indices`` of ``dataset`` without
+    augmentation, in batches of ``config.batch_size`` on its device (a method's own stopping check)."""
+    model.eval()
+    correct = 0
+    for batch in run_loader(dataset, indices, normalization, config, "eval", shuffle=False):
+        correct += int((model(batch.inputs).argmax(1) == batch.labels).sum())
+    return 100.0 * correct / len(indices)
 
 
 def run_loader(train: ImageDataset, indices: np.ndarray, normalization: Normalization, config: TrainConfig,
@@ -185,6 +258,25 @@ class BatchStream:
         return batch
 
 
+def extra_steps(objective, model: nn.Module, optimizer: torch.optim.Optimizer, batches, loss: Callable) -> int:
+    """One optimizer step per batch of ``batches`` minimising ``loss(model, batch)``, with
+    ``objective``'s ``before_step(model)`` and ``after_step(model, optimizer)`` hooks when it has
+    them (a pass a method runs beside its loop, from ``start_epoch``); returns the images trained."""
+    before, after = getattr(objective, "before_step", None), getattr(objective, "after_step", None)
+    images = 0
+    for batch in batches:
+        value = loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if before is not None:
+            before(model)
+        optimizer.step()
+        if after is not None:
+            after(model, optimizer)
+        images += len(batch.labels)
+    return images
+
+
 def forget_stream(data: "ForgetData", config: TrainConfig, recipe: str = "train", *,
                   batch_size: int | None = None, seed_offset: int = 1) -> BatchStream:
     """A :class:`BatchStream` over the forget set of ``data``."""
@@ -221,7 +313,7 @@ def fraction(value: object, name: str) -> float:
 def boolean(value: object, name: str) -> bool:
     """``value`` when it is True or False, or a ValueError naming ``name``."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
+        raise ValueError(f"{name} must be true or false; got {value!r}")
     return value
 
 
@@ -240,7 +332,8 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 
 
 __all__ = [
-    "LOOPS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan", "RetainData", "TrainConfig", "UnlearnResult",
-    "at_least_one", "boolean", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member",
-    "non_negative", "positive", "register", "run_loader", "whole",
+    "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
+    "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
+    "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config",
+    "non_negative", "one_of", "positive", "register", "run_loader", "whole",
 ]

@@ -12,10 +12,14 @@ and the model is trained on L over the forget set (loop "forget"). Cost per forg
 the trained pass: the attack's forward through g, its backward to the input (about one forward:
 g's weights need no gradient) and the forward on p_adv, so ``extra_forward_views = 3``.
 
-Hyperparameter: ``bound`` (the FGSM step, default 0.1 as in the anchors; a fraction of the [0, 1]
-pixel range). The anchors' recipe: 10 epochs, lr searched in a very small range from 1e-8; the
-CoUn protocol does not list BS. Sources: /work/shared/research/unlearning_anchors.md §1.3 and §3
-(OPTML-Group/Unlearn-WorstCase ``boundary_sh``).
+As the SalUn repository's form (OPTML-Group/Unlearn-Saliency ``Classification/unlearn/boundary_sh.py``,
+L35-53 ``FGSM_perturb`` and ``discretize``, L56-133 the loop: ``bound = 0.1``, a frozen deep copy
+in eval mode, CE toward its argmax on the perturbed image; their models normalise inside, so the
+step is in pixel space as here).
+
+Hyperparameter: ``bound`` (the FGSM step, default 0.1 as theirs; a fraction of the [0, 1] pixel
+range). Optimiser: the run's; the CoUn paper does not run BS, and no published learning rate is
+known (their README gives no command for it).
 """
 
 from __future__ import annotations

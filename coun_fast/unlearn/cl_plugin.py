@@ -8,6 +8,10 @@ CoUn's computation, in the same order: ``ft+cl`` equals ``coun`` (tested). Metho
 mix retain and forget samples (RL, SalUn) get the term on their retain rows only; methods that
 train on forget batches alone (GA, Boundary Shrinking) get it on a retain batch drawn beside each
 forget batch.
+
+A method that trains without augmentation by default (its authors' code: Bad Teacher, SCRUB,
+NegGrad+, CU) keeps its own batches on a "forget" loop; on a "retain" or "mixed" loop the CL term
+needs two augmented views, so with ``+cl`` the method's objective sees view 1 (augmented).
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ class WithCL:
     term is computed on a two-view retain batch drawn from ``retain_stream`` each step.
     """
 
-    HOOKS = ("start_epoch", "before_step", "after_step", "should_stop", "retain_rows")
+    HOOKS = ("start_epoch", "before_step", "after_step", "should_stop", "retain_rows", "shuffle", "steps_per_batch")
 
     def __init__(self, base, lam: float, temperature: float, *, loop: str = "retain", retain_stream=None) -> None:
-        if base.recipe != "train":
+        if base.recipe not in ("train", "eval"):
             raise ValueError(f"the CL plug-in adds views of 'train' batches; this method's batches use {base.recipe!r}")
         if loop == "forget" and retain_stream is None:
             raise ValueError("a method whose loop runs over the forget set needs a retain_stream for the CL term")
@@ -66,7 +70,7 @@ class WithCL:
         self.temperature = positive(temperature, "cl_temperature")
         self.loop = loop
         self.retain_stream = retain_stream
-        self.recipe = "train" if loop == "forget" else "two_view"
+        self.recipe = base.recipe if loop == "forget" else "two_view"
         self.extra_forward_views = base.extra_forward_views + (1 if loop == "retain" else 0)
         self._trained, self._forward = 0, 0
         for hook in self.HOOKS:

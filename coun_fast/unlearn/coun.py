@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from coun_fast.data.loader import Batch
 from coun_fast.functional import cross_view_info_nce
 from coun_fast.train import TrainConfig
-from coun_fast.unlearn.base import Method, Plan, RetainData, non_negative, positive, register
+from coun_fast.unlearn.base import OPTML_PROTOCOL, Method, Plan, RetainData, non_negative, positive, register
 
 
 def coun_objective(
@@ -112,4 +112,7 @@ register(Method(
 register(Method(
     name="ft", plan=plan_ft, uses_forget=False, defaults={}, search={"lr": "[0.01, 0.1]"},
     summary="FT: fine-tune on the retain set with cross-entropy (CoUn with lam = 0)",
+    protocol=OPTML_PROTOCOL,
+    protocol_source="OPTML-Group/Unlearn-Sparse README.MD L70 (--unlearn FT --unlearn_lr 0.01 --unlearn_epochs 10); "
+                    "their arg_parser defaults otherwise",
 ))

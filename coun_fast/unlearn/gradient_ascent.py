@@ -9,11 +9,13 @@ i.e. ascend the forget cross-entropy, with the run's optimiser (the CoUn protoco
 statistics update), as in the OPTML reference code. The loss is unbounded below: GA is very
 sensitive to the learning rate.
 
-Hyperparameters: none besides the optimiser's. Search range of lr: [1e-5, 0.1] (Unlearn-Sparse's
-grid); the OPTML README uses 5 epochs at 1e-4. With ``ga+cl`` the CL plug-in adds its term on a
-retain batch drawn beside each forget batch.
+As the authors' code (OPTML-Group/Unlearn-Saliency ``Classification/unlearn/GA.py``, L45-100:
+``loss = -criterion(output, target)`` over the forget loader, train mode, the training transform).
 
-Sources: /work/shared/research/unlearning_anchors.md section 3 (GA row, [S1h][S23][S27]).
+Hyperparameters: none besides the optimiser's. Search range of lr: [1e-5, 0.1] (Unlearn-Sparse's
+grid); ``protocol="authors"`` gives their README's run (5 epochs at lr 1e-4, the OPTML defaults
+otherwise). With ``ga+cl`` the CL plug-in adds its term on a retain batch drawn beside each forget
+batch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
 from coun_fast.train import TrainConfig
-from coun_fast.unlearn.base import ForgetData, Method, Plan, register
+from coun_fast.unlearn.base import OPTML_PROTOCOL, ForgetData, Method, Plan, register
 
 
 class GradientAscentObjective:
@@ -48,4 +50,7 @@ def plan_ga(original: nn.Module, data: ForgetData, config: TrainConfig, hparams:
 register(Method(
     name="ga", plan=plan_ga, uses_forget=True, defaults={}, search={"lr": "[1e-5, 0.1] (Unlearn-Sparse grid)"},
     summary="GA: gradient ascent on the forget set (minimise -CE on forget batches)",
+    protocol={**OPTML_PROTOCOL, "lr": 1e-4, "epochs": 5},
+    protocol_source="OPTML-Group/Unlearn-Sparse README.MD L74 (--unlearn GA --unlearn_lr 0.0001 --unlearn_epochs 5); "
+                    "their arg_parser defaults otherwise",
 ))

@@ -10,13 +10,15 @@ a penalty decaying linearly over the first ``l1_epochs`` epochs and switched off
 applies it in the first 4 of its 50 epochs). The epoch is read through fit's ``start_epoch``
 hook; epochs without penalty are plain FT.
 
-Hyperparameters: ``gamma`` >= 0, default 5e-4 (CoUn's search range [1e-4, 1e-1]; Unlearn-WorstCase
-defaults to 1e-3; the OPTML README's 0.2 would wipe the weights out, see the anchors note);
-``l1_epochs`` a whole number >= 0, default 4 (CoUn protocol). Optimiser: the CoUn protocol's
-(SGD, 50 epochs, cosine to 1e-4, lr in [0.01, 0.1]).
+As the authors' code (OPTML-Group/Unlearn-Saliency ``Classification/unlearn/FT.py`` ``FT_iter``,
+L44-90: ``alpha * (1 - epoch / (unlearn_epochs - no_l1_epochs))``, then 0; ``l1_regularization``,
+L13-17, the 1-norm of all parameters), with ``l1_epochs`` their ``unlearn_epochs - no_l1_epochs``.
 
-Sources: /work/shared/research/unlearning_anchors.md sections 1.2 and 3 (ℓ1-sparse row, [S4a][S43]);
-/work/shared/research/coun_paper.md section 5.
+Hyperparameters: ``gamma`` >= 0, default 5e-4 (CoUn's search range [1e-4, 1e-1]; the README's
+``--alpha`` is a placeholder and 0.2 would wipe the weights out); ``l1_epochs`` a whole number
+>= 0, default 4 (CoUn protocol). Optimiser: the run's (the CoUn protocol: SGD, 50 epochs, cosine
+to 1e-4, lr in [0.01, 0.1]); ``protocol="authors"`` gives Unlearn-Sparse's README run (10 epochs at
+lr 0.01, the OPTML defaults).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
 from coun_fast.train import TrainConfig
-from coun_fast.unlearn.base import Method, Plan, RetainData, non_negative, register, whole
+from coun_fast.unlearn.base import OPTML_PROTOCOL, Method, Plan, RetainData, non_negative, register, whole
 
 
 class L1SparseObjective:
@@ -74,4 +76,7 @@ register(Method(
     search={"gamma": "[1e-4, 1e-1]", "l1_epochs": "4 (fixed in the CoUn protocol)", "lr": "[0.01, 0.1]"},
     summary="l1-sparse: FT on the retain set + gamma_t x sum|theta|, gamma_t decaying to 0 over the first l1_epochs",
     checks={"gamma": non_negative, "l1_epochs": whole},
+    protocol=OPTML_PROTOCOL,
+    protocol_source="OPTML-Group/Unlearn-Sparse README.MD L86 (--unlearn FT_prune --unlearn_lr 0.01 "
+                    "--unlearn_epochs 10); their arg_parser defaults otherwise",
 ))

@@ -16,8 +16,8 @@ so ``not+cl`` is CoUn started from the negated model. The forget set is never re
 Hyperparameters: none besides the optimiser's; CoUn protocol: SGD, 50 epochs, cosine to 1e-4,
 lr in [0.01, 0.1].
 
-Sources: /work/shared/research/coun_paper.md section 5 (NoT); /work/shared/research/
-unlearning_anchors.md section 3 (NoT row, [S43]); coun_fast/models (``first_layer`` docstrings).
+Source: the CoUn paper's description of NoT (its appendix), no public reference code; see
+coun_fast/models (``first_layer`` docstrings) for each model's first layer.
 """
 
 from __future__ import annotations

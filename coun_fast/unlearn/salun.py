@@ -1,28 +1,35 @@
 """SalUn (Fan et al., ICLR 2024, "SalUn: Empowering Machine Unlearning via Gradient-based Weight
 Saliency"): RL restricted to the parameters most salient for the forget set.
 
-1. Saliency, once, on a copy of the Original in eval mode: one pass over the forget set
-   (``eval`` recipe, no shuffle, the run's batch size) accumulating g = sum over batches of
-   grad_theta CE(batch) (the per-batch mean loss; SalUn differentiates -CE, the sign vanishes
-   under |.|). The mask m is 1 on the ``threshold`` fraction of parameter elements with the
-   largest |g|, ranked globally over all parameters (BN and biases included), 0 elsewhere;
-   exactly round(threshold * #elements) ones, ties broken by parameter order.
-2. RL (:class:`~coun_fast.unlearn.random_labels.RandomLabelObjective`: the union of retain and
-   forget, forget labels drawn uniformly at random) updating masked-in elements only:
-   ``before_step`` multiplies the gradients by m; ``after_step`` resets every masked-out element
-   to its value in theta_0 (the Original) and zeroes its momentum buffer, so weight decay and
-   momentum cannot move it either (the SalUn repository enforced this only from PR #33, Feb 2026).
-   Buffers (BN running statistics) are not parameters and do update, as in the reference code.
+As the authors' code (OPTML-Group/Unlearn-Saliency, ``Classification/generate_mask.py`` and
+``Classification/unlearn/RL.py``):
+
+1. Saliency, once, on a copy of the Original in eval mode: one pass over the forget set with the
+   ``train`` recipe (random crop and flip: their forget loader is built on the training transform)
+   in shuffled batches of the run's batch size (their ``replace_loader_dataset(..., shuffle=True)``,
+   generate_mask.py L108-118, L152-154), accumulating g = sum over batches of grad_theta CE(batch)
+   (the per-batch mean loss, L30-44; they differentiate -CE, the sign vanishes under |.|). The mask
+   m is 1 on the ``int(threshold * N)`` parameter elements with the largest |g| (L57-77), ranked
+   globally over all N elements (BN and biases included), 0 elsewhere; ties broken by parameter
+   order.
+2. RL (:mod:`coun_fast.unlearn.random_labels`, the data-set-dependent ``variant``: forget pass then
+   retain pass on CIFAR-10/SVHN, a shuffled union elsewhere) updating masked-in elements only.
+   ``mask="hard"`` (default; their code since PR #33 of 2026-02-28, RL.py L11-34): ``before_step``
+   multiplies the gradients by m; ``after_step`` resets every masked-out element to its value in
+   theta_0 (the Original) and zeroes its momentum buffer, so weight decay and momentum cannot move it
+   either. ``mask="leaky"`` (their code before that fix, and so every SalUn number published before
+   it, the CoUn paper's included): the gradients are multiplied by m and nothing else, so weight
+   decay and momentum still move masked-out weights. Buffers (BN running statistics) are not
+   parameters and update, as in the reference code.
 
 Cost: the saliency pass (forward + backward over the forget set) is counted as trained images
 (``Plan.prepared_images``), its time in the method's seconds.
 
-Hyperparameters: ``threshold`` in (0, 1], default 0.5 (the repository's ``with_0.5.pt``); CoUn's
-search range [0.1, 1.0]; threshold = 1 is plain RL. Optimiser: the CoUn protocol's (SGD, momentum
-0.9, weight decay 5e-4, 50 epochs, cosine to 1e-4, lr in [0.01, 0.1]).
-
-Sources: /work/shared/research/unlearning_anchors.md sections 1.1 and 3 (SalUn row,
-[S1o][S24][S25]); /work/shared/research/coun_paper.md section 5.
+Hyperparameters: ``threshold`` in (0, 1], default 0.5 (the README's ``with_0.5.pt``); CoUn's
+search range [0.1, 1.0]; threshold = 1 is plain RL. ``variant`` as RL's; ``mask`` (above).
+Optimiser: the run's (the CoUn protocol: SGD, momentum 0.9, weight decay 5e-4, 50 epochs, cosine to
+1e-4, lr in [0.01, 0.1]); ``protocol="authors"`` gives the README's SalUn run (10 epochs at lr
+0.013, the OPTML defaults otherwise).
 """
 
 from __future__ import annotations
@@ -36,8 +43,11 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, fraction, register, run_loader
-from coun_fast.unlearn.random_labels import RandomLabelObjective, union_indices
+from coun_fast.unlearn.base import (OPTML_PROTOCOL, OPTML_SOURCE, ForgetData, Method, Plan, choice, fraction, one_of,
+                                    register, run_loader)
+from coun_fast.unlearn.random_labels import VARIANTS, RandomLabelObjective, random_label_plan
+
+MASKS = ("hard", "leaky")
 
 
 def saliency(model: nn.Module, loader: AugmentedLoader) -> list[Tensor]:
@@ -56,11 +66,11 @@ def saliency(model: nn.Module, loader: AugmentedLoader) -> list[Tensor]:
 
 
 def top_fraction_mask(scores: list[Tensor], threshold: float) -> list[Tensor]:
-    """Boolean masks shaped like ``scores``: True on the ``threshold`` fraction of all elements
+    """Boolean masks shaped like ``scores``: True on the ``int(threshold * N)`` of all N elements
     with the largest score, ranked globally (a stable sort: ties go to earlier elements)."""
     threshold = fraction(threshold, "threshold")
     flat = torch.cat([s.detach().flatten().float() for s in scores])
-    keep = int(round(threshold * flat.numel()))
+    keep = int(threshold * flat.numel())
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     chosen[torch.sort(flat, descending=True, stable=True).indices[:keep]] = True
     return [part.view_as(s) for part, s in zip(chosen.split([s.numel() for s in scores]), scores)]
@@ -68,12 +78,15 @@ def top_fraction_mask(scores: list[Tensor], threshold: float) -> list[Tensor]:
 
 class SalUnObjective(RandomLabelObjective):
     """RL whose steps move only the parameter elements where ``mask`` is True (see the module
-    docstring). ``theta0``: the parameters' starting values, restored where the mask is False."""
+    docstring). ``theta0``: the parameters' starting values, restored where the mask is False when
+    ``mask_mode`` is ``hard``."""
 
-    def __init__(self, forget: np.ndarray, num_classes: int, mask: list[Tensor], theta0: list[Tensor]) -> None:
-        super().__init__(forget, num_classes)
+    def __init__(self, forget: np.ndarray, num_classes: int, mask: list[Tensor], theta0: list[Tensor],
+                 mask_mode: str = "hard", forget_loader: AugmentedLoader | None = None) -> None:
+        super().__init__(forget, num_classes, forget_loader)
         self.mask = mask
         self.theta0 = theta0
+        self.mask_mode = choice(mask_mode, "mask", MASKS)
         self._partial = [not bool(m.all()) for m in mask]  # computed once: no device sync per step
 
     def _frozen(self, model: nn.Module):
@@ -89,6 +102,8 @@ class SalUnObjective(RandomLabelObjective):
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, optimizer) -> None:
+        if self.mask_mode == "leaky":
+            return
         for p, m, p0 in self._frozen(model):
             p.copy_(torch.where(m, p, p0))
             buffer = optimizer.state.get(p, {}).get("momentum_buffer")
@@ -99,18 +114,26 @@ class SalUnObjective(RandomLabelObjective):
 def plan_salun(original: nn.Module, data: ForgetData, config: TrainConfig, hparams: dict) -> Plan:
     """SalUn from a copy of ``original`` (left untouched): saliency mask, then masked RL."""
     threshold = hparams["threshold"]
-    device = resolve_device(config.device)
-    model = copy.deepcopy(original).to(device)
-    loader = run_loader(data.train, data.forget, data.normalization, config, "eval", shuffle=False)
+    mask_mode = hparams["mask"]
+    if len(data.forget) == 0:
+        raise ValueError("salun needs a non-empty forget set")
+    model = copy.deepcopy(original).to(resolve_device(config.device))
+    loader = run_loader(data.train, data.forget, data.normalization, config, "train", seed_offset=6)
     mask = top_fraction_mask(saliency(model, loader), threshold)
     theta0 = [p.detach().clone() for p in model.parameters()]
-    objective = SalUnObjective(data.forget, data.train.num_classes, mask, theta0)
-    return Plan(model, objective, union_indices(data), loop="mixed", prepared_images=len(data.forget))
+    plan = random_label_plan(model, data, config, hparams["variant"], SalUnObjective, mask=mask, theta0=theta0,
+                             mask_mode=mask_mode)
+    plan.prepared_images = len(data.forget)
+    return plan
 
 
 register(Method(
-    name="salun", plan=plan_salun, uses_forget=True, defaults={"threshold": 0.5},
-    search={"threshold": "[0.1, 1.0]", "lr": "[0.01, 0.1]"},
+    name="salun", plan=plan_salun, uses_forget=True, defaults={"threshold": 0.5, "variant": "auto", "mask": "hard"},
+    search={"threshold": "[0.1, 1.0]", "variant": "auto (by data set, as the authors)",
+            "mask": "hard (current code) | leaky (before 2026-02)", "lr": "[0.01, 0.1]"},
     summary="SalUn: RL updating only the top-threshold fraction of weights by forget-gradient saliency",
-    checks={"threshold": fraction},
+    checks={"threshold": fraction, "variant": one_of(VARIANTS), "mask": one_of(MASKS)},
+    protocol={**OPTML_PROTOCOL, "lr": 0.013},
+    protocol_source="OPTML-Group/Unlearn-Saliency Classification/README.md (SalUn on CIFAR-10: --unlearn_epochs 10 "
+                    "--unlearn_lr 0.013); " + OPTML_SOURCE,
 ))
