@@ -285,7 +285,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "else runs/NAME)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="run these seeds instead of the file's")
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help="run only these of the file's methods (by label or registry name)")
+                        help="run only these of the file's methods (by label or registry name); Original and "
+                             "Retrain always run, as the references (naming them is allowed)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the file's, else a GPU if there is one)")
     parser.add_argument("--data", metavar="PATH", help="the data set's location (sets data.path; the paper's "
                                                        "experiments need it)")

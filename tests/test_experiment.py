@@ -290,6 +290,9 @@ def test_cli_help_list_and_check(capsys):
     assert "cpu_smoke" in listed and "cifar10_resnet18_random10" in listed
     assert main(["run", "cpu_smoke", "--check", "--seeds", "4"]) == 0
     assert "3 methods x 1 seeds" in capsys.readouterr().out
+    # Original and Retrain always run; naming them in --methods is allowed (the paper-row command)
+    assert main(["run", "cpu_smoke", "--check", "--methods", "retrain", "ft", "coun"]) == 0
+    assert "2 methods x 2 seeds" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "cifar10_resnet18_random10"])
     assert exit_info.value.code == 2 and "data.path: required" in capsys.readouterr().err

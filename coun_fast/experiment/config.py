@@ -437,12 +437,18 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+REFERENCES = ("retrain", "original")
+"""What every experiment runs besides its methods: accepted (and ignored) in ``--methods``."""
+
+
 def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=None, cache=None, data=None,
                     sweep: bool = False) -> dict:
     """A copy of the raw mapping with command-line overrides applied (None = keep the file's value).
 
-    ``methods`` keeps the listed methods (by label or name) and their sweep grids; ``sweep=True``
-    enables the file's sweep section (an error when it has none); ``data`` sets ``data.path``.
+    ``methods`` keeps the listed methods (by label or name) and their sweep grids; ``retrain`` and
+    ``original`` may be listed too (every run trains and evaluates them, as the references).
+    ``sweep=True`` enables the file's sweep section (an error when it has none); ``data`` sets
+    ``data.path``.
     """
     raw = copy.deepcopy(raw)
     for key, value in (("seeds", seeds), ("output", output), ("device", device), ("cache", cache)):
@@ -456,6 +462,7 @@ def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=
         entries = [m if isinstance(m, dict) else {"name": m} for m in raw.get("methods") or []]
         known = {e.get("label", e.get("name")): e for e in entries}
         names = {e.get("name") for e in entries}
+        methods = [m for m in methods if str(m).lower() not in REFERENCES]
         unknown = [m for m in methods if m not in known and m not in names]
         if unknown:
             raise ConfigError(f"--methods: {', '.join(unknown)} not in the experiment; its methods: {', '.join(known)}")
