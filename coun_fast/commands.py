@@ -290,6 +290,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the file's, else a GPU if there is one)")
     parser.add_argument("--data", metavar="PATH", help="the data set's location (sets data.path; the paper's "
                                                        "experiments need it)")
+    parser.add_argument("--no-curves", action="store_true",
+                        help="skip the per-epoch evaluation behind curves.png (the file's curves: false)")
     parser.add_argument("--sweep", action="store_true",
                         help="first try each method's grid (the file's sweep section) on the held-out sweep seed, "
                              "keep the point with the least Avg.Gap (sweep/best_hparams.json), then run the seeds "
@@ -318,7 +320,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         raise ValueError("name an experiment (a shipped name or a YAML file); --list shows the shipped ones")
     config = load_config(recipes.resolve(args.experiment), seeds=args.seeds, methods=args.methods,
                          output=args.output, device=args.device, cache=args.cache, data=args.data,
-                         sweep=args.sweep)
+                         sweep=args.sweep, curves=False if args.no_curves else None)
     if args.check:
         check_experiment(config)
         print(f"{config.name}: valid; {len(config.methods)} methods x {len(config.seeds)} seeds, "

@@ -221,6 +221,17 @@ def test_resume_and_cache_hit(finished, cache, tmp_path):
     assert model.stat().st_mtime_ns == stamp and len(entries) == 2
 
 
+def test_curves_only_when_asked(cache, tmp_path):
+    """curves: false skips the per-epoch evaluation; the run, its tables and its charts are still written."""
+    raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}], curves=False)
+    results = run_experiment(parse_config(raw), progress=False, log=None)
+    ft = next(row for row in results["runs"] if row["label"] == "ft")
+    assert ft["curve"] == [] and {"UA", "RA", "TA", "MIA"} <= set(ft)
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="curves: must be true or false"):
+        parse_config(tiny(tmp_path, cache, curves="no"))
+
+
 def test_rerun_after_a_kill_and_after_a_change(cache, tmp_path):
     """A run killed before its evaluation continues from its checkpoint; a changed hyperparameter
     in the same folder trains anew (the old checkpoint is not resumed)."""

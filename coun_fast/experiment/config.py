@@ -20,6 +20,7 @@ Schema (every key but ``methods`` is optional; unknown keys are errors)::
     output: runs/cpu_small           # default: runs/<name>
     cache: null                      # Original/Retrain cache; null = $COUN_FAST_CACHE or ~/.cache/coun_fast
     sweep: {seed: 100, enabled: false, grid: {CoUn: {lam: [0.1, 1.0], lr: [0.01, 0.05]}}}
+    curves: true                     # per-epoch forget/retain/test accuracy of each method (an evaluation per epoch)
 
 TrainConfig sections take the fields of :class:`coun_fast.train.TrainConfig` except ``seed``,
 ``device`` and ``progress``, which the runner sets. A method trains with the ``unlearn`` section
@@ -57,7 +58,7 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 """The TrainConfig fields an experiment file may set."""
 SCENARIO_KINDS = ("random", "class", "sequential")
 TOP_KEYS = ("name", "description", "data", "model", "original", "retrain", "unlearn", "scenario", "methods",
-            "seeds", "device", "output", "cache", "sweep")
+            "seeds", "device", "output", "cache", "sweep", "curves")
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
@@ -146,6 +147,7 @@ class ExperimentConfig:
     output: Path
     cache: Path | None
     sweep: Sweep | None
+    curves: bool = True
 
     def to_dict(self) -> dict:
         """JSON-safe values (paths as text), as stored in results.json."""
@@ -411,8 +413,11 @@ def parse_config(raw: Any, *, name: str = "experiment") -> ExperimentConfig:
     output = Path(top.get("output") or f"runs/{name}").expanduser()
     cache = Path(top["cache"]).expanduser() if top.get("cache") else None
     sweep = _sweep(top.get("sweep"), methods, seeds, unlearn)
+    curves = top.get("curves", True)
+    if not isinstance(curves, bool):
+        _fail("curves", f"must be true or false; got {curves!r}")
     return ExperimentConfig(name, top.get("description") or "", data, model, original, retrain, unlearn, scenario,
-                            methods, seeds, device, output, cache, sweep)
+                            methods, seeds, device, output, cache, sweep, curves)
 
 
 class _Loader(yaml.SafeLoader):
@@ -442,15 +447,17 @@ REFERENCES = ("retrain", "original")
 
 
 def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=None, cache=None, data=None,
-                    sweep: bool = False) -> dict:
+                    sweep: bool = False, curves: bool | None = None) -> dict:
     """A copy of the raw mapping with command-line overrides applied (None = keep the file's value).
 
     ``methods`` keeps the listed methods (by label or name) and their sweep grids; ``retrain`` and
     ``original`` may be listed too (every run trains and evaluates them, as the references).
     ``sweep=True`` enables the file's sweep section (an error when it has none); ``data`` sets
-    ``data.path``.
+    ``data.path``; ``curves`` sets ``curves``.
     """
     raw = copy.deepcopy(raw)
+    if curves is not None:
+        raw["curves"] = curves
     for key, value in (("seeds", seeds), ("output", output), ("device", device), ("cache", cache)):
         if value is not None:
             raw[key] = list(value) if key == "seeds" else str(value)

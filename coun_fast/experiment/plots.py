@@ -134,6 +134,9 @@ def curves_chart(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
     if curves:
         retain.legend(fontsize="x-small", frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1),
                       ncol=1 if len(curves) <= 16 else 2)
+    else:
+        forget.text(0.5, 0.5, "no per-epoch evaluation\n(curves: false)", ha="center", va="center",
+                    transform=forget.transAxes, fontsize="small")
     if title:
         figure.suptitle(title, fontsize="medium")
     return _save(figure, path)

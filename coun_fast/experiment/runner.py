@@ -269,8 +269,10 @@ class Runner:
         """Run, evaluate and store one method in ``folder``, written as a unit (a killed run of the
         same ``key`` continues from its checkpoint; a folder of another key is replaced at the end)."""
         original = setup.original.run
-        curve = EpochAccuracy(curve_sets(*self.data_splits(), stage.split, setup.seed), original.normalization,
-                              config.augment_backend)
+        curve = None
+        if self.config.curves:
+            curve = EpochAccuracy(curve_sets(*self.data_splits(), stage.split, setup.seed), original.normalization,
+                                  config.augment_backend)
         step = prepare_unlearning(spec.name, start, stage.split, config, hparams=spec.hparams)
 
         def belongs(work: Path) -> None:
@@ -284,7 +286,8 @@ class Runner:
             write_text_atomic(work / RUN_KEY_FILE, key)
             run = step.run(work, folder, resume=True, on_epoch_end=curve)
             metrics = evaluate_run(run, split=stage.split, device=self.device)
-            points = [{k: r[k] for k in ("epoch", *curve.sets)} for r in run.record["history"] if "forget_acc" in r]
+            points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
+                                               for r in run.record["history"] if "forget_acc" in r]
             row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
                        hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
             return _store(work, key, row)
