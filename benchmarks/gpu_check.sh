@@ -79,7 +79,7 @@ if wanted unlearning || wanted protocol; then
       # The paper's protocol for one seed (Original, Retrain, FT, CoUn); the runner prints each
       # stage's time and the total. Whatever the deadline leaves; an unfinished run says how far it got.
       step "paper protocol, seed 0" 600 coun-fast run cifar10_resnet18_random10 --data "$cifar10" --seeds 0 \
-        --methods ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress
+        --methods retrain ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress --no-curves
     fi
   fi
 fi
