@@ -78,6 +78,18 @@ def index_in_range(index: Tensor, name: str, upper: int) -> None:
         raise ValueError(f"{name} entries must lie in [0, {upper}); got values from {low} to {high}")
 
 
+def paired_candidates(value: object, m: int, n: int, self_problem: bool, exclude_self: bool, symmetric: bool) -> int:
+    """The number of candidates paired with one anchor each: an int in [0, min(M, N)], and with
+    separate candidates, one direction and no exclude_self when > 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"paired_candidates must be an int; got {type(value).__name__}")
+    if value < 0 or value > min(m, n):
+        raise ValueError(f"paired_candidates must lie in [0, min(M, N)] = [0, {min(m, n)}]; got {value}")
+    if value and (self_problem or exclude_self or symmetric):
+        raise ValueError("paired_candidates needs separate candidates, exclude_self=False and symmetric=False")
+    return value
+
+
 def no_self_positive(index: Tensor, name: str) -> None:
     """No anchor is its own positive (needed when exclude_self removes that candidate)."""
     if _values_unreadable(index):
