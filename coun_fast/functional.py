@@ -154,14 +154,6 @@ def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: 
     return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
 
 
-def _pair(z1: Tensor, z2: Tensor, check_finite: bool) -> None:
-    validation.features(z1, "z1", check_finite=check_finite)
-    validation.features(z2, "z2", check_finite=check_finite)
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    validation.same_device(z1, "z1", z2, "z2")
-
-
 def nt_xent(
     z1: Tensor, z2: Tensor, temperature: float = 0.5, *, backend: str = "auto", check_finite: bool = False
 ) -> Tensor:
@@ -178,7 +170,7 @@ def nt_xent(
     Returns:
         Scalar loss; log(2N - 1) when all rows are identical.
     """
-    _pair(z1, z2, check_finite)
+    validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
     rows = torch.cat([z1, z2])  # row i's partner is row i + N (mod 2N)
     return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend)
@@ -199,7 +191,7 @@ def cross_view_info_nce(
         temperature: tau > 0 (CoUn: 0.1).
         backend, check_finite: as in :func:`info_nce`.
     """
-    _pair(z1, z2, check_finite)
+    validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
     return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend)
 

@@ -31,6 +31,22 @@ def features(x: object, name: str, *, check_finite: bool = False) -> Tensor:
     return x
 
 
+def views(z1: object, z2: object, names: tuple[str, str] = ("z1", "z2"), *, check_finite: bool = False) -> None:
+    """Two views of one batch: feature tensors of the same shape (N, D) on one device."""
+    features(z1, names[0], check_finite=check_finite)
+    features(z2, names[1], check_finite=check_finite)
+    if z1.shape != z2.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape (N, D); got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    same_device(z1, names[0], z2, names[1])
+
+
+def boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
 def same_device(reference: Tensor, reference_name: str, other: Tensor, name: str) -> None:
     if other.device != reference.device:
         raise ValueError(f"{name} is on {other.device} but {reference_name} is on {reference.device}; put them on one device")
