@@ -3,7 +3,9 @@
 Environment variables:
     COUN_FAST_CUDA        auto (default: CUDA kernels when nvcc is found), 1 (require), 0 (CPU only)
     COUN_FAST_CUDA_ARCHS  CUDA architectures, default "80;86;89;90" (PTX is added for the last)
-    COUN_FAST_CPU_ARCH    -march of the CPU kernels, default "native" ("" for the compiler default)
+    COUN_FAST_CPU_ARCH    CPU kernels: "portable" (default: baseline, AVX2 and AVX-512 variants, picked
+                          at run time), an -march value such as "native" (one variant for that
+                          target), or "" (the compiler's default target only)
     COUN_FAST_DEBUG       1 for a debug build
 """
 
@@ -38,7 +40,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={'Debug' if os.environ.get('COUN_FAST_DEBUG') == '1' else 'Release'}",
             f"-DCOUN_FAST_CUDA={cuda}",
             f"-DCOUN_FAST_CUDA_ARCHS={os.environ.get('COUN_FAST_CUDA_ARCHS', '80;86;89;90')}",
-            f"-DCOUN_FAST_CPU_ARCH={os.environ.get('COUN_FAST_CPU_ARCH', 'native')}",
+            f"-DCOUN_FAST_CPU_ARCH={os.environ.get('COUN_FAST_CPU_ARCH', 'portable')}",
             "-G",
             "Ninja",
         ]

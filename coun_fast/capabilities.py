@@ -32,7 +32,9 @@ def info() -> dict:
     """Capabilities of this installation.
 
     Returns:
-        A dict with ``version``, ``cpu_kernels`` (the extension loaded), ``cuda_compiled`` (its CUDA
+        A dict with ``version``, ``cpu_kernels`` (the extension loaded), ``cpu_isa`` (the
+        instruction-set variant of the CPU kernels on this machine: "avx512", "avx2", "baseline" or
+        "native"; None without the extension), ``cuda_compiled`` (its CUDA
         kernels were built), ``cuda_archs`` (list of str, e.g. ["80", "86", "89", "90"]),
         ``cuda_available`` (a GPU usable now by torch and the kernels), ``dali_available``,
         ``torch_version``, ``max_dim`` (largest feature dimension of the fused kernels),
@@ -44,6 +46,7 @@ def info() -> dict:
     return {
         "version": package_version(),
         "cpu_kernels": _ext.C is not None,
+        "cpu_isa": _ext.C.cpu_kernel_variant() if _ext.C is not None else None,
         "cuda_compiled": _ext.CUDA_COMPILED,
         "cuda_archs": list(_ext.CUDA_ARCHS),
         "cuda_available": cuda_available,

@@ -199,6 +199,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("target"), "out (M x N float32) = norm(a) norm(b)^T / tau.");
 
   m.attr("MAX_DIM") = kMaxDim;
+  m.def("cpu_kernel_variant", &cpu_kernel_variant,
+        "The instruction-set variant of the CPU kernels this machine runs (avx512, avx2, baseline, native).");
 #ifdef COUN_FAST_WITH_CUDA
   m.attr("CUDA_COMPILED") = true;
   m.attr("CUDA_ARCHS") = std::string(cuda_architectures());

@@ -15,7 +15,7 @@ from coun_fast import functional as F
 from coun_fast.ops import backend as backends
 from coun_fast.ops.contrastive import PATH_EXACT, REDUCTIONS, RULE_INDEX, contrastive_forward
 
-INFO_KEYS = ("version", "cpu_kernels", "cuda_compiled", "cuda_archs", "cuda_available", "dali_available",
+INFO_KEYS = ("version", "cpu_kernels", "cpu_isa", "cuda_compiled", "cuda_archs", "cuda_available", "dali_available",
              "torch_version")
 
 
@@ -287,6 +287,7 @@ def test_info_has_documented_keys_and_types():
     assert set(INFO_KEYS) <= set(report)
     assert report["version"] == coun_fast.__version__
     assert report["cpu_kernels"] is True
+    assert report["cpu_isa"] in ("avx512", "avx2", "baseline", "native")
     assert isinstance(report["cuda_archs"], list) and all(isinstance(a, str) for a in report["cuda_archs"])
     for key in ("cuda_compiled", "cuda_available", "dali_available"):
         assert isinstance(report[key], bool), key

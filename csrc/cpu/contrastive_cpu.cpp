@@ -26,6 +26,11 @@
 // - Small problems run on the calling thread (see parallel.h), larger ones on a persistent pool.
 // - The reduction of the per-anchor losses (sum, or each direction's mean over anchors with a
 //   positive) is summed in row order in double precision.
+//
+// This file is compiled once per instruction-set variant (CMakeLists.txt: baseline, AVX2+FMA,
+// AVX-512), each into its own namespace coun_fast::cpu::<variant>; cpu_dispatch.cpp picks one at
+// run time. The variants differ in vector width and micro-tile, so results may differ between
+// machines in the last bits, never between runs on one machine.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,8 +40,11 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace coun_fast {
-namespace cpu {
+#ifndef COUN_FAST_CPU_VARIANT
+#error "compile with -DCOUN_FAST_CPU_VARIANT=<namespace> (see CMakeLists.txt)"
+#endif
+
+namespace coun_fast::cpu::COUN_FAST_CPU_VARIANT {
 namespace {
 
 constexpr int64_t kTaskRows = 4 * kMicroRows;  // most rows owned by one task
@@ -159,12 +167,11 @@ void mask_uncompared(const Comparison& compare, int64_t r, int64_t c0, int64_t v
   }
 }
 
-// The per-anchor weight and log-sum-exp of one direction, padded to `size`; an anchor that does
-// not contribute gets weight 0 and lse +inf, so its softmax term is exactly 0.
-void effective_stats(const Direction* direction, int64_t count, int64_t size,
-                     std::vector<float>& weight, std::vector<float>& lse) {
-  weight.assign(size, 0.f);
-  lse.assign(size, kInf);
+// The per-anchor weight and log-sum-exp of one direction into `weight` and `lse`, which arrive
+// filled with 0 and +inf: an anchor that does not contribute keeps weight 0 and lse +inf, so its
+// softmax term is exactly 0.
+void effective_stats(const Direction* direction, int64_t count, std::vector<float>& weight,
+                     std::vector<float>& lse) {
   if (direction == nullptr) return;
   const float scale = gradient_scale(direction->stats);
   for (int64_t i = 0; i < count; ++i) {
@@ -252,9 +259,10 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
   const std::vector<float> other_rows =
       pack_rows(other, other_inv_norm, 1.f, packed.cols_pad, dim_pad, threads);
 
-  std::vector<float> row_weight, row_lse, col_weight, col_lse;
-  effective_stats(as_anchor, num_rows, packed.rows_pad, row_weight, row_lse);
-  effective_stats(as_candidate, num_cols, packed.cols_pad, col_weight, col_lse);
+  std::vector<float> row_weight(packed.rows_pad, 0.f), row_lse(packed.rows_pad, kInf);
+  std::vector<float> col_weight(packed.cols_pad, 0.f), col_lse(packed.cols_pad, kInf);
+  effective_stats(as_anchor, num_rows, row_weight, row_lse);
+  effective_stats(as_candidate, num_cols, col_weight, col_lse);
 
   const int64_t tile_rows = packed.task_rows, tile_cols = packed.tile_cols;
   parallel_for(packed.tasks(), threads, [&](int64_t task) {
@@ -341,12 +349,10 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
 }
 
 }  // namespace
-}  // namespace cpu
 
 // ---- forward ----
 
-void contrastive_forward_cpu(const Problem& problem, float* out, float* stats, int num_threads) {
-  using namespace cpu;
+void forward(const Problem& problem, float* out, float* stats, int num_threads) {
   const int64_t m = problem.a.rows, total = problem.total_rows();
   const bool keep_rows = problem.reduction == Reduction::kNone;
   std::vector<float> rows(keep_rows ? 0 : total);
@@ -377,9 +383,8 @@ void contrastive_forward_cpu(const Problem& problem, float* out, float* stats, i
 
 // ---- backward ----
 
-void contrastive_backward_cpu(const Problem& problem, const float* grad_out, const float* stats,
-                              void* grad_a, void* grad_b, int num_threads) {
-  using namespace cpu;
+void backward(const Problem& problem, const float* grad_out, const float* stats, void* grad_a, void* grad_b,
+              int num_threads) {
   const Direction forward{problem.positives, direction_stats(problem, stats, grad_out, 0)};
   const Direction reverse{problem.positives.reversed(), direction_stats(problem, stats, grad_out, 1)};
   const Direction* reverse_ptr = problem.symmetric ? &reverse : nullptr;
@@ -396,9 +401,7 @@ void contrastive_backward_cpu(const Problem& problem, const float* grad_out, con
 
 // ---- similarity matrix ----
 
-void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature, float* out,
-                    int num_threads) {
-  using namespace cpu;
+void similarity(const MatrixView& a, const MatrixView& b, float temperature, float* out, int num_threads) {
   const int threads = threads_for(a.rows * b.rows * a.dim, num_threads);
   const Packed packed(a, b, temperature, inverse_norms(b, threads), threads);
   parallel_for(packed.tasks(), threads, [&](int64_t task) {
@@ -413,4 +416,4 @@ void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature,
   });
 }
 
-}  // namespace coun_fast
+}  // namespace coun_fast::cpu::COUN_FAST_CPU_VARIANT

@@ -1,19 +1,25 @@
 // Portable SIMD building blocks of the CPU kernels: a float vector type (GCC/Clang vector
-// extensions, 16 lanes with AVX-512, else 8), a vectorized exp, and the register-blocked
+// extensions: 16 lanes with AVX-512, 8 with AVX, else 4), a vectorized exp, and the register-blocked
 // micro-GEMM that both the similarity tiles and the gradient accumulation run on.
+//
+// Included only by contrastive_cpu.cpp, which is compiled once per instruction-set variant; the
+// variant's namespace (COUN_FAST_CPU_VARIANT) keeps each compilation's inline functions apart.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-namespace coun_fast::cpu {
+namespace coun_fast::cpu::COUN_FAST_CPU_VARIANT {
 
 #if defined(__AVX512F__)
 constexpr int kLanes = 16;
 constexpr int kMicroRows = 8;  // 8 rows x 2 vectors = 16 accumulators of 32 zmm registers
-#else
+#elif defined(__AVX__)
 constexpr int kLanes = 8;
 constexpr int kMicroRows = 6;  // 6 rows x 2 vectors = 12 accumulators of 16 ymm registers
+#else
+constexpr int kLanes = 4;
+constexpr int kMicroRows = 6;  // 6 rows x 2 vectors = 12 accumulators of 16 xmm registers
 #endif
 constexpr int kMicroCols = 2 * kLanes;  // columns of one micro-tile (two vectors)
 
@@ -100,4 +106,4 @@ inline void micro_gemm(const float* __restrict a, int64_t lda, const float* __re
   }
 }
 
-}  // namespace coun_fast::cpu
+}  // namespace coun_fast::cpu::COUN_FAST_CPU_VARIANT

@@ -70,6 +70,10 @@ void contrastive_backward_cpu(const Problem& problem, const float* grad_out, con
 void similarity_cpu(const MatrixView& a, const MatrixView& b, float temperature, float* out,
                     int num_threads);
 
+// The instruction-set variant of the CPU kernels this machine runs: "avx512", "avx2", "baseline"
+// (picked at run time among those built) or "native" (a build for the building machine only).
+const char* cpu_kernel_variant();
+
 // ---- CUDA (csrc/cuda), compiled when nvcc is found ----
 
 // Which CUDA kernels run a problem.
