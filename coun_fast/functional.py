@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from coun_fast import validation
+from coun_fast import distributed, validation
 from coun_fast.ops import backend as backends
 from coun_fast.ops import reference
 from coun_fast.ops.contrastive import (PATH_EXACT, REDUCTIONS, RULE_DIAGONAL, RULE_INDEX, RULE_LABELS,
@@ -39,6 +39,7 @@ def info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     check_finite: bool = False,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """General InfoNCE: anchors against candidates, positives by index or by label.
 
@@ -69,6 +70,12 @@ def info_nce(
             without a positive give 0).
         backend: "auto", "fused" or "reference".
         check_finite: raise if an input holds NaN or Inf (costs a pass over the inputs).
+        gather_distributed: in a ``torch.distributed`` job, compare this rank's anchors with the
+            candidates (and labels) of every rank and reduce over every rank's anchors: the loss is
+            the single-process loss of the ranks' concatenated batches, and the gradients follow
+            DistributedDataParallel's convention (see :mod:`coun_fast.distributed`). Indices stay
+            local (positive_index, exclude_self). No effect outside a distributed job; not with
+            paired_candidates.
 
     Returns:
         The loss: a scalar, or per-anchor losses for reduction="none".
@@ -128,34 +135,90 @@ def info_nce(
             candidate_labels = validation.integer_vector(
                 candidate_labels, "candidate_labels", n, anchors if candidates is None else candidates,
                 "anchors" if candidates is None else "candidates")
+    gather_distributed = validation.boolean(gather_distributed, "gather_distributed")
+    if gather_distributed and paired_candidates:
+        raise ValueError("gather_distributed=True does not combine with paired_candidates")
     return _loss(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                 exclude_self, symmetric, reduction, backend, paired_candidates)
+                 exclude_self, symmetric, reduction, backend, paired_candidates, gather_distributed)
 
 
 def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: int, positive_index: Tensor | None,
           anchor_labels: Tensor | None, candidate_labels: Tensor | None, exclude_self: bool, symmetric: bool,
-          reduction: str, backend: str, paired: int = 0) -> Tensor:
-    """The loss of validated arguments, on the fused kernels or the reference (see ``backend``)."""
+          reduction: str, backend: str, paired: int = 0, gather: bool = False) -> Tensor:
+    """The loss of validated arguments, on the fused kernels or the reference (see ``backend``);
+    ``gather``: against the candidates of every rank of a distributed job (:mod:`coun_fast.distributed`)."""
+    if gather and distributed.active():
+        return _gathered_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
+                              candidate_labels, exclude_self, symmetric, reduction, backend)
     inputs = (anchors,) if candidates is None else (anchors, candidates)
     if backends.resolve(backend, *inputs) == "fused":
-        path = PATH_EXACT
-        if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
-            path = backends.cuda_path(anchors.dtype, anchors.device)
         return contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
-                                candidate_labels, exclude_self, paired, symmetric, REDUCTIONS[reduction], path)
+                                candidate_labels, exclude_self, paired, symmetric, REDUCTIONS[reduction],
+                                _cuda_path(anchors, candidates))
     m = anchors.shape[0]
-    if rule == RULE_DIAGONAL:
-        positive_index = torch.arange(m, device=anchors.device)
-    elif rule == RULE_PARTNER:
-        positive_index = torch.arange(m, device=anchors.device).roll(m // 2)
+    positive_index = _named_positives(rule, positive_index, m, anchors.device)
     loss, valid = reference.info_nce_rows(
         anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
         candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric, paired=paired)
     return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
 
 
+def _cuda_path(anchors: Tensor, candidates: Tensor | None) -> int:
+    if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
+        return backends.cuda_path(anchors.dtype, anchors.device)
+    return PATH_EXACT
+
+
+def _named_positives(rule: int, positive_index: Tensor | None, m: int, device: torch.device) -> Tensor | None:
+    """The positive index the reference takes for the diagonal and partner rules (else unchanged)."""
+    if rule == RULE_DIAGONAL:
+        return torch.arange(m, device=device)
+    if rule == RULE_PARTNER:
+        return torch.arange(m, device=device).roll(m // 2)
+    return positive_index
+
+
+def _rows(anchors: Tensor, candidates: Tensor, temperature: float, rule: int, positive_index: Tensor | None,
+          anchor_labels: Tensor | None, candidate_labels: Tensor | None, exclude_self: bool,
+          backend: str) -> tuple[Tensor, Tensor]:
+    """One direction's per-anchor losses (M,) and whether each anchor has a positive (M,)."""
+    if backends.resolve(backend, anchors, candidates) == "fused":
+        rows, stats = contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
+                                       candidate_labels, exclude_self, 0, False, REDUCTIONS["none"],
+                                       _cuda_path(anchors, candidates), with_stats=True)
+        m = anchors.shape[0]
+        return rows, stats[m: 2 * m] > 0
+    positive_index = _named_positives(rule, positive_index, anchors.shape[0], anchors.device)
+    return reference.info_nce_rows(anchors, candidates, temperature, positive_index=positive_index,
+                                   anchor_labels=anchor_labels, candidate_labels=candidate_labels,
+                                   exclude_self=exclude_self)
+
+
+def _gathered_loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: int,
+                   positive_index: Tensor | None, anchor_labels: Tensor | None, candidate_labels: Tensor | None,
+                   exclude_self: bool, symmetric: bool, reduction: str, backend: str) -> Tensor:
+    """This rank's anchors against every rank's candidates, gathered with this rank's rows first so
+    that local indices keep their meaning; reduced over every rank's anchors (distributed.py)."""
+    m = anchors.shape[0]
+    if rule == RULE_PARTNER:  # the partner of local row i is local row (i + m/2) mod m
+        rule, positive_index = RULE_INDEX, torch.arange(m, device=anchors.device).roll(m // 2)
+    own = anchors if candidates is None else candidates
+    own_labels = anchor_labels if candidate_labels is None else candidate_labels
+    directions = [(anchors, own, positive_index, anchor_labels, own_labels)]
+    if symmetric:
+        reverse = None if positive_index is None else reference.inverse_permutation(positive_index)
+        directions.append((candidates, anchors, reverse, candidate_labels, anchor_labels))
+    losses = []
+    for a, b, index, a_labels, b_labels in directions:
+        gathered, gathered_labels, _ = distributed.gather_own_first(b, b_labels if rule == RULE_LABELS else None)
+        rows, valid = _rows(a, gathered, temperature, rule, index, a_labels, gathered_labels, exclude_self, backend)
+        losses.append(rows if reduction == "none" else distributed.reduce_rows(rows, valid, reduction))
+    return torch.cat(losses) if reduction == "none" else sum(losses[1:], losses[0])
+
+
 def nt_xent(
-    z1: Tensor, z2: Tensor, temperature: float = 0.5, *, backend: str = "auto", check_finite: bool = False
+    z1: Tensor, z2: Tensor, temperature: float = 0.5, *, backend: str = "auto", check_finite: bool = False,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """SimCLR's NT-Xent over the 2N rows of cat(z1, z2).
 
@@ -165,7 +228,7 @@ def nt_xent(
     Args:
         z1, z2: (N, D) features of the two views.
         temperature: tau > 0 (SimCLR: 0.5 at batch 256, 0.1 for large batches).
-        backend, check_finite: as in :func:`info_nce`.
+        backend, check_finite, gather_distributed: as in :func:`info_nce`.
 
     Returns:
         Scalar loss; log(2N - 1) when all rows are identical.
@@ -173,11 +236,13 @@ def nt_xent(
     validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
     rows = torch.cat([z1, z2])  # row i's partner is row i + N (mod 2N)
-    return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend)
+    return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend,
+                 gather=validation.boolean(gather_distributed, "gather_distributed"))
 
 
 def cross_view_info_nce(
-    z1: Tensor, z2: Tensor, temperature: float = 0.1, *, backend: str = "auto", check_finite: bool = False
+    z1: Tensor, z2: Tensor, temperature: float = 0.1, *, backend: str = "auto", check_finite: bool = False,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """CoUn's contrastive term L_CL between two views of one batch.
 
@@ -189,11 +254,12 @@ def cross_view_info_nce(
     Args:
         z1, z2: (N, D) penultimate features of the two views.
         temperature: tau > 0 (CoUn: 0.1).
-        backend, check_finite: as in :func:`info_nce`.
+        backend, check_finite, gather_distributed: as in :func:`info_nce`.
     """
     validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
-    return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend)
+    return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend,
+                 gather=validation.boolean(gather_distributed, "gather_distributed"))
 
 
 def sup_con(
@@ -203,6 +269,7 @@ def sup_con(
     *,
     backend: str = "auto",
     check_finite: bool = False,
+    gather_distributed: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the L_out form).
 
@@ -215,7 +282,7 @@ def sup_con(
             are per sample and are repeated for every view).
         labels: (M,) or (B,) integer labels.
         temperature: tau > 0.
-        backend, check_finite: as in :func:`info_nce`.
+        backend, check_finite, gather_distributed: as in :func:`info_nce`.
     """
     if isinstance(features, Tensor) and features.dim() == 3:
         batch, views, dim = features.shape
@@ -225,7 +292,8 @@ def sup_con(
     features = validation.features(features, "features", check_finite=check_finite)
     labels = validation.integer_vector(labels, "labels", features.shape[0], features, "features")
     temperature = validation.temperature(temperature)
-    return _loss(features, None, temperature, RULE_LABELS, None, labels, None, True, False, "mean", backend)
+    return _loss(features, None, temperature, RULE_LABELS, None, labels, None, True, False, "mean", backend,
+                 gather=validation.boolean(gather_distributed, "gather_distributed"))
 
 
 def similarity(a: Tensor, b: Tensor | None = None, temperature: float = 1.0, *, backend: str = "auto") -> Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch import Tensor, nn
 
-from coun_fast import functional, validation
+from coun_fast import distributed, functional, validation
 
 
 class _ContrastiveLoss(nn.Module):
@@ -39,11 +39,6 @@ class _ContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, backend={self.backend!r}"
-
-
-def _world_size() -> int:
-    distributed = torch.distributed
-    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
 
 
 def _bank_size(memory_bank_size: int | Sequence[int]) -> tuple[int, ...]:
@@ -75,8 +70,10 @@ class NTXentLoss(_ContrastiveLoss):
     Args:
         temperature: tau > 0.
         memory_bank_size: 0 (no bank), K or (K, D).
-        gather_distributed: gather the negatives of every process. Accepted for lightly's
-            signature; a run with several processes raises until coun_fast supports it.
+        gather_distributed: in a ``torch.distributed`` job, without a bank: every rank's anchors
+            against the rows of all ranks (the single-process loss of the concatenated batch; see
+            :mod:`coun_fast.distributed`); with a bank: all ranks' ``out1`` rows are enqueued, in
+            rank order, as lightly does.
         backend: "auto", "fused" or "reference" (see :func:`coun_fast.functional.info_nce`).
 
     Call: ``loss(out0, out1)`` with the (N, D) outputs of the two views; returns a scalar in the
@@ -109,13 +106,11 @@ class NTXentLoss(_ContrastiveLoss):
         return f"{super().extra_repr()}, memory_bank_size={size}, gather_distributed={self.gather_distributed}"
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
-        if self.gather_distributed and _world_size() > 1:
-            raise RuntimeError(f"NTXentLoss(gather_distributed=True) across {_world_size()} processes is not "
-                               f"supported yet; each process can compute its own loss with gather_distributed=False")
         validation.views(out0, out1, ("out0", "out1"))
         dtype = torch.promote_types(out0.dtype, out1.dtype)
         if self.memory_bank_size[0] == 0:
-            return functional.nt_xent(out0, out1, self.temperature, backend=self.backend).to(dtype)
+            return functional.nt_xent(out0, out1, self.temperature, backend=self.backend,
+                                      gather_distributed=self.gather_distributed).to(dtype)
         bank = self._bank_for(out1)
         candidates = torch.cat([out1, bank.to(out1.dtype)])  # a copy: the negatives precede the update
         loss = functional.info_nce(out0, candidates, self.temperature, paired_candidates=out0.shape[0],
@@ -139,6 +134,8 @@ class NTXentLoss(_ContrastiveLoss):
     @torch.no_grad()
     def _enqueue(self, out1: Tensor) -> None:
         rows = torch_F.normalize(out1.detach(), dim=1).to(self.bank.dtype)
+        if self.gather_distributed:
+            rows = distributed.all_gather_rows(rows)
         size, start = self.bank.shape[0], int(self.bank_ptr)
         if start + rows.shape[0] >= size:
             self.bank[start:] = rows[: size - start]
@@ -206,6 +203,9 @@ class SupConLoss(_ContrastiveLoss):
             ``DoNothingReducer``; others raise.
         embedding_regularizer: must be None. ``embedding_reg_weight`` and ``collect_stats`` are
             accepted and have no effect.
+        gather_distributed: in a ``torch.distributed`` job, every rank's anchors against the
+            reference rows and labels of all ranks, reduced over all ranks' anchors (not a PML
+            argument; see :mod:`coun_fast.distributed`).
         backend: "auto", "fused" or "reference".
 
     Call: ``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None)``;
@@ -222,9 +222,11 @@ class SupConLoss(_ContrastiveLoss):
         embedding_regularizer: object = None,
         embedding_reg_weight: float = 1,
         collect_stats: bool | None = None,
+        gather_distributed: bool = False,
         backend: str = "auto",
     ) -> None:
         super().__init__(temperature, backend)
+        self.gather_distributed = validation.boolean(gather_distributed, "gather_distributed")
         _pml_distance(distance)
         self.reduction = _pml_reducer(reducer)
         if embedding_regularizer is not None:
@@ -257,11 +259,12 @@ class SupConLoss(_ContrastiveLoss):
         embeddings = validation.features(embeddings, "embeddings")
         labels = validation.integer_vector(labels, "labels", embeddings.shape[0], embeddings, "embeddings")
         reduction = "sum" if self.reduction == "mean_all" else self.reduction
+        gather = dict(gather_distributed=self.gather_distributed)
         if ref_emb is None:
             if ref_labels is not None:
                 raise ValueError("ref_labels was given without ref_emb")
             loss = functional.info_nce(embeddings, None, self.temperature, anchor_labels=labels,
-                                       exclude_self=True, reduction=reduction, backend=self.backend)
+                                       exclude_self=True, reduction=reduction, backend=self.backend, **gather)
             reference_labels = labels
         else:
             if ref_labels is None:
@@ -271,9 +274,14 @@ class SupConLoss(_ContrastiveLoss):
                                                          "ref_emb")
             loss = functional.info_nce(embeddings, ref_emb, self.temperature, anchor_labels=labels,
                                        candidate_labels=reference_labels, exclude_self=same_labels,
-                                       reduction=reduction, backend=self.backend)
+                                       reduction=reduction, backend=self.backend, **gather)
+        anchors = embeddings.shape[0]
+        if self.gather_distributed and distributed.active():  # the rule and the mean over every rank
+            labels = distributed.all_gather_rows(labels)
+            reference_labels = distributed.all_gather_rows(reference_labels)
+            anchors = labels.shape[0]
         if self.reduction == "mean_all":
-            loss = loss / embeddings.shape[0]
+            loss = loss / anchors
         # PML's "no negative pair" rule, without a host synchronization: every label the same value.
         first = labels[:1]
         no_negative = (labels == first).all() & (reference_labels == first).all()
@@ -286,19 +294,22 @@ class SupConLoss(_ContrastiveLoss):
 
 class CrossViewInfoNCE(_ContrastiveLoss):
     """CoUn's cross-view InfoNCE, both directions summed (see
-    :func:`coun_fast.functional.cross_view_info_nce`): ``loss(z1, z2)``."""
+    :func:`coun_fast.functional.cross_view_info_nce`): ``loss(z1, z2)``; ``gather_distributed`` as
+    there."""
 
-    def __init__(self, temperature: float = 0.1, backend: str = "auto") -> None:
+    def __init__(self, temperature: float = 0.1, backend: str = "auto", gather_distributed: bool = False) -> None:
         super().__init__(temperature, backend)
+        self.gather_distributed = validation.boolean(gather_distributed, "gather_distributed")
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return functional.cross_view_info_nce(z1, z2, self.temperature, backend=self.backend)
+        return functional.cross_view_info_nce(z1, z2, self.temperature, backend=self.backend,
+                                              gather_distributed=self.gather_distributed)
 
 
 class InfoNCE(_ContrastiveLoss):
     """General InfoNCE (see :func:`coun_fast.functional.info_nce`): ``loss(anchors, candidates,
     positive_index=..., anchor_labels=..., candidate_labels=..., paired_candidates=...)``; by
-    default anchor i's positive is candidate i."""
+    default anchor i's positive is candidate i; ``gather_distributed`` as there."""
 
     def __init__(
         self,
@@ -308,11 +319,13 @@ class InfoNCE(_ContrastiveLoss):
         symmetric: bool = False,
         reduction: str = "mean",
         backend: str = "auto",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__(temperature, backend)
         self.exclude_self = exclude_self
         self.symmetric = symmetric
         self.reduction = validation.reduction(reduction)
+        self.gather_distributed = validation.boolean(gather_distributed, "gather_distributed")
 
     def forward(
         self,
@@ -327,4 +340,5 @@ class InfoNCE(_ContrastiveLoss):
         return functional.info_nce(
             anchors, candidates, self.temperature, positive_index=positive_index, anchor_labels=anchor_labels,
             candidate_labels=candidate_labels, exclude_self=self.exclude_self, paired_candidates=paired_candidates,
-            symmetric=self.symmetric, reduction=self.reduction, backend=self.backend)
+            symmetric=self.symmetric, reduction=self.reduction, backend=self.backend,
+            gather_distributed=self.gather_distributed)

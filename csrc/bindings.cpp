@@ -57,7 +57,10 @@ Problem to_problem(const ProblemArg& arg) {
   p.b = p.self ? p.a : to_view(*b_arg, "candidates");
   require(p.a.dim == p.b.dim, "anchors and candidates differ in feature dimension");
   p.symmetric = symmetric;
-  require(!exclude_self || p.a.rows == p.b.rows, "exclude_self needs as many candidates as anchors");
+  // exclude_self drops candidate i from anchor i: one set of rows (M == N), or the anchors as the
+  // first M candidates (a rank's rows first among the gathered candidates, M <= N).
+  require(!exclude_self || p.a.rows == p.b.rows || (!symmetric && p.a.rows <= p.b.rows),
+          "exclude_self needs as many candidates as anchors (or at least as many, one direction)");
   require(!(symmetric && p.self), "symmetric needs separate candidates");
   require(paired >= 0, "paired must be >= 0, got " + std::to_string(paired));
   if (paired > 0) {
@@ -75,8 +78,8 @@ Problem to_problem(const ProblemArg& arg) {
   require(positive_rule != PositiveRule::kIndex || index != 0, "the index rule needs an index");
   require(positive_rule != PositiveRule::kLabels || (anchor_labels != 0 && candidate_labels != 0),
           "the label rule needs anchor and candidate labels");
-  require(positive_rule != PositiveRule::kDiagonal || p.a.rows == p.b.rows || paired == p.a.rows,
-          "the diagonal rule needs as many candidates as anchors, or every anchor paired");
+  require(positive_rule != PositiveRule::kDiagonal || p.a.rows == p.b.rows || (!symmetric && p.a.rows <= p.b.rows),
+          "the diagonal rule needs as many candidates as anchors (or at least as many, one direction)");
   require(positive_rule != PositiveRule::kPartner || (p.self && p.a.rows % 2 == 0),
           "the partner rule needs one input with an even number of rows");
   p.positives = Positives{positive_rule,

@@ -161,10 +161,11 @@ class _ContrastiveLoss(torch.autograd.Function):
         # The saved tensors keep the inputs (and so the problem's pointers) alive for the backward.
         ctx.save_for_backward(anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved)
         ctx.options = (temperature, rule, exclude_self, paired, symmetric, reduction, path, problem)
-        return out
+        ctx.mark_non_differentiable(stats)
+        return out, stats
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_stats):
         anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved = ctx.saved_tensors
         temperature, rule, exclude_self, paired, symmetric, reduction, path, problem = ctx.options
         grad_anchors, grad_candidates = backward_impl(
@@ -176,14 +177,18 @@ class _ContrastiveLoss(torch.autograd.Function):
 def contrastive_loss(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                      positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
                      candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
-                     reduction: int, path: int) -> Tensor:
+                     reduction: int, path: int, with_stats: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The loss on the fused kernels, differentiable in ``anchors`` and ``candidates``: the custom op
-    while ``torch.compile`` traces, the lean autograd.Function in eager mode."""
+    while ``torch.compile`` traces, the lean autograd.Function in eager mode. ``with_stats``: also
+    return the statistics (``[lse T][positive count T][anchors with a positive, per direction 2]``,
+    not differentiable)."""
     args = (anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
             paired, symmetric, reduction, path)
     if torch.compiler.is_compiling():
-        return contrastive_forward(*args)[0]
-    return _ContrastiveLoss.apply(*args)
+        out, stats, _ = contrastive_forward(*args)
+    else:
+        out, stats = _ContrastiveLoss.apply(*args)
+    return (out, stats) if with_stats else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,7 +201,8 @@ struct Positives {
 
 // Which candidates an anchor is compared with (the support of its softmax):
 //   kAll           every candidate;
-//   kExcludeSelf   every candidate but the anchor itself (anchors and candidates are one set);
+//   kExcludeSelf   every candidate but candidate i for anchor i (the anchor itself: anchors and
+//                  candidates are one set, or the anchors are the first candidates);
 //   kPairedPrefix  candidates [0, pairs) belong to one anchor each (candidate i to anchor i: a
 //                  batch's keys in MoCo or a memory-bank loss), the rest (a queue of negatives)
 //                  to every anchor. Orientation matters: compared(anchor, candidate).
