@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import itertools
 import json
+import logging
 import re
 import subprocess
 import time
@@ -48,6 +49,10 @@ from coun_fast.files import write_text_atomic
 from coun_fast.runfolder import locked, staged
 from coun_fast.train import TrainConfig, resolve_device
 from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
+
+logger = logging.getLogger(__name__)
+"""The runner's step lines, one INFO record per step (``coun-fast run`` shows them; in Python,
+``logging.basicConfig(level=logging.INFO)``, or pass ``log=print`` to :func:`run_experiment`)."""
 
 CURVE_RETAIN_SAMPLES = 1000
 """At most this many retain (and test) samples, a fixed random subset per seed, give the per-epoch
@@ -154,8 +159,8 @@ class Runner:
     """Runs the steps of ``config``; ``progress`` shows training bars, ``log`` receives one line per step;
     ``splits``: the experiment's data set when already loaded."""
 
-    def __init__(self, config: ExperimentConfig, *, progress: bool = True, log: Callable[[str], None] | None = print,
-                 splits=None):
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True,
+                 log: Callable[[str], None] | None = logger.info, splits=None):
         self.config = config
         self.progress = progress
         self.log = log
@@ -357,7 +362,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = True,
-                   log: Callable[[str], None] | None = print) -> dict:
+                   log: Callable[[str], None] | None = logger.info) -> dict:
     """Run ``config`` (resuming what its output folder already holds) and write its results.
 
     With an enabled sweep, each method's grid is tried on the sweep seed first and the best point
