@@ -47,6 +47,7 @@ import yaml
 
 from coun_fast.data import DATASETS
 from coun_fast.data.registry import resolve_location
+from coun_fast.files import relative_paths
 from coun_fast.models import MODELS
 from coun_fast.train import PRESETS, TrainConfig, parse_device
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
@@ -149,12 +150,13 @@ class ExperimentConfig:
     sweep: Sweep | None
     curves: bool = True
 
-    def to_dict(self) -> dict:
-        """JSON-safe values (paths as text), as stored in results.json."""
+    def to_dict(self, relative: bool = False) -> dict:
+        """JSON-safe values (paths as text); ``relative``: as stored in results.json and config.json,
+        ``output`` as ``.`` and paths inside it relative to it."""
         out = dataclasses.asdict(self)
         out["output"] = str(self.output)
         out["cache"] = None if self.cache is None else str(self.cache)
-        return out
+        return relative_paths(out, self.output) if relative else out
 
 
 # -- helpers ---------------------------------------------------------------------------------------
