@@ -28,8 +28,8 @@ from typing import Iterator
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from coun_fast import commands as commands_module
-from coun_fast._version import __version__
 from coun_fast import demo, kernel_demo
+from coun_fast._version import __version__
 from coun_fast.capabilities import format_info, info
 from coun_fast.data import preview
 from coun_fast.files import describe_os_error
@@ -78,7 +78,7 @@ SUBCOMMANDS = [
 
 
 # -- output: logging and verbosity ------------------------------------------------------------------
-STEP_LOGGERS = ("coun_fast.experiment", "coun_fast.demo", "coun_fast.workflow")
+STEP_LOGGERS = ("coun_fast.experiment", "coun_fast.demo")
 """The loggers whose INFO records are a command's step lines, shown by default; the package's
 other INFO records (data loading, backends, caches) need ``-v``."""
 
