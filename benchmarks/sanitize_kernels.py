@@ -32,6 +32,7 @@ def losses(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> dict[str, torch.Te
         "index_symmetric": F.info_nce(z1, z2, tau, positive_index=index, symmetric=True, backend="fused"),
         "labels_none": F.info_nce(z1, z2[: n - 3], tau, anchor_labels=labels[:n], candidate_labels=labels[: n - 3],
                                   reduction="none", backend="fused").sum(),
+        "memory_bank": F.info_nce(z1[: n // 2], z2, tau, paired_candidates=n // 2, backend="fused"),
     }
 
 

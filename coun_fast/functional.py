@@ -34,6 +34,7 @@ def info_nce(
     anchor_labels: Tensor | None = None,
     candidate_labels: Tensor | None = None,
     exclude_self: bool = False,
+    paired_candidates: int = 0,
     symmetric: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
@@ -42,7 +43,9 @@ def info_nce(
     """General InfoNCE: anchors against candidates, positives by index or by label.
 
     For anchor i, ``l_i = logsumexp_j s_ij - mean_{p in Pos(i)} s_ip`` with ``s_ij = a_i . b_j / tau``
-    over every compared candidate j (all of them, except j = i when ``exclude_self``).
+    over every compared candidate j: all of them, except j = i when ``exclude_self``; with
+    ``paired_candidates = P``, candidate j < P only for anchor j (the memory-bank / MoCo form:
+    each anchor against its own key and a shared bank of negatives).
 
     Args:
         anchors: (M, D) features.
@@ -55,6 +58,10 @@ def info_nce(
             when the anchors are their own candidates). Without positive_index or labels, anchor i's
             positive is candidate i (paired rows, M == N).
         exclude_self: drop candidate i from anchor i (M == N).
+        paired_candidates: P in [0, min(M, N)]: the first P candidates belong to one anchor each
+            (candidate i to anchor i), the others are compared with every anchor. Without
+            positive_index or labels, anchor i's positive is then candidate i (needs P == M).
+            One direction only (not with symmetric or exclude_self, and with separate candidates).
         symmetric: also take the candidates as anchors against the anchors and add that loss (the
             two-directional CLIP / CoUn form); positive_index must then be a permutation.
         reduction: "mean" (over anchors that have a positive; with symmetric, the mean of each
@@ -85,12 +92,17 @@ def info_nce(
         raise ValueError(f"exclude_self needs as many candidates as anchors; got {m} anchors and {n} candidates")
     if symmetric and candidates is None:
         raise ValueError("symmetric=True needs separate candidates; the anchors-against-themselves problem is already symmetric")
+    paired_candidates = validation.paired_candidates(paired_candidates, m, n, candidates is None, exclude_self,
+                                                     symmetric)
 
     rule = RULE_INDEX
     if positive_index is None and anchor_labels is None:
         if candidate_labels is not None:
             raise ValueError("candidate_labels was given without anchor_labels")
-        if m != n or exclude_self:
+        if paired_candidates and paired_candidates != m:
+            raise ValueError(f"give positive_index or anchor_labels: the default pairs anchor i with candidate i, "
+                             f"which needs paired_candidates == M = {m}; got {paired_candidates}")
+        if not paired_candidates and (m != n or exclude_self):
             raise ValueError("give positive_index or anchor_labels: the default pairs anchor i with candidate i, "
                              "which needs M == N and exclude_self=False")
         rule = RULE_DIAGONAL
@@ -117,12 +129,12 @@ def info_nce(
                 candidate_labels, "candidate_labels", n, anchors if candidates is None else candidates,
                 "anchors" if candidates is None else "candidates")
     return _loss(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                 exclude_self, symmetric, reduction, backend)
+                 exclude_self, symmetric, reduction, backend, paired_candidates)
 
 
 def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: int, positive_index: Tensor | None,
           anchor_labels: Tensor | None, candidate_labels: Tensor | None, exclude_self: bool, symmetric: bool,
-          reduction: str, backend: str) -> Tensor:
+          reduction: str, backend: str, paired: int = 0) -> Tensor:
     """The loss of validated arguments, on the fused kernels or the reference (see ``backend``)."""
     inputs = (anchors,) if candidates is None else (anchors, candidates)
     if backends.resolve(backend, *inputs) == "fused":
@@ -130,7 +142,7 @@ def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: 
         if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
             path = backends.cuda_path(anchors.dtype, anchors.device)
         return contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
-                                candidate_labels, exclude_self, symmetric, REDUCTIONS[reduction], path)
+                                candidate_labels, exclude_self, paired, symmetric, REDUCTIONS[reduction], path)
     m = anchors.shape[0]
     if rule == RULE_DIAGONAL:
         positive_index = torch.arange(m, device=anchors.device)
@@ -138,16 +150,8 @@ def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: 
         positive_index = torch.arange(m, device=anchors.device).roll(m // 2)
     loss, valid = reference.info_nce_rows(
         anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
-        candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric)
+        candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric, paired=paired)
     return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
-
-
-def _pair(z1: Tensor, z2: Tensor, check_finite: bool) -> None:
-    validation.features(z1, "z1", check_finite=check_finite)
-    validation.features(z2, "z2", check_finite=check_finite)
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape (N, D); got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    validation.same_device(z1, "z1", z2, "z2")
 
 
 def nt_xent(
@@ -166,7 +170,7 @@ def nt_xent(
     Returns:
         Scalar loss; log(2N - 1) when all rows are identical.
     """
-    _pair(z1, z2, check_finite)
+    validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
     rows = torch.cat([z1, z2])  # row i's partner is row i + N (mod 2N)
     return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend)
@@ -187,7 +191,7 @@ def cross_view_info_nce(
         temperature: tau > 0 (CoUn: 0.1).
         backend, check_finite: as in :func:`info_nce`.
     """
-    _pair(z1, z2, check_finite)
+    validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
     return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend)
 

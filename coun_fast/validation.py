@@ -31,6 +31,22 @@ def features(x: object, name: str, *, check_finite: bool = False) -> Tensor:
     return x
 
 
+def views(z1: object, z2: object, names: tuple[str, str] = ("z1", "z2"), *, check_finite: bool = False) -> None:
+    """Two views of one batch: feature tensors of the same shape (N, D) on one device."""
+    features(z1, names[0], check_finite=check_finite)
+    features(z2, names[1], check_finite=check_finite)
+    if z1.shape != z2.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape (N, D); got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    same_device(z1, names[0], z2, names[1])
+
+
+def boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
 def same_device(reference: Tensor, reference_name: str, other: Tensor, name: str) -> None:
     if other.device != reference.device:
         raise ValueError(f"{name} is on {other.device} but {reference_name} is on {reference.device}; put them on one device")
@@ -76,6 +92,18 @@ def index_in_range(index: Tensor, name: str, upper: int) -> None:
     low, high = int(index.min()), int(index.max())
     if low < 0 or high >= upper:
         raise ValueError(f"{name} entries must lie in [0, {upper}); got values from {low} to {high}")
+
+
+def paired_candidates(value: object, m: int, n: int, self_problem: bool, exclude_self: bool, symmetric: bool) -> int:
+    """The number of candidates paired with one anchor each: an int in [0, min(M, N)], and with
+    separate candidates, one direction and no exclude_self when > 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"paired_candidates must be an int; got {type(value).__name__}")
+    if value < 0 or value > min(m, n):
+        raise ValueError(f"paired_candidates must lie in [0, min(M, N)] = [0, {min(m, n)}]; got {value}")
+    if value and (self_problem or exclude_self or symmetric):
+        raise ValueError("paired_candidates needs separate candidates, exclude_self=False and symmetric=False")
+    return value
 
 
 def no_self_positive(index: Tensor, name: str) -> None:

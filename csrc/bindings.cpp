@@ -20,9 +20,10 @@ namespace {
 // (data_ptr, rows, dim, row_stride, col_stride, dtype_code)
 using MatrixArg = std::tuple<uintptr_t, int64_t, int64_t, int64_t, int64_t, int>;
 // (a, b or None, temperature, rule, index_ptr, anchor_labels_ptr, candidate_labels_ptr,
-//  exclude_self, symmetric, reduction); pointers are 0 when absent.
+//  exclude_self, paired, symmetric, reduction); pointers are 0 when absent; paired > 0 selects
+//  the paired-prefix comparison (math.h's Comparison) with that many pairs.
 using ProblemArg = std::tuple<MatrixArg, std::optional<MatrixArg>, float, int, uintptr_t, uintptr_t,
-                              uintptr_t, bool, bool, int>;
+                              uintptr_t, bool, int64_t, bool, int>;
 // (device index or -1 for the CPU, stream handle, CUDA path, saved ptr, scratch ptr, CPU threads)
 using TargetArg = std::tuple<int, uintptr_t, int, uintptr_t, uintptr_t, int>;
 
@@ -49,16 +50,24 @@ void check_temperature(float temperature) {
 
 Problem to_problem(const ProblemArg& arg) {
   const auto& [a_arg, b_arg, temperature, rule, index, anchor_labels, candidate_labels,
-               exclude_self, symmetric, reduction] = arg;
+               exclude_self, paired, symmetric, reduction] = arg;
   Problem p{};
   p.a = to_view(a_arg, "anchors");
   p.self = !b_arg.has_value();
   p.b = p.self ? p.a : to_view(*b_arg, "candidates");
   require(p.a.dim == p.b.dim, "anchors and candidates differ in feature dimension");
-  p.exclude_self = exclude_self;
   p.symmetric = symmetric;
   require(!exclude_self || p.a.rows == p.b.rows, "exclude_self needs as many candidates as anchors");
   require(!(symmetric && p.self), "symmetric needs separate candidates");
+  require(paired >= 0, "paired must be >= 0, got " + std::to_string(paired));
+  if (paired > 0) {
+    require(!p.self && !symmetric && !exclude_self,
+            "paired candidates need separate candidates, one direction and no exclude_self");
+    require(paired <= p.a.rows && paired <= p.b.rows,
+            "paired must be at most the number of anchors and of candidates, got " + std::to_string(paired));
+  }
+  p.compare = Comparison{paired > 0 ? Compare::kPairedPrefix : exclude_self ? Compare::kExcludeSelf : Compare::kAll,
+                         paired};
   check_temperature(temperature);
   p.temperature = temperature;
   require(rule >= 0 && rule <= 3, "positive rule must be 0 (index), 1 (labels), 2 (diagonal) or 3 (partner)");
@@ -66,8 +75,8 @@ Problem to_problem(const ProblemArg& arg) {
   require(positive_rule != PositiveRule::kIndex || index != 0, "the index rule needs an index");
   require(positive_rule != PositiveRule::kLabels || (anchor_labels != 0 && candidate_labels != 0),
           "the label rule needs anchor and candidate labels");
-  require(positive_rule != PositiveRule::kDiagonal || p.a.rows == p.b.rows,
-          "the diagonal rule needs as many candidates as anchors");
+  require(positive_rule != PositiveRule::kDiagonal || p.a.rows == p.b.rows || paired == p.a.rows,
+          "the diagonal rule needs as many candidates as anchors, or every anchor paired");
   require(positive_rule != PositiveRule::kPartner || (p.self && p.a.rows % 2 == 0),
           "the partner rule needs one input with an even number of rows");
   p.positives = Positives{positive_rule,

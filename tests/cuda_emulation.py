@@ -42,7 +42,7 @@ class EmuMatrix(ctypes.Structure):
 class EmuCall(ctypes.Structure):
     _fields_ = [("a", EmuMatrix), ("b", EmuMatrix), ("self", ctypes.c_int32), ("exclude_self", ctypes.c_int32),
                 ("symmetric", ctypes.c_int32), ("reduction", ctypes.c_int32), ("rule", ctypes.c_int32),
-                ("temperature", ctypes.c_float), ("index", ctypes.c_void_p), ("anchor_labels", ctypes.c_void_p),
+                ("paired", ctypes.c_int64), ("temperature", ctypes.c_float), ("index", ctypes.c_void_p), ("anchor_labels", ctypes.c_void_p),
                 ("candidate_labels", ctypes.c_void_p), ("path", ctypes.c_int32), ("device", ctypes.c_int32)]
 
 
@@ -86,10 +86,10 @@ def _pointer(x: torch.Tensor | None) -> int | None:
 
 
 def make_call(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
-              symmetric, reduction, path="tensor_cores", device="h100") -> EmuCall:
+              symmetric, reduction, path="tensor_cores", device="h100", paired=0) -> EmuCall:
     labels_b = anchor_labels if candidate_labels is None else candidate_labels
     return EmuCall(_matrix(anchors), _matrix(candidates), int(candidates is None), int(exclude_self), int(symmetric),
-                   REDUCTIONS[reduction], rule, temperature, _pointer(positive_index), _pointer(anchor_labels),
+                   REDUCTIONS[reduction], rule, paired, temperature, _pointer(positive_index), _pointer(anchor_labels),
                    _pointer(labels_b), PATHS[path], DEVICES[device])
 
 
@@ -108,10 +108,10 @@ def _bytes(count: int) -> torch.Tensor:
 class _Emulated(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                exclude_self, symmetric, reduction, path, device):
+                exclude_self, symmetric, reduction, path, device, paired):
         keep = (positive_index, anchor_labels, candidate_labels)
         call = make_call(anchors, candidates, temperature, rule, *keep, exclude_self, symmetric, reduction, path,
-                         device)
+                         device, paired)
         sizes = plan(call)
         total = anchors.shape[0] + (candidates.shape[0] if symmetric else 0)
         out = torch.full((total,) if reduction == "none" else (), float("nan"))
@@ -135,13 +135,13 @@ class _Emulated(torch.autograd.Function):
                                       saved.data_ptr(), scratch.data_ptr(), grad_a.data_ptr(),
                                       0 if grad_b is None else grad_b.data_ptr())
         assert status == 0, f"emulated backward returned CUDA error {status}"
-        return grad_a, grad_b, None, None, None, None, None, None, None, None, None, None
+        return grad_a, grad_b, None, None, None, None, None, None, None, None, None, None, None
 
 
 def emulated_loss(anchors, candidates, temperature, rule, *, positive_index=None, anchor_labels=None,
                   candidate_labels=None, exclude_self=False, symmetric=False, reduction="mean", path="tensor_cores",
-                  device="h100"):
+                  device="h100", paired=0):
     """The loss of a CUDA path ("exact" or "tensor_cores"), emulated on the CPU on an emulated
     device (a key of DEVICES), differentiable in the features."""
     return _Emulated.apply(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                           exclude_self, symmetric, reduction, path, device)
+                           exclude_self, symmetric, reduction, path, device, paired)

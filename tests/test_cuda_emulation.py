@@ -127,6 +127,29 @@ def test_info_nce_index_positives(case):
           [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"])
 
 
+# (M, bank, D, dtype, tau, device, path, reduction): each anchor against its own candidate and a
+# shared bank (the paired-prefix comparison), across tile edges and both backward variants.
+PAIRED_CASES = [
+    (1, 0, 5, "bf16", 0.2, "h100", "tensor_cores", "mean"),
+    (3, 70, 33, "fp16", 0.05, "h100", "tensor_cores", "none"),
+    (70, 64, 40, "tf32", 0.1, "one_sm", "tensor_cores", "sum"),
+    (65, 200, 129, "bf16", 0.07, "48k", "tensor_cores", "mean"),
+    (33, 40, 20, "tf32", 0.1, "h100", "exact", "none"),
+]
+
+
+@pytest.mark.parametrize("case", PAIRED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_info_nce_paired_candidates(case):
+    m, bank, d, dtype_name, tau, device, path, reduction = case
+    dtype, gen = DTYPES[dtype_name], generator(m + 7 * bank + d)
+    anchors, candidates = make_feature(m, d, dtype, gen), make_feature(m + bank, d, dtype, gen, "offset_cols")
+    weights = random_weights((m,), dtype, gen) if reduction == "none" else None
+    check(lambda a, b: emulated_loss(a, b, tau, RULE_DIAGONAL, paired=m, reduction=reduction, device=device,
+                                     path=path),
+          lambda a, b, upcast: reference_info_nce(a, b, tau, paired=m, reduction=reduction, upcast=upcast),
+          [anchors, candidates], dtype, tau, weights, names=["anchors", "candidates"], path=path)
+
+
 # (M, N, D, dtype, tau, device, exclude_self, symmetric, reduction) with labels on both sides.
 LABEL_CASES = [
     (7, 12, 9, "bf16", 0.2, "h100", False, True, "mean"),

@@ -177,15 +177,26 @@ INDEX_ERRORS = {
     "symmetric_more_anchors": (lambda: F.info_nce(x(4, 4), x(3, 4), 0.1, positive_index=labels(0, 1, 2, 0),
                                                   symmetric=True), "positive_index must be a permutation"),
     "symmetric_self": (lambda: F.info_nce(x(3, 4), None, 0.1, symmetric=True), "symmetric=True needs separate"),
+    "paired_too_many": (lambda: F.info_nce(x(3, 4), x(5, 4), 0.1, paired_candidates=4),
+                        r"paired_candidates must lie in \[0, min\(M, N\)\] = \[0, 3\]; got 4"),
+    "paired_negative": (lambda: F.info_nce(x(3, 4), x(5, 4), 0.1, paired_candidates=-1), "paired_candidates"),
+    "paired_symmetric": (lambda: F.info_nce(x(3, 4), x(3, 4), 0.1, paired_candidates=3, symmetric=True),
+                         "paired_candidates needs separate candidates, exclude_self=False and symmetric=False"),
+    "paired_self": (lambda: F.info_nce(x(3, 4), None, 0.1, paired_candidates=2, positive_index=labels(0, 1, 2)),
+                    "paired_candidates needs separate candidates"),
+    "paired_default_needs_all": (lambda: F.info_nce(x(3, 4), x(5, 4), 0.1, paired_candidates=2),
+                                 "needs paired_candidates == M = 3; got 2"),
     "index_float": (lambda: F.info_nce(x(3, 4), x(3, 4), 0.1, positive_index=torch.zeros(3)),
                     "positive_index must have an integer dtype"),
+    "paired_float": (lambda: F.info_nce(x(3, 4), x(5, 4), 0.1, paired_candidates=3.0),
+                     "paired_candidates must be an int; got float"),
 }
 
 
 @pytest.mark.parametrize("case", list(INDEX_ERRORS))
 def test_bad_positive_index_and_flags(case):
     call, message = INDEX_ERRORS[case]
-    error = TypeError if case == "index_float" else ValueError
+    error = TypeError if case in ("index_float", "paired_float") else ValueError
     with pytest.raises(error, match=message):
         call()
 
@@ -253,7 +264,7 @@ def test_extension_enforces_the_same_maximum_dimension():
     assert coun_fast.info()["max_dim"] == backends.MAX_DIM
     with pytest.raises(ValueError, match=rf"feature dimension must be in \[1, {backends.MAX_DIM}\]"):
         contrastive_forward(x(2, backends.MAX_DIM + 1), None, 0.1, RULE_INDEX, torch.arange(2), None, None, False,
-                            False, REDUCTIONS["mean"], PATH_EXACT)
+                            0, False, REDUCTIONS["mean"], PATH_EXACT)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=str)

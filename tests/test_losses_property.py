@@ -213,3 +213,33 @@ def test_similarity_matches_oracle(kernel_device, m, n, dim, temperature, dtype,
             lambda x, y: F.similarity(x, y, temperature, backend="fused"),
             lambda x, y, upcast: reference.similarity(x, y, temperature, upcast=upcast),
             [a, b], dtype, device, temperature, weights, names=["a", "b"])
+
+
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
+@given(m=sizes, bank=st.one_of(st.sampled_from((0, 1, 2, 33)), st.integers(0, 300)), dim=dims,
+       temperature=temperatures, dtype=dtypes, layout1=layouts, layout2=layouts,
+       positives=st.sampled_from(("own", "index", "labels")), reduction=reductions, seed=seeds)
+def test_info_nce_paired_candidates_match_oracle(kernel_device, m, bank, dim, temperature, dtype, layout1, layout2,
+                                                 positives, reduction, seed):
+    """The memory-bank form: anchor i against its own candidate i and a shared bank of negatives."""
+    with kernel_path(kernel_device) as device:
+        gen = generator(seed)
+        n = m + bank
+        dim = fit_dim(dim, m, n)
+        anchors = make_feature(m, dim, dtype, gen, layout1)
+        candidates = make_feature(n, dim, dtype, gen, layout2)
+        options = dict(paired_candidates=m, reduction=reduction)
+        oracle_options = dict(paired=m, reduction=reduction)
+        if positives == "index":  # some anchors name another anchor's candidate: no positive then
+            index = torch.randint(0, n, (m,), generator=gen)
+            options["positive_index"] = oracle_options["positive_index"] = index
+        elif positives == "labels":
+            anchor_labels, candidate_labels = torch.randint(0, 4, (m,), generator=gen), torch.randint(0, 4, (n,), generator=gen)
+            options.update(anchor_labels=anchor_labels, candidate_labels=candidate_labels)
+            oracle_options.update(anchor_labels=anchor_labels, candidate_labels=candidate_labels)
+        fused_options = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
+        weights = reduction_weights(reduction, m, dtype, gen)
+        check_against_oracle(
+            lambda a, b: F.info_nce(a, b, temperature, backend="fused", **fused_options),
+            lambda a, b, upcast: reference_info_nce(a, b, temperature, upcast=upcast, **oracle_options),
+            [anchors, candidates], dtype, device, temperature, weights, names=["anchors", "candidates"])

@@ -191,6 +191,19 @@ def test_sup_con_equals_hand_computation(backend, labels):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,bank,dim", [(1, 0, 4), (1, 3, 5), (6, 11, 9), (33, 70, 17)])
+def test_paired_candidates_equal_cross_entropy_over_own_key_and_bank(backend, n, bank, dim):
+    """The memory-bank form (MoCo, lightly's NTXentLoss with a bank): logits [q_i . k_i, q_i . bank] / tau,
+    cross-entropy against class 0."""
+    q, k, queue = torch.randn(n, dim), torch.randn(n, dim), torch.randn(bank, dim)
+    loss = F.info_nce(q, torch.cat([k, queue]), 0.2, paired_candidates=n, backend=backend)
+    qn, kn, bn = (torch_F.normalize(t.double(), dim=1) for t in (q, k, queue))
+    logits = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ bn.T], dim=1) / 0.2
+    hand = torch_F.cross_entropy(logits, torch.zeros(n, dtype=torch.long))
+    assert_close_verbose("paired", loss.double(), hand, **FP32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sup_con_multiview_features_repeat_labels_per_view(backend):
     features = torch.randn(5, 3, 16)
     labels = torch.tensor([0, 1, 0, 2, 1])
@@ -320,21 +333,22 @@ def test_large_batch_matches_float64_reference(device):
 
 def forward_samples() -> dict[str, tuple]:
     """Op arguments: (anchors, candidates, temperature, rule, positive_index, anchor_labels,
-    candidate_labels, exclude_self, symmetric, reduction, path)."""
+    candidate_labels, exclude_self, paired, symmetric, reduction, path)."""
     a, b = leaf(5, 7), leaf(6, 7)
     square, pair = leaf(6, 7), leaf(5, 7)
     none, total, mean = REDUCTIONS["none"], REDUCTIONS["sum"], REDUCTIONS["mean"]
     return {
-        "index": (a, b, 0.5, RULE_INDEX, torch.randint(0, 6, (5,)), None, None, False, False, none, PATH_EXACT),
+        "index": (a, b, 0.5, RULE_INDEX, torch.randint(0, 6, (5,)), None, None, False, 0, False, none, PATH_EXACT),
         "labels": (a, b, 0.3, RULE_LABELS, None, torch.tensor([0, 1, 1, 2, 0]), torch.tensor([1, 1, 0, 2, 3, 0]),
-                   False, True, mean, PATH_EXACT),
-        "self_labels": (square, None, 0.2, RULE_LABELS, None, torch.tensor([0, 1, 0, 1, 2, 2]), None, True, False,
-                        total, PATH_EXACT),
-        "symmetric_index": (square, b, 1.0, RULE_INDEX, torch.randperm(6), None, None, True, True, mean, PATH_EXACT),
-        "diagonal": (a, pair, 0.1, RULE_DIAGONAL, None, None, None, False, True, mean, PATH_EXACT),
-        "partner": (square, None, 0.5, RULE_PARTNER, None, None, None, True, False, mean, PATH_EXACT),
+                   False, 0, True, mean, PATH_EXACT),
+        "self_labels": (square, None, 0.2, RULE_LABELS, None, torch.tensor([0, 1, 0, 1, 2, 2]), None, True, 0,
+                        False, total, PATH_EXACT),
+        "symmetric_index": (square, b, 1.0, RULE_INDEX, torch.randperm(6), None, None, True, 0, True, mean, PATH_EXACT),
+        "diagonal": (a, pair, 0.1, RULE_DIAGONAL, None, None, None, False, 0, True, mean, PATH_EXACT),
+        "partner": (square, None, 0.5, RULE_PARTNER, None, None, None, True, 0, False, mean, PATH_EXACT),
+        "paired": (a, leaf(9, 7), 0.2, RULE_DIAGONAL, None, None, None, False, 5, False, none, PATH_EXACT),
         "half": (a.detach().half().requires_grad_(), b.detach().half(), 0.1, RULE_INDEX, torch.arange(5), None, None,
-                 False, False, none, PATH_EXACT),
+                 False, 0, False, none, PATH_EXACT),
     }
 
 

@@ -40,7 +40,7 @@ def loss_and_grads(name: str, a: torch.Tensor, b: torch.Tensor, backend: str = "
 
 def test_tensor_core_path_is_taken_only_when_switched_on():
     a, b = leaves(40, 24, torch.bfloat16)
-    args = (a.detach(), b.detach(), 0.1, RULE_DIAGONAL, None, None, None, False, True, REDUCTIONS["mean"])
+    args = (a.detach(), b.detach(), 0.1, RULE_DIAGONAL, None, None, None, False, 0, True, REDUCTIONS["mean"])
     assert backends.cuda_path(torch.bfloat16, a.device) == PATH_EXACT
     with backends.tensor_cores(True):
         assert backends.cuda_path(torch.bfloat16, a.device) == PATH_TENSOR_CORES

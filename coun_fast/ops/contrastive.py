@@ -54,11 +54,12 @@ def _pointer(x: Optional[Tensor]) -> int:
 
 def _problem(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
              positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
-             candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int) -> tuple:
+             candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
+             reduction: int) -> tuple:
     """The problem tuple _C takes (see csrc/bindings.cpp)."""
     labels_b = anchor_labels if candidate_labels is None else candidate_labels
     return (_matrix(anchors), None if candidates is None else _matrix(candidates), temperature, rule,
-            _pointer(positive_index), _pointer(anchor_labels), _pointer(labels_b), exclude_self, symmetric,
+            _pointer(positive_index), _pointer(anchor_labels), _pointer(labels_b), exclude_self, paired, symmetric,
             reduction)
 
 
@@ -102,14 +103,14 @@ def _total_rows(anchors: Tensor, candidates: Optional[Tensor], symmetric: bool) 
 
 def forward_impl(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                  positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
-                 candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int,
+                 candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool, reduction: int,
                  path: int, problem: Optional[tuple] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Run the forward kernels: ``(out, stats, saved)`` (``saved`` None when the path keeps nothing).
     ``problem``: the _C problem tuple of these arguments, when the caller has built it already."""
     device = anchors.device
     if problem is None:
         problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                           exclude_self, symmetric, reduction)
+                           exclude_self, paired, symmetric, reduction)
     total = _total_rows(anchors, candidates, symmetric)
     out = torch.empty(_output_shape(anchors, candidates, symmetric, reduction), dtype=torch.float32, device=device)
     stats = torch.empty(2 * total + 2, dtype=torch.float32, device=device)
@@ -122,7 +123,8 @@ def forward_impl(anchors: Tensor, candidates: Optional[Tensor], temperature: flo
 
 def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                   positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
-                  candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int, path: int,
+                  candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
+                  reduction: int, path: int,
                   stats: Tensor, saved: Optional[Tensor], problem: Optional[tuple] = None
                   ) -> tuple[Tensor, Optional[Tensor]]:
     """Run the backward kernels: the gradients of the anchors and of the candidates (None when the
@@ -130,7 +132,7 @@ def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor
     device = anchors.device
     if problem is None:
         problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                           exclude_self, symmetric, reduction)
+                           exclude_self, paired, symmetric, reduction)
     if grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
         grad_out = grad_out.to(torch.float32).contiguous()
     grad_anchors = torch.empty(anchors.shape, dtype=anchors.dtype, device=device)
@@ -151,34 +153,34 @@ def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor
 class _ContrastiveLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                exclude_self, symmetric, reduction, path):
+                exclude_self, paired, symmetric, reduction, path):
         problem = _problem(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-                           exclude_self, symmetric, reduction)
+                           exclude_self, paired, symmetric, reduction)
         out, stats, saved = forward_impl(anchors, candidates, temperature, rule, positive_index, anchor_labels,
-                                         candidate_labels, exclude_self, symmetric, reduction, path, problem)
+                                         candidate_labels, exclude_self, paired, symmetric, reduction, path, problem)
         # The saved tensors keep the inputs (and so the problem's pointers) alive for the backward.
         ctx.save_for_backward(anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved)
-        ctx.options = (temperature, rule, exclude_self, symmetric, reduction, path, problem)
+        ctx.options = (temperature, rule, exclude_self, paired, symmetric, reduction, path, problem)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved = ctx.saved_tensors
-        temperature, rule, exclude_self, symmetric, reduction, path, problem = ctx.options
+        temperature, rule, exclude_self, paired, symmetric, reduction, path, problem = ctx.options
         grad_anchors, grad_candidates = backward_impl(
             grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-            exclude_self, symmetric, reduction, path, stats, saved, problem)
-        return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None
+            exclude_self, paired, symmetric, reduction, path, stats, saved, problem)
+        return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None, None
 
 
 def contrastive_loss(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
                      positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
-                     candidate_labels: Optional[Tensor], exclude_self: bool, symmetric: bool, reduction: int,
-                     path: int) -> Tensor:
+                     candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
+                     reduction: int, path: int) -> Tensor:
     """The loss on the fused kernels, differentiable in ``anchors`` and ``candidates``: the custom op
     while ``torch.compile`` traces, the lean autograd.Function in eager mode."""
     args = (anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
-            symmetric, reduction, path)
+            paired, symmetric, reduction, path)
     if torch.compiler.is_compiling():
         return contrastive_forward(*args)[0]
     return _ContrastiveLoss.apply(*args)
@@ -198,30 +200,31 @@ def contrastive_forward(
     anchor_labels: Optional[Tensor],
     candidate_labels: Optional[Tensor],
     exclude_self: bool,
+    paired: int,
     symmetric: bool,
     reduction: int,
     path: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     out, stats, saved = forward_impl(anchors, candidates, temperature, rule, positive_index, anchor_labels,
-                                     candidate_labels, exclude_self, symmetric, reduction, path)
+                                     candidate_labels, exclude_self, paired, symmetric, reduction, path)
     return out, stats, _bytes(0, anchors.device) if saved is None else saved
 
 
 @contrastive_forward.register_fake
 def _(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self,
-      symmetric, reduction, path):
+      paired, symmetric, reduction, path):
     total = _total_rows(anchors, candidates, symmetric)
     out = anchors.new_empty(_output_shape(anchors, candidates, symmetric, reduction), dtype=torch.float32)
     stats = anchors.new_empty(2 * total + 2, dtype=torch.float32)
     saved_bytes = 0
     if anchors.device.type == "cuda":
-        shape = _problem_shape(anchors, candidates, rule, exclude_self, symmetric, reduction)
+        shape = _problem_shape(anchors, candidates, rule, exclude_self, paired, symmetric, reduction)
         saved_bytes = _ext.C.workspace(shape, path, _device_index(anchors.device))[0]
     return out, stats, anchors.new_empty(saved_bytes, dtype=torch.uint8)
 
 
-def _problem_shape(anchors: Tensor, candidates: Optional[Tensor], rule: int, exclude_self: bool, symmetric: bool,
-                   reduction: int) -> tuple:
+def _problem_shape(anchors: Tensor, candidates: Optional[Tensor], rule: int, exclude_self: bool, paired: int,
+                   symmetric: bool, reduction: int) -> tuple:
     """A problem tuple with placeholder pointers: enough for the workspace sizes, which depend on the
     shapes and dtypes alone (used where the tensors have no data, under fake tensors)."""
     def shaped(x: Tensor) -> tuple:
@@ -229,7 +232,7 @@ def _problem_shape(anchors: Tensor, candidates: Optional[Tensor], rule: int, exc
 
     placeholder = 1
     return (shaped(anchors), None if candidates is None else shaped(candidates), 1.0, rule, placeholder,
-            placeholder, placeholder, exclude_self, symmetric, reduction)
+            placeholder, placeholder, exclude_self, paired, symmetric, reduction)
 
 
 @torch.library.custom_op("coun_fast::contrastive_backward", mutates_args=())
@@ -243,6 +246,7 @@ def contrastive_backward(
     anchor_labels: Optional[Tensor],
     candidate_labels: Optional[Tensor],
     exclude_self: bool,
+    paired: int,
     symmetric: bool,
     reduction: int,
     path: int,
@@ -253,19 +257,19 @@ def contrastive_backward(
     tensor for the candidates when they are the anchors)."""
     grad_anchors, grad_candidates = backward_impl(
         grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-        exclude_self, symmetric, reduction, path, stats, saved if saved.numel() else None)
+        exclude_self, paired, symmetric, reduction, path, stats, saved if saved.numel() else None)
     return grad_anchors, anchors.new_empty(0) if grad_candidates is None else grad_candidates
 
 
 @contrastive_backward.register_fake
 def _(grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
-      exclude_self, symmetric, reduction, path, stats, saved):
+      exclude_self, paired, symmetric, reduction, path, stats, saved):
     grad_candidates = anchors.new_empty(0) if candidates is None else torch.empty_like(candidates)
     return torch.empty_like(anchors), grad_candidates
 
 
 _FORWARD_ARGS = ("anchors", "candidates", "temperature", "rule", "positive_index", "anchor_labels",
-                 "candidate_labels", "exclude_self", "symmetric", "reduction", "path")
+                 "candidate_labels", "exclude_self", "paired", "symmetric", "reduction", "path")
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -283,7 +287,7 @@ def _backward(ctx, grad_out, _grad_stats, _grad_saved):
     grad_anchors, grad_candidates = contrastive_backward(grad_out, **arguments, stats=stats, saved=saved)
     if arguments["candidates"] is None:
         grad_candidates = None
-    return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None
+    return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None, None
 
 
 contrastive_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -6,7 +6,9 @@ roles: the test oracle for the fused kernels, the fallback when the extension ca
 
 Symbols used throughout: anchors ``A`` (M x D), candidates ``B`` (N x D), temperature ``tau``.
 Rows are L2-normalized, ``a_i = x_i / max(||x_i||, eps)``, and ``s_ij = a_i . b_j / tau``.
-For anchor i, the candidates it is compared with are all j, except j = i when ``exclude_self``.
+For anchor i, the candidates it is compared with are all j, except j = i when ``exclude_self``;
+with ``paired = P`` the first P candidates belong to one anchor each (candidate i to anchor i only)
+and the rest to every anchor (a memory bank or queue of negatives).
 Its positives are either one index ``positive_index[i]`` or every compared j with
 ``candidate_labels[j] == anchor_labels[i]``. Its loss is
 
@@ -46,12 +48,16 @@ def _one_direction(
     anchor_labels: torch.Tensor | None,
     candidate_labels: torch.Tensor | None,
     exclude_self: bool,
+    paired: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor losses (M,) and validity (M,) of normalized anchors ``a`` against candidates ``b``."""
     logits = a @ b.T / temperature  # (M, N)
     compared = torch.ones_like(logits, dtype=torch.bool)
+    eye = torch.eye(*logits.shape, dtype=torch.bool, device=logits.device)
     if exclude_self:
-        compared &= ~torch.eye(*logits.shape, dtype=torch.bool, device=logits.device)
+        compared &= ~eye
+    if paired:
+        compared[:, :paired] = eye[:, :paired]
     if positive_index is not None:
         positive = F.one_hot(positive_index, logits.shape[1]).bool() & compared
     else:
@@ -82,6 +88,7 @@ def info_nce_rows(
     exclude_self: bool = False,
     symmetric: bool = False,
     upcast: bool = True,
+    paired: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor losses and their validity, materializing the similarity matrix.
 
@@ -92,6 +99,7 @@ def info_nce_rows(
         positive_index: (M,) int64, the candidate index of each anchor's positive; or None.
         anchor_labels, candidate_labels: (M,), (N,) int64 labels; used when positive_index is None.
         exclude_self: drop candidate i from anchor i's comparisons (needs M == N).
+        paired: candidates [0, paired) are compared with their own anchor only (one direction).
         symmetric: append the transposed problem; with positive_index it must be a permutation.
         upcast: compute in float32 (float64 stays float64); False computes in the input dtype.
 
@@ -105,7 +113,7 @@ def info_nce_rows(
     if candidate_labels is None:
         candidate_labels = anchor_labels
     loss, valid = _one_direction(
-        a, b, temperature, positive_index, anchor_labels, candidate_labels, exclude_self
+        a, b, temperature, positive_index, anchor_labels, candidate_labels, exclude_self, paired
     )
     if not symmetric:
         return loss, valid

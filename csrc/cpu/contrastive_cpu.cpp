@@ -136,6 +136,29 @@ struct Packed {
   }
 };
 
+// Sets the entries of one tile row that are not compared to `value`: row `r` of the owner against
+// columns [c0, c0 + valid) of the other matrix. `owner_is_anchor`: the owner's rows are the anchors
+// (else the candidates; the comparison is oriented for kPairedPrefix).
+void mask_uncompared(const Comparison& compare, int64_t r, int64_t c0, int64_t valid, bool owner_is_anchor,
+                     float* row, float value) {
+  switch (compare.mode) {
+    case Compare::kExcludeSelf:
+      if (r >= c0 && r < c0 + valid) row[r - c0] = value;
+      return;
+    case Compare::kPairedPrefix:
+      if (owner_is_anchor) {  // columns below `pairs` belong to their own anchor only
+        for (int64_t c = c0; c < std::min(c0 + valid, compare.pairs); ++c)
+          if (c != r) row[c - c0] = value;
+      } else if (r < compare.pairs) {  // this candidate belongs to anchor r only
+        for (int64_t c = c0; c < c0 + valid; ++c)
+          if (c != r) row[c - c0] = value;
+      }
+      return;
+    default:
+      return;
+  }
+}
+
 // The per-anchor weight and log-sum-exp of one direction, padded to `size`; an anchor that does
 // not contribute gets weight 0 and lse +inf, so its softmax term is exactly 0.
 void effective_stats(const Direction* direction, int64_t count, int64_t size,
@@ -152,7 +175,7 @@ void effective_stats(const Direction* direction, int64_t count, int64_t size,
 
 // One direction of the forward: per-anchor loss, lse and count of `anchors` against `candidates`.
 void forward_direction(const MatrixView& anchors, const MatrixView& candidates, float temperature,
-                       const Positives& positives, bool exclude_self, float* loss, float* lse,
+                       const Positives& positives, const Comparison& compare, float* loss, float* lse,
                        float* count, int num_threads) {
   const int threads = threads_for(anchors.rows * candidates.rows * anchors.dim, num_threads);
   const Packed packed(anchors, candidates, temperature, inverse_norms(candidates, threads), threads);
@@ -177,14 +200,14 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
         float* s = tile.data() + i * tile_cols;
         if (!named) {
           for (int64_t c = 0; c < valid_cols; ++c) {
-            if (is_compared(r, c0 + c, exclude_self) && positives.is_positive(r, c0 + c)) {
+            if (is_compared(r, c0 + c, compare) && positives.is_positive(r, c0 + c)) {
               positive_sum[i] += s[c];
               positive_count[i] += 1.f;
             }
           }
         }
         for (int64_t c = valid_cols; c < tile_cols; ++c) s[c] = -kInf;
-        if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols) s[r - c0] = -kInf;
+        mask_uncompared(compare, r, c0, valid_cols, true, s, -kInf);
 
         Vec vmaximum = splat(-kInf);
         for (int64_t c = 0; c < tile_cols; c += kLanes) vmaximum = vmax(vmaximum, load(s + c));
@@ -205,7 +228,7 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
       const int64_t r = r0 + i;
       if (named) {
         const int64_t p = positives.single(r);
-        const bool valid = index_positive_valid(p, r, num_candidates, exclude_self);
+        const bool valid = index_positive_valid(p, r, num_candidates, compare);
         positive_sum[i] = valid ? packed.logit(r, p) : 0.f;
         positive_count[i] = valid ? 1.f : 0.f;
       }
@@ -220,7 +243,7 @@ void forward_direction(const MatrixView& anchors, const MatrixView& candidates, 
 // (as_anchor, stats over the owner's rows) and as candidates of the other matrix's anchors
 // (as_candidate, stats over the other's rows).
 void backward_owner(const MatrixView& owner, const MatrixView& other, float temperature,
-                    bool exclude_self, const Direction* as_anchor, const Direction* as_candidate,
+                    const Comparison& compare, const Direction* as_anchor, const Direction* as_candidate,
                     void* grad_owner, int num_threads) {
   const int threads = threads_for(owner.rows * other.rows * owner.dim, num_threads);
   std::vector<float> other_inv_norm = inverse_norms(other, threads);
@@ -286,11 +309,9 @@ void backward_owner(const MatrixView& owner, const MatrixView& other, float temp
         }
       }
       // Entries that are not compared carry no gradient (padding columns are zero rows already).
-      for (int64_t i = 0; i < task_rows; ++i) {
-        const int64_t r = r0 + i;
-        if (!is_compared(r, r, exclude_self) && r >= c0 && r < c0 + valid_cols)
-          tile[i * tile_cols + (r - c0)] = 0.f;
-      }
+      // A kPairedPrefix problem is never symmetric, so the owner is either anchor or candidate.
+      for (int64_t i = 0; i < task_rows; ++i)
+        mask_uncompared(compare, r0 + i, c0, valid_cols, as_anchor != nullptr, tile.data() + i * tile_cols, 0.f);
 
       for (int64_t mb = 0; mb < tile_rows; mb += kMicroRows) {
         for (int64_t d0 = 0; d0 < dim_pad; d0 += kMicroCols) {
@@ -333,10 +354,10 @@ void contrastive_forward_cpu(const Problem& problem, float* out, float* stats, i
   float* lse = stats;
   float* count = stats + total;
   forward_direction(problem.a, problem.b, problem.temperature, problem.positives,
-                    problem.exclude_self, loss, lse, count, num_threads);
+                    problem.compare, loss, lse, count, num_threads);
   if (problem.symmetric)
     forward_direction(problem.b, problem.a, problem.temperature, problem.positives.reversed(),
-                      problem.exclude_self, loss + m, lse + m, count + m, num_threads);
+                      problem.compare, loss + m, lse + m, count + m, num_threads);
 
   // Anchors with a positive per direction, and the reduced loss (row order, double precision).
   double sums[2] = {0.0, 0.0}, valid[2] = {0.0, 0.0};
@@ -363,13 +384,13 @@ void contrastive_backward_cpu(const Problem& problem, const float* grad_out, con
   const Direction reverse{problem.positives.reversed(), direction_stats(problem, stats, grad_out, 1)};
   const Direction* reverse_ptr = problem.symmetric ? &reverse : nullptr;
   if (problem.self) {
-    backward_owner(problem.a, problem.a, problem.temperature, problem.exclude_self, &forward,
+    backward_owner(problem.a, problem.a, problem.temperature, problem.compare, &forward,
                    &forward, grad_a, num_threads);
     return;
   }
-  backward_owner(problem.a, problem.b, problem.temperature, problem.exclude_self, &forward,
+  backward_owner(problem.a, problem.b, problem.temperature, problem.compare, &forward,
                  reverse_ptr, grad_a, num_threads);
-  backward_owner(problem.b, problem.a, problem.temperature, problem.exclude_self, reverse_ptr,
+  backward_owner(problem.b, problem.a, problem.temperature, problem.compare, reverse_ptr,
                  &forward, grad_b, num_threads);
 }
 

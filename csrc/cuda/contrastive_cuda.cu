@@ -120,7 +120,7 @@ __device__ float row_sum(float v) {
 __global__ void __launch_bounds__(kThreads* kThreads)
     forward_kernel(MatrixView anchors, MatrixView candidates, const float* inv_a,
                    const float* inv_b, float inv_temperature, Positives positives,
-                   bool exclude_self, float* loss, float* lse, float* count) {
+                   Comparison compare, float* loss, float* lse, float* count) {
   __shared__ TileOperands smem;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
   float running_max[kPerThread], running_sum[kPerThread], positive_sum[kPerThread],
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kThreads* kThreads)
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const int64_t c = c0 + threadIdx.x + kThreads * j;
-        const bool compared = r < anchors.rows && c < candidates.rows && is_compared(r, c, exclude_self);
+        const bool compared = r < anchors.rows && c < candidates.rows && is_compared(r, c, compare);
         if (compared && positives.is_positive(r, c)) {
           positive_sum[i] += s[i][j];
           positive_count[i] += 1.f;
@@ -192,17 +192,17 @@ __device__ DirectionScales direction_scales(const BackwardDirections& d) {
 
 // dL/ds for owner row r and other row c (0 when the pair is not compared or out of range).
 __device__ float pair_gradient(float s, int64_t r, int64_t c, int64_t rows, int64_t cols,
-                               bool exclude_self, const BackwardDirections& d,
+                               const Comparison& compare, const BackwardDirections& d,
                                const DirectionScales& scales) {
-  if (r >= rows || c >= cols || !is_compared(r, c, exclude_self)) return 0.f;
+  if (r >= rows || c >= cols) return 0.f;
   float g = 0.f;
-  if (d.has_anchor) {
+  if (d.has_anchor && is_compared(r, c, compare)) {  // the owner's row r is the anchor
     const float w = anchor_weight(d.as_anchor.stats, r, scales.as_anchor);
     if (w != 0.f)
       g += logit_gradient(__expf(s - d.as_anchor.stats.lse[r]), d.as_anchor.positives.is_positive(r, c),
                           w, d.as_anchor.stats.count[r]);
   }
-  if (d.has_candidate) {
+  if (d.has_candidate && is_compared(c, r, compare)) {  // the other's row c is the anchor
     const float w = anchor_weight(d.as_candidate.stats, c, scales.as_candidate);
     if (w != 0.f)
       g += logit_gradient(__expf(s - d.as_candidate.stats.lse[c]),
@@ -220,7 +220,7 @@ struct BackwardShared {
 
 __global__ void __launch_bounds__(kThreads* kThreads)
     backward_kernel(MatrixView owner, MatrixView other, const float* inv_owner,
-                    const float* inv_other, float temperature, bool exclude_self,
+                    const float* inv_other, float temperature, Comparison compare,
                     BackwardDirections directions, float* grad_accum, void* grad_owner) {
   __shared__ BackwardShared smem;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(kThreads* kThreads)
       for (int j = 0; j < kPerThread; ++j) {
         const int ri = threadIdx.y + kThreads * i, cj = threadIdx.x + kThreads * j;
         smem.grad_logits[ri][cj] =
-            pair_gradient(s[i][j], r0 + ri, c0 + cj, owner.rows, other.rows, exclude_self, directions,
+            pair_gradient(s[i][j], r0 + ri, c0 + cj, owner.rows, other.rows, compare, directions,
                           scales);
       }
 
@@ -359,10 +359,10 @@ int exact_forward(const Problem& problem, float* out, float* stats, const CudaLa
   const float inv_temperature = 1.f / problem.temperature;
   const dim3 block(kThreads, kThreads);
   COUN_FAST_LAUNCH(forward_kernel, blocks_for(m), block, 0, stream, problem.a, problem.b, inv_a, inv_b,
-                   inv_temperature, problem.positives, problem.exclude_self, loss, stats, stats + total);
+                   inv_temperature, problem.positives, problem.compare, loss, stats, stats + total);
   if (problem.symmetric)
     COUN_FAST_LAUNCH(forward_kernel, blocks_for(problem.b.rows), block, 0, stream, problem.b, problem.a,
-                     inv_b, inv_a, inv_temperature, problem.positives.reversed(), problem.exclude_self,
+                     inv_b, inv_a, inv_temperature, problem.positives.reversed(), problem.compare,
                      loss + m, stats + m, stats + total + m);
   COUN_FAST_LAUNCH(reduce_kernel, 1, kReduceThreads, 0, stream, loss, stats + total, m, total,
                    problem.reduction, stats + 2 * total, out);
@@ -370,7 +370,7 @@ int exact_forward(const Problem& problem, float* out, float* stats, const CudaLa
 }
 
 int exact_backward_owner(const MatrixView& owner, const MatrixView& other, float temperature,
-                         bool exclude_self, const Direction* as_anchor,
+                         const Comparison& compare, const Direction* as_anchor,
                          const Direction* as_candidate, void* grad_owner,
                          const CudaLaunch& launch) {
   auto* scratch = static_cast<float*>(launch.scratch);
@@ -381,7 +381,7 @@ int exact_backward_owner(const MatrixView& owner, const MatrixView& other, float
   float* grad_accum = scratch + owner.rows + other.rows;
   COUN_FAST_LAUNCH(backward_kernel, blocks_for(owner.rows), dim3(kThreads, kThreads), 0,
                    static_cast<cudaStream_t>(launch.stream), owner, other, scratch, scratch + owner.rows,
-                   temperature, exclude_self, directions, grad_accum, grad_owner);
+                   temperature, compare, directions, grad_accum, grad_owner);
   return cudaGetLastError();
 }
 
@@ -392,12 +392,12 @@ int exact_backward(const Problem& problem, const float* grad_out, const float* s
   const Direction* reverse_ptr = problem.symmetric ? &reverse : nullptr;
   const float tau = problem.temperature;
   if (problem.self)
-    return exact_backward_owner(problem.a, problem.a, tau, problem.exclude_self, &forward,
+    return exact_backward_owner(problem.a, problem.a, tau, problem.compare, &forward,
                                 &forward, grad_a, launch);
-  if (int status = exact_backward_owner(problem.a, problem.b, tau, problem.exclude_self, &forward,
+  if (int status = exact_backward_owner(problem.a, problem.b, tau, problem.compare, &forward,
                                         reverse_ptr, grad_a, launch))
     return status;
-  return exact_backward_owner(problem.b, problem.a, tau, problem.exclude_self, reverse_ptr,
+  return exact_backward_owner(problem.b, problem.a, tau, problem.compare, reverse_ptr,
                               &forward, grad_b, launch);
 }
 

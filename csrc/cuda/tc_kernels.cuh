@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   const int tiles_per_split = p.forward_tiles_per_split[d];
   const int t_begin = min(col_tiles, int(blockIdx.y) * tiles_per_split);
   const int t_end = min(col_tiles, t_begin + tiles_per_split);
-  const bool self_compare = p.problem.exclude_self;
+  const Comparison compare = p.problem.compare;
   const float c2 = p.c2;
 
   unsigned char* q_smem = smem;
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
           for (int e = 0; e < 2; ++e) {
             const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
             const float x = acc[mt][nb][2 * h + e];
-            valid[nb][e] = row_ok && c < dir.candidates && is_compared(r, c, self_compare);
+            valid[nb][e] = row_ok && c < dir.candidates && compare.compared(r, c);
             if (valid[nb][e] && row_key[mt][h] == col_key[nb][e]) {
               s.positive_sum += x;
               s.positive_count += 1.f;
@@ -424,21 +424,24 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
       for (int h = 0; h < 2; ++h) {
         const int64_t r = rc.r[h];
         float& value = acc[nb][2 * h + e];
-        if (!(rc.ok[h] && col_ok && is_compared(r, c, p.problem.exclude_self))) {
+        // Each direction's own comparison: the owner's row r as anchor (r, c), or as candidate (c, r).
+        const bool as_anchor = has_a && rc.ok[h] && col_ok && p.problem.compare.compared(r, c);
+        const bool as_candidate = has_c && rc.ok[h] && col_ok && p.problem.compare.compared(c, r);
+        if (!as_anchor && !as_candidate) {
           value = 0.f;
           continue;
         }
         const float x = value * c2;  // base-2 logit
         float g;
         if (p.fixed_shift) {
-          g = exp2f(x - c2) * (rc.anchor[h].exp_coef + cc.exp_coef);
+          g = exp2f(x - c2) * ((as_anchor ? rc.anchor[h].exp_coef : 0.f) + (as_candidate ? cc.exp_coef : 0.f));
         } else {
           g = 0.f;
-          if (rc.anchor[h].exp_coef != 0.f) g += rc.anchor[h].exp_coef * exp2f(x - rc.anchor[h].lse2);
-          if (cc.exp_coef != 0.f) g += cc.exp_coef * exp2f(x - cc.lse2);
+          if (as_anchor && rc.anchor[h].exp_coef != 0.f) g += rc.anchor[h].exp_coef * exp2f(x - rc.anchor[h].lse2);
+          if (as_candidate && cc.exp_coef != 0.f) g += cc.exp_coef * exp2f(x - cc.lse2);
         }
-        if (has_a && rc.anchor_key[h] == a_column_key) g -= rc.anchor[h].positive;
-        if (has_c && c_row_key == rc.candidate_key[h]) g -= cc.positive;
+        if (as_anchor && rc.anchor_key[h] == a_column_key) g -= rc.anchor[h].positive;
+        if (as_candidate && c_row_key == rc.candidate_key[h]) g -= cc.positive;
         value = g;
       }
     }

@@ -23,6 +23,7 @@ struct EmuMatrix {
 struct EmuCall {
   EmuMatrix a, b;
   int32_t self, exclude_self, symmetric, reduction, rule;
+  int64_t paired;  // > 0: the paired-prefix comparison
   float temperature;
   const int64_t* index;
   const int64_t* anchor_labels;
@@ -43,7 +44,10 @@ Problem problem_of(const EmuCall& call) {
   problem.a = view(call.a);
   problem.self = call.self != 0;
   problem.b = problem.self ? problem.a : view(call.b);
-  problem.exclude_self = call.exclude_self != 0;
+  problem.compare = Comparison{call.paired > 0      ? Compare::kPairedPrefix
+                               : call.exclude_self ? Compare::kExcludeSelf
+                                                   : Compare::kAll,
+                               call.paired};
   problem.symmetric = call.symmetric != 0;
   problem.temperature = call.temperature;
   problem.positives = Positives{static_cast<PositiveRule>(call.rule), call.index, call.anchor_labels,

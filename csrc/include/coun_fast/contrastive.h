@@ -32,8 +32,9 @@ struct Problem {
   MatrixView a;          // anchors of the forward direction, M x D
   MatrixView b;          // candidates, N x D; the same view as `a` when self
   bool self;             // the anchors are their own candidates (one input)
-  bool exclude_self;     // candidate i is not compared with anchor i (M == N)
-  bool symmetric;        // add the transposed direction, B's rows as anchors against A
+  Comparison compare;    // which candidates each anchor is compared with (math.h)
+  bool symmetric;        // add the transposed direction, B's rows as anchors against A (only with
+                         // a comparison that is the same both ways: kAll or kExcludeSelf)
   float temperature;     // tau > 0
   Positives positives;   // of the forward direction
   Reduction reduction;

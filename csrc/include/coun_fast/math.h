@@ -199,17 +199,40 @@ struct Positives {
   }
 };
 
-// Candidate j is compared with anchor i unless it is the anchor itself (exclude_self: A is B).
-COUN_FAST_HD bool is_compared(int64_t anchor, int64_t candidate, bool exclude_self) {
-  return !(exclude_self && anchor == candidate);
+// Which candidates an anchor is compared with (the support of its softmax):
+//   kAll           every candidate;
+//   kExcludeSelf   every candidate but the anchor itself (anchors and candidates are one set);
+//   kPairedPrefix  candidates [0, pairs) belong to one anchor each (candidate i to anchor i: a
+//                  batch's keys in MoCo or a memory-bank loss), the rest (a queue of negatives)
+//                  to every anchor. Orientation matters: compared(anchor, candidate).
+enum class Compare : int32_t { kAll = 0, kExcludeSelf = 1, kPairedPrefix = 2 };
+
+struct Comparison {
+  Compare mode;
+  int64_t pairs;  // kPairedPrefix
+
+  COUN_FAST_HD bool compared(int64_t anchor, int64_t candidate) const {
+    switch (mode) {
+      case Compare::kExcludeSelf:
+        return anchor != candidate;
+      case Compare::kPairedPrefix:
+        return candidate >= pairs || candidate == anchor;
+      default:
+        return true;
+    }
+  }
+};
+
+COUN_FAST_HD bool is_compared(int64_t anchor, int64_t candidate, const Comparison& comparison) {
+  return comparison.compared(anchor, candidate);
 }
 
 // A directly named positive counts only when it is a candidate the anchor is compared with; an
 // out-of-range index (possible only when input checks were skipped) means "no positive", never an
 // out-of-bounds read.
 COUN_FAST_HD bool index_positive_valid(int64_t positive, int64_t anchor, int64_t num_candidates,
-                                       bool exclude_self) {
-  return positive >= 0 && positive < num_candidates && is_compared(anchor, positive, exclude_self);
+                                       const Comparison& comparison) {
+  return positive >= 0 && positive < num_candidates && is_compared(anchor, positive, comparison);
 }
 
 // How the per-anchor losses are reduced to the op's output: kNone keeps them (T values); kSum adds
