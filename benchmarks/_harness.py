@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import datetime
 import gc
+import io
 import json
 import math
 import os
@@ -552,17 +553,29 @@ def environment_header(benchmark: str, device: torch.device, repo: Path, threads
 # Results
 
 
+RESULTS_FORMAT = 1
+"""The version of a results file's layout (its ``format_version``): 1 = ``{"format_version",
+"header", "rows"}``, with every path inside the results folder relative to it."""
+
+
 def write_results(rows: list[dict], header: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` (``{"header": ..., "rows": [...]}``) and ``<stem>.csv`` (the rows; the
-    columns of the first row) under ``out_dir``, created if needed. Returns the two paths."""
+    """Write ``<stem>.json`` (``{"format_version": 1, "header": ..., "rows": [...]}``) and
+    ``<stem>.csv`` (the rows; the columns of the first row) under ``out_dir``, created if needed,
+    each replaced atomically; paths inside ``out_dir`` are written relative to it (see
+    :func:`coun_fast.files.relative_paths`). Returns the two paths."""
+    from coun_fast.files import relative_paths, write_text_atomic
+
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
-    json_path.write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    header, rows = relative_paths(header, out_dir), relative_paths(rows, out_dir)
+    write_text_atomic(json_path, json.dumps({"format_version": RESULTS_FORMAT, "header": header, "rows": rows},
+                                            indent=1) + "\n")
     columns = list(rows[0]) if rows else []
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, text.getvalue())
     return json_path, csv_path
 
 

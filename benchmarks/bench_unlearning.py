@@ -574,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path, csv_path = harness.write_results(rows, header, config.out, stem)
     table = harness.format_table(rows, COLUMNS)
     markdown_path = config.out / f"{stem}.md"
-    markdown_path.write_text(f"# {stem}\n\n{harness.device_name(device)}; {header['command']}\n\n```\n{table}\n```\n")
+    from coun_fast.files import write_text_atomic
+
+    write_text_atomic(markdown_path,
+                      f"# {stem}\n\n{harness.device_name(device)}; {header['command']}\n\n```\n{table}\n```\n")
     chart_path = config.out / f"{stem}.png"
     bar_chart(rows, chart_path, f"{config.model} on {config.dataset}, {harness.device_name(device)}")
     print()

@@ -6,7 +6,7 @@ says what this installation can do.
 """
 
 from coun_fast import functional, losses
+from coun_fast._version import __version__
 from coun_fast.capabilities import info
 
-__version__ = "0.1.0"
 __all__ = ["functional", "losses", "info", "__version__"]

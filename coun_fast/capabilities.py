@@ -5,19 +5,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
-from importlib import metadata
 
 import torch
 
 from coun_fast import _ext
+from coun_fast._version import __version__
 from coun_fast.ops.backend import MAX_DIM
 
 
 def package_version() -> str:
-    try:
-        return metadata.version("coun_fast")
-    except metadata.PackageNotFoundError:  # running from a source tree without install
-        return "unknown"
+    """The version of coun_fast (``coun_fast/_version.py``, the one place it is written)."""
+    return __version__
 
 
 def _module_installed(name: str) -> bool:

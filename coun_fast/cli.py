@@ -9,17 +9,27 @@
     coun-fast kernels   the fused contrastive losses against the PyTorch reference
     coun-fast info      what this installation can do (extension, CUDA, DALI, versions)
 
-Every subcommand explains its options with --help.
+Every subcommand explains its options with --help. Results (tables, "wrote ...") go to standard
+output; the steps of a run, warnings and progress bars to standard error, through :mod:`logging`:
+``-q`` keeps only warnings and errors (and turns the progress bars off), the default adds each
+command's step lines, ``-v`` every informational record of the package (e.g. which augmentation
+backend a loader picked, and why), ``-vv`` the debug records too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+from typing import Iterator
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from coun_fast import commands as commands_module
 from coun_fast import demo, kernel_demo
+from coun_fast._version import __version__
 from coun_fast.capabilities import format_info, info
 from coun_fast.data import preview
 from coun_fast.files import describe_os_error
@@ -67,6 +77,74 @@ SUBCOMMANDS = [
 ]
 
 
+# -- output: logging and verbosity ------------------------------------------------------------------
+STEP_LOGGERS = ("coun_fast.experiment", "coun_fast.demo")
+"""The loggers whose INFO records are a command's step lines, shown by default; the package's
+other INFO records (data loading, backends, caches) need ``-v``."""
+
+
+class _Verbosity(logging.Filter):
+    """Lets through what ``verbosity`` (-1 quiet, 0 default, 1 ``-v``, 2 ``-vv``) shows."""
+
+    def __init__(self, verbosity: int) -> None:
+        super().__init__()
+        self.verbosity = verbosity
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or self.verbosity >= 2:
+            return True
+        if record.levelno < logging.INFO or self.verbosity < 0:
+            return False
+        return self.verbosity >= 1 or record.name.startswith(STEP_LOGGERS)
+
+
+class _Format(logging.Formatter):
+    """Step lines as they are; warnings and errors prefixed with their level; with ``-v`` every
+    record with the logger's name."""
+
+    def __init__(self, verbosity: int) -> None:
+        super().__init__()
+        self.verbosity = verbosity
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.verbosity >= 1:
+            return f"{record.levelname.lower()} {record.name}: {text}"
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
+@contextlib.contextmanager
+def console_logging(verbosity: int) -> Iterator[None]:
+    """While the block runs, the package's log records (logger ``coun_fast``) go to standard error,
+    filtered by ``verbosity`` and written above any progress bar (tqdm); the logger's handlers and
+    level are restored afterwards. Records still propagate to the root logger's handlers, if any."""
+    logger = logging.getLogger("coun_fast")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Verbosity(verbosity))
+    handler.setFormatter(_Format(verbosity))
+    level = logger.level
+    logger.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity >= 0 else logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On the subcommands the options default to "not given", so that `coun-fast -v run` and
+    # `coun-fast run -v` both work.
+    default = {} if top else {"default": argparse.SUPPRESS}
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="count", help="more detail on standard error: -v every "
+                       "informational message (e.g. the augmentation backend and why), -vv debug messages too",
+                       **({"default": 0} if top else default))
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars",
+                       **default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coun-fast",
@@ -74,19 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "fused contrastive losses (CPU and CUDA) and on-device augmentation.",
         epilog="Start with 'coun-fast demo'. Each command has --help.",
     )
+    parser.add_argument("--version", action="version", version=f"coun-fast {__version__}")
+    _verbosity_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, summary, description, add_arguments, run in SUBCOMMANDS:
         sub = commands.add_parser(name, help=summary, description=description)
         add_arguments(sub)
+        _verbosity_options(sub, top=False)
         sub.set_defaults(run=run)
     return parser
+
+
+def _verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """-1 (``-q``), 0 or the number of ``-v``; ``-q`` also turns the progress bars off."""
+    if args.quiet and args.verbose:
+        parser.error("-q/--quiet and -v/--verbose contradict each other; give one of them")
+    if args.quiet:
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+        return -1
+    return args.verbose
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbosity = _verbosity(parser, args)
     try:
-        return args.run(args)
+        with console_logging(verbosity):
+            return args.run(args)
     except (ValueError, TypeError, KeyError, OSError) as error:
         # Bad input or a file-system problem: one line, no traceback (COUN_FAST_DEBUG=1 shows it).
         if os.environ.get("COUN_FAST_DEBUG"):

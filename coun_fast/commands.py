@@ -85,8 +85,12 @@ def split_file(path: str, option: str) -> ForgetSplit:
 def _data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
-                       help="data set (default: digits, embedded; cifar10/cifar100/tinyimagenet/folder/npz need --data)")
-    group.add_argument("--data", metavar="PATH", help="its location: CIFAR pickle folder, image folder or packed .npz")
+                       help="data set (default: digits, embedded; the others need --data). Your own data: npz (a "
+                            ".npz of arrays: train_images, train_labels, test_images, test_labels[, classes]) or "
+                            "python (a function returning the training and test torch Datasets)")
+    group.add_argument("--data", metavar="PATH",
+                       help="its location: a CIFAR pickle folder, an image folder, a .npz file (packed JPEG or "
+                            "arrays), or for --dataset python MODULE:FUNCTION or FILE.py:FUNCTION")
     group.add_argument("--image-size", type=int, help="resize images to this square size when loading")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from coun_fast.unlearn import resolve_hparams
 from coun_fast.workflow import DataSource, evaluate_run, make_forget_split, prepare_original, prepare_unlearning
 
 # Defaults per data set: (model, image size, Original epochs, unlearning epochs, batch, Original lr, unlearn lr)
+log = logging.getLogger("coun_fast.demo")
+"""The demo's step lines (``coun-fast demo`` shows them on standard error; ``-q`` hides them)."""
+
 _SMALL = dict(model="small_cnn", image_size=16, original_epochs=80, unlearn_epochs=10, batch_size=64,
               original_lr=0.05, unlearn_lr=0.01)
 _REAL = dict(model="resnet18", image_size=None, original_epochs=30, unlearn_epochs=10, batch_size=256,
@@ -35,9 +39,10 @@ _REAL = dict(model="resnet18", image_size=None, original_epochs=30, unlearn_epoc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="digits",
-                        help="data set name (digits, synthetic, cifar10, cifar100, tinyimagenet, folder, npz); "
-                             "default: digits, embedded, no files needed")
-    parser.add_argument("--data", metavar="PATH", default=None, help="the data set's location (not for digits)")
+                        help="data set name (digits, synthetic, cifar10, cifar100, tinyimagenet, folder, npz, "
+                             "python); default: digits, embedded, no files needed")
+    parser.add_argument("--data", metavar="PATH", default=None,
+                        help="the data set's location (not for digits): see 'coun-fast train --help'")
     parser.add_argument("--image-size", type=int, default=None, help="resize images to this size (digits: 16)")
     parser.add_argument("--model", default=None, help="architecture (digits: small_cnn, else resnet18)")
     parser.add_argument("--ratio", type=float, default=0.1, help="fraction of the training set to forget (0.1)")
@@ -76,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     original_step = prepare_original(source, settings["model"], original_config)
     make_split("random", num_train=len(original_step.splits.train), ratio=args.ratio, seed=args.seed)  # feasible?
     started = time.perf_counter()
-    say = lambda text: print(f"[{time.perf_counter() - started:6.1f}s] {text}", flush=True)
+
+    def say(text: str) -> None:
+        log.info("[%6.1fs] %s", time.perf_counter() - started, text)
 
     with staged(out, overwrite=args.overwrite, what="--out") as work:
         say(f"training the Original {settings['model']} on {args.dataset} ({settings['original_epochs']} epochs)")

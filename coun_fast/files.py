@@ -117,6 +117,30 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def relative_path(path: str | os.PathLike, base: str | os.PathLike) -> str:
+    """``path`` as results files record it: relative to ``base`` (POSIX separators; ``.`` for
+    ``base`` itself) when it lies inside ``base``, so that the folder can be moved or shared;
+    else absolute (a place outside, such as a data file or a model cache)."""
+    path, base = Path(path).expanduser().absolute(), Path(base).expanduser().absolute()
+    try:
+        return path.relative_to(base).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
+def relative_paths(value: object, base: str | os.PathLike) -> object:
+    """``value`` (JSON-like: dicts, lists, text) with every text that is an absolute path inside
+    ``base`` made relative to it (:func:`relative_path`); everything else as it is."""
+    if isinstance(value, dict):
+        return {key: relative_paths(item, base) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_paths(item, base) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        inside = relative_path(value, base)
+        return inside if not os.path.isabs(inside) else value
+    return value
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for a file-system error: what failed, where, and the system's reason."""
     reason = error.strerror or str(error) or type(error).__name__
@@ -126,5 +150,5 @@ def describe_os_error(error: OSError) -> str:
     return f"{reason}: {str(error.filename)!r}{other}"
 
 
-__all__ = ["check_writable_location", "describe_os_error", "fsync_folder", "remove_orphans", "temporary_name",
-           "write_atomic", "write_text_atomic"]
+__all__ = ["check_writable_location", "describe_os_error", "fsync_folder", "relative_path", "relative_paths",
+           "remove_orphans", "temporary_name", "write_atomic", "write_text_atomic"]

@@ -13,6 +13,12 @@ folder holds ``model.pt`` (weights, architecture, the run's record), ``checkpoin
 the data source and the data set's identity, normalization, the Original's training indices, the
 configuration, seed, history, cost, versions and device, so a later step needs only the path.
 
+A user's own data enters as :class:`~coun_fast.data.DatasetSplits` in place of the
+:class:`DataSource` (e.g. ``DatasetSplits(ImageDataset.from_torch(train), ImageDataset.from_torch(test))``):
+its record then says ``dataset: memory``, the returned :class:`Run` keeps the data for the next
+steps, and a run loaded from disk later takes it again through ``data=``, checked against the
+identity its record holds like any other data set.
+
 Each step is checked before any training (:func:`prepare_original`, :func:`prepare_unlearning`):
 the device, the hyperparameters, the model against the data, the split against the data set and
 the Original, the output folder. Checkpoints record the run's identity (data set, architecture,
@@ -42,6 +48,8 @@ from coun_fast.unlearn import resolve_hparams, unlearn
 
 MODEL_FILE = "model.pt"
 SPLIT_FILE = "split.npz"
+IN_MEMORY = "memory"
+"""The ``dataset`` a record names when its data was given in memory (nothing to reload it from)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +61,31 @@ class DataSource:
     image_size: int | None = None
 
     def load(self) -> DatasetSplits:
+        if self.dataset == IN_MEMORY:
+            raise ValueError("this run's data was given in memory (DatasetSplits), so its record cannot reload "
+                             "it; pass the same data again with data=")
         return load_dataset(self.dataset, self.path, image_size=self.image_size)
+
+
+def _source_and_data(source: "DataSource | DatasetSplits") -> tuple[DataSource, DatasetSplits, bool]:
+    """``(what the record keeps, the data, whether the data was given in memory)``."""
+    if isinstance(source, DatasetSplits):
+        return DataSource(IN_MEMORY), source, True
+    if not isinstance(source, DataSource):
+        raise TypeError(f"source must be a DataSource or DatasetSplits (e.g. of ImageDataset.from_torch); got "
+                        f"{type(source).__name__}")
+    return source, source.load(), False
 
 
 @dataclasses.dataclass
 class Run:
-    """A finished step: its model, its record and the folder it was written to."""
+    """A finished step: its model, its record and the folder it was written to; ``data``, the
+    data set it was made with when that was given in memory (later steps use it)."""
 
     model: nn.Module
     record: dict
     folder: Path
+    data: DatasetSplits | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def source(self) -> DataSource:
@@ -72,10 +95,13 @@ class Run:
     def normalization(self) -> Normalization:
         return Normalization(tuple(self.record["normalization"]["mean"]), tuple(self.record["normalization"]["std"]))
 
-    def load_data(self) -> tuple[DatasetSplits, dict]:
+    def load_data(self, data: DatasetSplits | None = None) -> tuple[DatasetSplits, dict]:
         """The run's data set and its identity, checked against the identity the run recorded (the
-        files at the recorded path may have changed since)."""
-        splits = self.source.load()
+        files at the recorded path may have changed since): ``data`` when given, else the data the
+        run keeps in memory, else the data set its record names, loaded anew."""
+        if data is not None and not isinstance(data, DatasetSplits):
+            raise TypeError(f"data must be DatasetSplits (training and test ImageDatasets); got {type(data).__name__}")
+        splits = data if data is not None else self.data if self.data is not None else self.source.load()
         identity = dataset_identity(splits)
         check_same_dataset(self.record.get("dataset"), identity, f"the model in {str(self.folder)!r}")
         return splits, identity
@@ -190,6 +216,7 @@ class OriginalStep(_Step):
     source: DataSource
     splits: DatasetSplits
     model: nn.Module
+    in_memory: bool = False
 
     def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
         """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
@@ -206,28 +233,29 @@ class OriginalStep(_Step):
             "environment": checkpoint.environment(next(self.model.parameters()).device),
         }
         saved = save_run(work, self.model, record)
-        return Run(self.model, saved.record, Path(folder))
+        return Run(self.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)
 
 
-def prepare_original(source: DataSource, model_name: str, config: TrainConfig, *,
+def prepare_original(source: "DataSource | DatasetSplits", model_name: str, config: TrainConfig, *,
                      model_kwargs: dict | None = None) -> OriginalStep:
     """Check an Original's training before any of it runs: the device and augmentation backend,
-    the data set, the model and that it takes the data's images."""
+    the data set (a :class:`DataSource`, or :class:`DatasetSplits` given in memory), the model
+    and that it takes the data's images."""
     check_runnable(config)
-    splits = source.load()
+    source, splits, in_memory = _source_and_data(source)
     torch.manual_seed(config.seed)
     model = build(model_name, splits.train.num_classes, **(model_kwargs or {}))
     check_fits(model, splits)
     identity = {"kind": "original", "data": dataset_identity(splits), "model": model_config(model)}
-    return OriginalStep(config, plain(identity), source=source, splits=splits, model=model)
+    return OriginalStep(config, plain(identity), source=source, splits=splits, model=model, in_memory=in_memory)
 
 
 def train_original(
-    source: DataSource, model_name: str, config: TrainConfig, folder: str | Path, *,
+    source: "DataSource | DatasetSplits", model_name: str, config: TrainConfig, folder: str | Path, *,
     model_kwargs: dict | None = None, resume: bool = False, overwrite: bool = False,
 ) -> Run:
-    """Train the Original model on the whole training split of ``source`` into the run folder
-    ``folder``. ``resume`` continues a killed run of the same folder; ``overwrite`` replaces a
+    """Train the Original model on the whole training split of ``source`` (a :class:`DataSource`,
+    or :class:`DatasetSplits` in memory) into the run folder ``folder``. ``resume`` continues a killed run of the same folder; ``overwrite`` replaces a
     finished run there (only when this one succeeds). Everything is checked before training."""
     check_target(folder, overwrite=overwrite, resume=resume)
     step = prepare_original(source, model_name, config, model_kwargs=model_kwargs)
@@ -236,11 +264,12 @@ def train_original(
 
 
 def make_forget_split(original: "Run | str | Path", kind: str = "random", *, ratio: float | None = None,
-                      classes=None, num_chunks: int | None = None, seed: int = 0) -> ForgetSplit:
+                      classes=None, num_chunks: int | None = None, seed: int = 0,
+                      data: DatasetSplits | None = None) -> ForgetSplit:
     """A forget/retain split of the Original's training set (checked to lie inside it), recording
-    the data set's identity."""
+    the data set's identity. ``data``: the Original's data set when it was given in memory."""
     original = _as_run(original)
-    splits, identity = original.load_data()
+    splits, identity = original.load_data(data)
     train_indices = np.asarray(original.record["train_indices"])
     split = make_split(kind, num_train=len(splits.train), labels=splits.train.labels,
                        class_names=splits.train.classes, ratio=ratio, classes=classes, num_chunks=num_chunks,
@@ -259,6 +288,7 @@ class UnlearningStep(_Step):
     original: Run
     splits: DatasetSplits
     split: ForgetSplit
+    in_memory: bool = False
 
     def run(self, work: Path, folder: Path, *, resume: bool = False, on_epoch_end=None) -> Run:
         """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
@@ -278,18 +308,20 @@ class UnlearningStep(_Step):
             "environment": checkpoint.environment(next(result.model.parameters()).device),
         }
         saved = save_run(work, result.model, record)
-        return Run(result.model, saved.record, Path(folder))
+        return Run(result.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)
 
 
 def prepare_unlearning(method: str, original: "Run | str | Path", split: ForgetSplit, config: TrainConfig, *,
-                       hparams: dict | None = None) -> UnlearningStep:
+                       hparams: dict | None = None, data: DatasetSplits | None = None) -> UnlearningStep:
     """Check an unlearning run before any of it runs: the method and its hyperparameters, the
-    device and backend, the Original against its data set, and the split against both (made on
-    the same data set, inside the Original's training indices)."""
+    device and backend, the Original against its data set (``data`` when it was given in
+    memory), and the split against both (made on the same data set, inside the Original's
+    training indices)."""
     hparams = resolve_hparams(method, hparams)
     check_runnable(config)
     original = _as_run(original)
-    splits, data = original.load_data()
+    in_memory = data is not None or original.data is not None
+    splits, data = original.load_data(data)
     _check_classes(original.model, splits, "the Original model")
     check_same_dataset(split.dataset, data, "the split")
     check_within_training(split, np.asarray(original.record["train_indices"]))
@@ -297,28 +329,31 @@ def prepare_unlearning(method: str, original: "Run | str | Path", split: ForgetS
                 "model": model_config(original.model), "original": weights_digest(original.model.state_dict()),
                 "split": split.to_dict()}
     return UnlearningStep(config, plain(identity), method=method, hparams=hparams, original=original, splits=splits,
-                          split=split)
+                          split=split, in_memory=in_memory)
 
 
 def run_unlearning(
     method: str, original: "Run | str | Path", split: ForgetSplit, config: TrainConfig, folder: str | Path, *,
     hparams: dict | None = None, resume: bool = False, overwrite: bool = False, on_epoch_end=None,
+    data: DatasetSplits | None = None,
 ) -> Run:
     """Unlearn ``split.forget`` from the Original with ``method`` into the run folder ``folder``
     (the model and the split). ``resume`` continues a killed run of the same folder (refused when
     its checkpoint is of another run); ``overwrite`` replaces a finished run there (only when this
-    one succeeds). Everything is checked before training."""
+    one succeeds). ``data``: the Original's data set when it was given in memory. Everything is
+    checked before training."""
     check_target(folder, overwrite=overwrite, resume=resume)
-    step = prepare_unlearning(method, original, split, config, hparams=hparams)
+    step = prepare_unlearning(method, original, split, config, hparams=hparams, data=data)
     with staged(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
         return step.run(work, Path(folder), resume=resume, on_epoch_end=on_epoch_end)
 
 
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
                  retrain: "dict | None" = None, device=None, analyses: bool = False,
-                 mia_attack: str = "confidence") -> dict:
+                 mia_attack: str = "confidence", data: DatasetSplits | None = None) -> dict:
     """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
 
+    ``data``: the run's data set when it was given in memory (a run made in this process keeps it).
     ``mia_attack`` picks the SVC attack of the MIA column (SalUn's ``confidence`` by default; see
     :data:`coun_fast.evaluate.mia.ATTACKS`).
 
@@ -338,7 +373,7 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     where = "the split" if isinstance(split, ForgetSplit) else repr(str(split))
     if not isinstance(split, ForgetSplit):
         split = ForgetSplit.load(split)
-    splits, identity = run.load_data()
+    splits, identity = run.load_data(data)
     _check_classes(run.model, splits, f"the model of {str(run.folder)!r}")
     check_same_dataset(split.dataset, identity, where)
     check_split_of(run, split, where)

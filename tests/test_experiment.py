@@ -173,6 +173,13 @@ def test_end_to_end_files(finished):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stored = json.loads((out / "results.json").read_text())
     assert stored["config"]["seeds"] == [0, 1] and "torch" in stored["environment"] and "git_sha" in stored["environment"]
+    # format 1: paths inside the output folder are relative to it, the others (the model cache) absolute
+    assert stored["format_version"] == 1 and stored["config"]["output"] == "." and stored["files"]["csv"] == "results.csv"
+    assert json.loads((out / "config.json").read_text())["output"] == "."
+    assert str(out) not in (out / "results.json").read_text() and str(out) not in (out / "results.csv").read_text()
+    folders = {(r["label"], r["seed"]): r["folder"] for r in stored["runs"]}
+    assert folders[("ft", 1)] == "seed_1/ft" and (out / folders[("ft", 1)] / "model.pt").is_file()
+    assert folders[("Retrain", 0)].startswith(str(config.cache))
     runs = stored["runs"]
     assert len(runs) == 2 * 5  # per seed: Retrain, Original, ft, coun, ft+cl
     with open(out / "results.csv") as file:
@@ -261,9 +268,9 @@ def test_sequential_stages(cache, tmp_path):
     assert stages == [("Original", 0), ("Original", 1), ("Retrain", 0), ("Retrain", 1), ("ft", 0), ("ft", 1)]
     forget = {r["stage"]: r for r in results["runs"] if r["label"] == "ft"}
     from coun_fast.workflow import load_run
-    second = load_run(forget[1]["folder"])
-    assert second.record["original"] == forget[0]["folder"]  # stage 2 starts from stage 1's model
-    assert len(second.record["split"]["forget"]) > len(load_run(forget[0]["folder"]).record["split"]["forget"])
+    first, second = (load_run(config.output / forget[k]["folder"]) for k in (0, 1))  # relative to the output
+    assert second.record["original"] == str(first.folder)  # stage 2 starts from stage 1's model
+    assert len(second.record["split"]["forget"]) > len(first.record["split"]["forget"])
     text = (config.output / "results.md").read_text()
     assert "## Stage 1 of 2" in text and "## Stage 2 of 2" in text
 

@@ -1,7 +1,7 @@
 """coun_fast.models: shapes, the timm contract, gradients, modes, the registry, checkpoint checks,
 parameter counts and FLOP counts against the CoUn paper's per-image figures.
 
-The paper's per-image forward FLOPs (research/coun_paper.md section 7, reconstructed from its PFLOP
+The paper's per-image forward FLOPs (docs/method.md, "Compute cost"; reconstructed from its PFLOP
 tables): ResNet-18 1.114e9 at 32x32 and 4.456e9 at 64x64, VGG-16 0.634e9, ViT 3.534e9.
 """
 

@@ -132,9 +132,11 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tmp_path, capsys):
     code = main(["demo", "--image-size", "8", "--original-epochs", "2", "--unlearn-epochs", "1", "--out", str(out),
                  "--device", "cpu", "--no-progress"])
     assert code == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     for row in ("| Original |", "| Retrain |", "| FT |", "| CoUn |"):
         assert row in text
+    assert "training the Original small_cnn" in captured.err and "training the Original" not in text  # step lines
     results = json.loads((out / "results.json").read_text())["results"]
     assert set(results) == {"Original", "Retrain", "FT", "CoUn"}
     assert all(key in results["CoUn"] for key in ("UA", "RA", "TA", "MIA", "Avg.Gap"))

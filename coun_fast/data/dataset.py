@@ -8,6 +8,9 @@ An :class:`ImageDataset` holds one split of a data set in memory, in one of two 
 
 plus ``labels`` (N,) int64 in ``[0, len(classes))`` and ``classes``, the class names in label
 order. Grey images are stored as three equal channels, so every model sees RGB.
+
+A user's own data comes in through :meth:`ImageDataset.from_torch` (a torch ``Dataset`` of
+``(image, label)``) and :meth:`ImageDataset.from_arrays` (arrays or tensors); see :mod:`.convert`.
 """
 
 from __future__ import annotations
@@ -66,6 +69,28 @@ class ImageDataset:
                 raise ValueError("offsets must start at 0, rise strictly and end at len(jpeg)")
             object.__setattr__(self, "jpeg", jpeg)
             object.__setattr__(self, "offsets", offsets)
+
+    # -- a user's own data -------------------------------------------------------------------
+    @classmethod
+    def from_torch(cls, dataset, *, classes: Sequence[str] | None = None, name: str | None = None,
+                   split: str = "train", image_size: object = None, workers: int = 0,
+                   progress: bool = True) -> "ImageDataset":
+        """The items ``(image, label)`` of a map-style torch ``Dataset``, read once into memory
+        with a progress bar (PIL images, HWC/CHW uint8 or [0, 1] float tensors or arrays); see
+        :func:`coun_fast.data.convert.from_torch`."""
+        from coun_fast.data.convert import from_torch
+
+        return from_torch(dataset, classes=classes, name=name, split=split, image_size=image_size,
+                          workers=workers, progress=progress)
+
+    @classmethod
+    def from_arrays(cls, images, labels, classes: Sequence[str] | None = None, *, name: str = "arrays",
+                    split: str = "train", image_size: object = None) -> "ImageDataset":
+        """``images`` ((N, H, W[, C]) or (N, C, H, W), uint8 or [0, 1] floats, arrays or tensors)
+        with their integer ``labels``; see :func:`coun_fast.data.convert.from_arrays`."""
+        from coun_fast.data.convert import from_arrays
+
+        return from_arrays(images, labels, classes, name=name, split=split, image_size=image_size)
 
     # -- shape ------------------------------------------------------------------------------
     def __len__(self) -> int:

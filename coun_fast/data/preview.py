@@ -1,7 +1,7 @@
 """Look at a data set: its summary, and a PNG grid of augmented views next to the originals.
 
     python -m coun_fast.data digits --grid views.png
-    coun-fast data cifar10 --data ../shared/datasets/cifar10_jpeg.npz --recipe simclr --grid views.png
+    coun-fast data cifar10 --data cifar10_jpeg.npz --recipe simclr --grid views.png
 """
 
 from __future__ import annotations

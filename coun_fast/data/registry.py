@@ -13,6 +13,7 @@ from pathlib import Path
 from coun_fast.data._pil import as_size, resize_all
 from coun_fast.data.cache import cache_key, cached_splits
 from coun_fast.data.cifar import load_cifar10, load_cifar100
+from coun_fast.data.convert import check_python_spec, is_arrays_npz, load_arrays_npz, load_python
 from coun_fast.data.dataset import DatasetSplits
 from coun_fast.data.embedded import load_digits, synthetic
 from coun_fast.data.folder import load_image_folder, load_tiny_imagenet
@@ -24,7 +25,11 @@ DATASETS: dict[str, str] = {
     "'coarse'), or a packed-JPEG .npz file",
     "tinyimagenet": "TinyImageNet: the tiny-imagenet-200 folder (or its parent)",
     "folder": "an image folder root/train/<class>/<images> with root/val/ (or root/test/); option name",
-    "npz": "a packed-JPEG .npz file (keys {split}_jpeg, {split}_offsets, {split}_labels, classes); option name",
+    "npz": "a .npz file: packed JPEG (keys {split}_jpeg, {split}_offsets, {split}_labels, classes) or arrays "
+    "(train_images, train_labels, test_images, test_labels, optional classes; or Keras' x_train, y_train, x_test, "
+    "y_test); option name",
+    "python": "MODULE:FUNCTION or FILE.py:FUNCTION, a function of no arguments returning (train, test): torch "
+    "Datasets of (image, label), (images, labels) arrays or ImageDatasets; option name",
     "digits": "scikit-learn's bundled 8x8 digits (no path); options test_fraction, seed",
     "synthetic": "generated class-dependent images (no path); options num_classes, train_per_class, "
     "test_per_class, seed, name",
@@ -38,6 +43,7 @@ _OPTIONS: dict[str, frozenset[str]] = {
     "tinyimagenet": frozenset({"threads"}),
     "folder": frozenset({"name", "threads"}),
     "npz": frozenset({"name", "threads"}),
+    "python": frozenset({"name"}),
     "digits": frozenset({"test_fraction", "seed"}),
     "synthetic": frozenset({"num_classes", "train_per_class", "test_per_class", "seed", "name"}),
 }
@@ -93,9 +99,18 @@ def load_dataset(
 
     if path is None:
         raise ValueError(f"dataset {kind!r} needs a path: {DATASETS[kind]}")
+    if kind == "python":  # the user's function, run on every load (nothing to key a cache on)
+        if not decode:
+            raise ValueError("decode=False keeps JPEG bytes, which only packed .npz files have; dataset 'python' has none")
+        return load_python(str(path), image_size=size, **options)
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"dataset {kind!r}: path does not exist: {path}")
+    if kind == "npz" and is_arrays_npz(path):  # arrays read as fast as the cache would be: not cached
+        if not decode:
+            raise ValueError(f"decode=False keeps JPEG bytes; {path} holds decoded arrays")
+        options.pop("threads", None)
+        return load_arrays_npz(path, image_size=size, **options)
     packed = kind == "npz" or (kind in ("cifar10", "cifar100") and path.suffix.lower() == ".npz")
     if not decode and not packed:
         raise ValueError(f"decode=False keeps JPEG bytes, which only packed .npz files have; {path} is not one")
@@ -138,3 +153,22 @@ def _check_classes(kind: str, path: Path, splits: DatasetSplits) -> DatasetSplit
                          f"{splits.train.num_classes}; is it another data set? (use dataset 'npz' or 'folder' for "
                          "other data)")
     return splits
+
+
+def resolve_location(name: str, path: object) -> str | None:
+    """The location of data set ``name`` as a run records it: None for a built-in set, the Python
+    source ``MODULE:FUNCTION`` (its file made absolute) for ``python``, else the absolute path of
+    an existing file or folder. ValueError/FileNotFoundError, without reading any data, when it
+    cannot be one."""
+    kind = name.lower()
+    if kind in BUILT_IN:
+        if path is not None:
+            raise ValueError(f"dataset {kind!r} is built in and takes no path; remove it")
+        return None
+    if path is None:
+        raise ValueError(f"required for dataset {kind!r} ({DATASETS[kind]})")
+    if kind == "python":
+        return check_python_spec(path)
+    if not isinstance(path, (str, Path)) or not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"no such file or folder: {str(path)!r}")
+    return str(Path(path).expanduser().resolve())

@@ -1,7 +1,7 @@
 """Compute cost of producing an unlearned model: wall time, images processed, PFLOPs.
 
 The paper reports PFLOPs, not minutes. Its counting rule is not printed; the reconstruction that
-fits its tables (coun_paper.md section 7) is
+fits its tables (docs/method.md, "Compute cost") is
 
     PFLOPs = F * (3 * trained_images + extra_forward_images) / 1e15
 

@@ -46,7 +46,8 @@ from typing import Any, Mapping
 import yaml
 
 from coun_fast.data import DATASETS
-from coun_fast.data.registry import BUILT_IN
+from coun_fast.data.registry import resolve_location
+from coun_fast.files import relative_paths
 from coun_fast.models import MODELS
 from coun_fast.train import PRESETS, TrainConfig, parse_device
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
@@ -149,12 +150,13 @@ class ExperimentConfig:
     sweep: Sweep | None
     curves: bool = True
 
-    def to_dict(self) -> dict:
-        """JSON-safe values (paths as text), as stored in results.json."""
+    def to_dict(self, relative: bool = False) -> dict:
+        """JSON-safe values (paths as text); ``relative``: as stored in results.json and config.json,
+        ``output`` as ``.`` and paths inside it relative to it."""
         out = dataclasses.asdict(self)
         out["output"] = str(self.output)
         out["cache"] = None if self.cache is None else str(self.cache)
-        return out
+        return relative_paths(out, self.output) if relative else out
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -230,17 +232,11 @@ def _data(raw: Any) -> DataSource:
     if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
         _fail("data.dataset", f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
     dataset = dataset.lower()
-    path = fields.get("path")
-    if dataset in BUILT_IN:
-        if path is not None:
-            _fail("data.path", f"dataset {dataset!r} is built in and takes no path; remove it")
-    elif path is None:
-        _fail("data.path", f"required for dataset {dataset!r} ({DATASETS[dataset]}); set it in the file or "
-                           "pass --data PATH")
-    else:
-        if not isinstance(path, str) or not Path(path).expanduser().exists():
-            _fail("data.path", f"no such file or folder: {path!r}")
-        path = str(Path(path).expanduser().resolve())
+    try:
+        path = resolve_location(dataset, fields.get("path"))
+    except (ValueError, FileNotFoundError) as error:
+        hint = "; set it in the file or pass --data PATH" if fields.get("path") is None else ""
+        _fail("data.path", f"{error}{hint}")
     size = fields.get("image_size")
     if size is not None:
         _whole(size, "data.image_size", 1)

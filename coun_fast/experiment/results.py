@@ -22,6 +22,11 @@ from typing import Iterable, Sequence
 from coun_fast.evaluate import GAP_KEYS
 from coun_fast.files import write_text_atomic
 
+RESULTS_FORMAT = 1
+"""The version of results.json's layout (its ``format_version``): 1 = ``config``, ``created``,
+``environment``, ``statistics``, ``sweep``, ``summary``, ``runs``, ``files``, ``timings``, with
+every path inside the output folder relative to it (``.`` is the folder itself) and paths
+elsewhere (the data, the model cache) absolute."""
 REFERENCE = "Retrain"
 COLUMNS = ("RA", "UA", "TA", "MIA")
 """The metric columns in the paper's order."""

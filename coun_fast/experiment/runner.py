@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import itertools
 import json
+import logging
 import re
 import subprocess
 import time
@@ -43,11 +44,15 @@ from coun_fast.experiment import plots
 from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
 from coun_fast.experiment.check import check_experiment
 from coun_fast.experiment.config import ExperimentConfig, MethodSpec
-from coun_fast.experiment.results import markdown_report, summarize, write_csv, write_json
-from coun_fast.files import write_text_atomic
+from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summarize, write_csv, write_json
+from coun_fast.files import relative_path, write_text_atomic
 from coun_fast.runfolder import locked, staged
 from coun_fast.train import TrainConfig, resolve_device
 from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
+
+logger = logging.getLogger(__name__)
+"""The runner's step lines, one INFO record per step (``coun-fast run`` shows them; in Python,
+``logging.basicConfig(level=logging.INFO)``, or pass ``log=print`` to :func:`run_experiment`)."""
 
 CURVE_RETAIN_SAMPLES = 1000
 """At most this many retain (and test) samples, a fixed random subset per seed, give the per-epoch
@@ -154,8 +159,8 @@ class Runner:
     """Runs the steps of ``config``; ``progress`` shows training bars, ``log`` receives one line per step;
     ``splits``: the experiment's data set when already loaded."""
 
-    def __init__(self, config: ExperimentConfig, *, progress: bool = True, log: Callable[[str], None] | None = print,
-                 splits=None):
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True,
+                 log: Callable[[str], None] | None = logger.info, splits=None):
         self.config = config
         self.progress = progress
         self.log = log
@@ -289,7 +294,8 @@ class Runner:
             points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
                                                for r in run.record["history"] if "forget_acc" in r]
             row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
-                       hparams=run.record["hparams"], train=spec.train, folder=str(folder), curve=points)
+                       hparams=run.record["hparams"], train=spec.train,
+                       folder=relative_path(folder, self.config.output), curve=points)
             return _store(work, key, row)
 
     # -- sweep ---------------------------------------------------------------------------------
@@ -329,7 +335,9 @@ def _git_sha() -> str | None:
 
 def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | None, device,
                   timings: dict | None = None) -> dict:
-    """results.json / .csv / .md and the three charts in ``config.output``; returns the JSON payload."""
+    """results.json / .csv / .md and the three charts in ``config.output``, each replaced atomically;
+    returns the JSON payload (format :data:`~coun_fast.experiment.results.RESULTS_FORMAT`: paths
+    inside ``config.output`` relative to it)."""
     out = config.output
     summary = summarize(rows)
     title = f"{config.name}: {config.data.dataset}, {config.model.name}, {config.scenario.describe()}"
@@ -339,12 +347,13 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
                   f"{config.sweep.seed}: see sweep/best_hparams.json." if sweep else ""))
     files = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md",
              "avg_gap": out / "avg_gap.png", "ua_mia": out / "ua_mia.png", "curves": out / "curves.png"}
-    write_json(config.to_dict(), out / "config.json")
+    write_json(config.to_dict(relative=True), out / "config.json")
     payload = {
-        "config": config.to_dict(), "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "format_version": RESULTS_FORMAT, "config": config.to_dict(relative=True),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "environment": {**checkpoint.environment(device), "git_sha": _git_sha()},
         "statistics": "mean and sample std (ddof=1; 0 for one seed) over seeds; Avg.Gap of the means",
-        "sweep": sweep or None, "summary": summary, "runs": rows, "files": {k: str(v) for k, v in files.items()},
+        "sweep": sweep or None, "summary": summary, "runs": rows, "files": {k: relative_path(v, out) for k, v in files.items()},
         "timings": timings,
     }
     write_json(payload, files["json"])
@@ -357,7 +366,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = True,
-                   log: Callable[[str], None] | None = print) -> dict:
+                   log: Callable[[str], None] | None = logger.info) -> dict:
     """Run ``config`` (resuming what its output folder already holds) and write its results.
 
     With an enabled sweep, each method's grid is tried on the sweep seed first and the best point

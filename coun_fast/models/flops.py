@@ -1,5 +1,5 @@
 """FLOPs of one forward pass of one image, the unit of the CoUn paper's compute cost
-(PFLOPs = epochs x images x passes x forward FLOPs; research/coun_paper.md section 7).
+(PFLOPs = epochs x images x passes x forward FLOPs; docs/method.md, "Compute cost").
 
 Counting rule: ``torch.utils.flop_counter.FlopCounterMode``, i.e. 2 FLOPs per multiply-add of the
 matrix products (mm, addmm, bmm, baddbmm), convolutions and attention (``scaled_dot_product_attention``,

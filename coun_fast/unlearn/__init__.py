@@ -83,6 +83,11 @@ def unlearn(
     :func:`resolve_hparams` before any work; ``fit_options`` go to :func:`coun_fast.train.fit`
     (``run_dir``, ``resume``, ``on_epoch_end``, ``record``...).
     """
+    for name, data in (("train", train), ("test", test)):
+        if data is not None and not isinstance(data, ImageDataset):
+            raise TypeError(f"{name} must be an ImageDataset; convert a torch Dataset once with "
+                            f"ImageDataset.from_torch(dataset), arrays with ImageDataset.from_arrays(images, labels); "
+                            f"got {type(data).__name__}")
     spec, with_cl, values, cl_values = _resolved(method, hparams)
     norm = train.normalization if normalization is None else normalization
     retain = np.asarray(split.retain)
