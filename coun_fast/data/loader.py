@@ -183,6 +183,13 @@ class AugmentedLoader:
             inputs = views[0] if self.recipe.views == 1 else tuple(views)
             yield Batch(inputs, self._labels[where], where)
 
+    def close(self) -> None:
+        """Stop the decoding worker processes of a sharded data set now (a later pass starts them
+        again); nothing to do for an in-memory one."""
+        close = getattr(self.augmenter, "close", None)
+        if close is not None:
+            close()
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1

@@ -27,9 +27,11 @@ Reading: opening a data set reads the manifest and each shard's 16-byte header, 
 and index (a few dozen bytes per image), and checks them against each other and against the
 manifest; a missing, truncated or damaged shard is an error that names the file. The JPEG bytes
 are memory-mapped (read-only, shared) and only the pages of the images asked for are read.
-Pages a process has read stay mapped into it until released: every :data:`RELEASE_BYTES` read
-from a shard, its mapping is released (``madvise(MADV_DONTNEED)``, which leaves the data in the
-page cache), so a process's resident memory stays bounded however large the data set is.
+Pages a process has read stay mapped into it (and count in its resident set) until released:
+after every :data:`RELEASE_BYTES` read from a data set (each image counted as at least the
+:data:`FAULT_AROUND` bytes the kernel may map around a faulting page), the process releases its
+mappings of every shard (``madvise(MADV_DONTNEED)``, which leaves the data in the page cache and
+the views valid), so its resident memory stays bounded however large the data set is.
 :meth:`ShardedDataset.verify` checks every shard's SHA-256 against the manifest.
 """
 
@@ -57,8 +59,10 @@ MAGIC = b"COUNSHRD"
 END_MAGIC = b"COUNSEND"
 DEFAULT_VIEW_SIZE = 224
 """The views' side when a data set's images differ in size and no ``view_size`` is given."""
-RELEASE_BYTES = 64 * 1024**2
-"""Bytes read from one shard after which its mapping is released (see the module docstring)."""
+RELEASE_BYTES = 32 * 1024**2
+"""Bytes read from a data set after which its shards' mappings are released (module docstring)."""
+FAULT_AROUND = 64 * 1024
+"""Bytes the kernel may map into a process around one faulting page of a file (fault-around)."""
 
 
 def shard_name(split: str, number: int) -> str:
@@ -122,13 +126,10 @@ class Shard:
             raise ValueError(f"shard file {self.path} is damaged: labels outside [0, {num_classes})")
         self._map: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None
-        self._touched = 0
 
     def __getstate__(self) -> dict:
         """Pickled without its mapping (a worker process maps the file itself)."""
-        state = dict(self.__dict__)
-        state.update(_map=None, _bytes=None, _touched=0)
-        return state
+        return {**self.__dict__, "_map": None, "_bytes": None}
 
     def _data(self) -> np.ndarray:
         if self._bytes is None:
@@ -141,15 +142,10 @@ class Shard:
 
     def view(self, entry: int) -> np.ndarray:
         """The JPEG file of entry ``entry`` (a view of the mapping)."""
-        start, stop = int(self.offsets[entry]), int(self.offsets[entry + 1])
-        self._touched += stop - start
-        if self._touched > RELEASE_BYTES:
-            self.release()
-        return self._data()[start:stop]
+        return self._data()[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
 
     def release(self) -> None:
         """Drop this process's mapped pages of the file (the page cache keeps them; views stay valid)."""
-        self._touched = 0
         if self._map is not None and hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)
 
@@ -195,6 +191,7 @@ class ShardedDataset(ImageDataset):
         if self.output_size is None or len(self.output_size) != 2 or min(self.output_size) < 1:
             raise ValueError(f"output_size must be a pair of positive ints; got {self.output_size!r}")
         object.__setattr__(self, "output_size", (int(self.output_size[0]), int(self.output_size[1])))
+        object.__setattr__(self, "_unreleased", [0])  # bytes read since the last release, per process
 
     def __repr__(self) -> str:
         return (f"ShardedDataset({self.name!r}, {self.split!r}, samples={len(self)}, shards={len(self.shards)}, "
@@ -265,7 +262,12 @@ class ShardedDataset(ImageDataset):
     def encoded_arrays(self, indices) -> list[np.ndarray]:
         """The JPEG files of ``indices`` as uint8 arrays (views of the mapped shards, no copy)."""
         shards, entries = self.locate(indices)
-        return [self.shards[s].view(e) for s, e in zip(shards.tolist(), entries.tolist())]
+        files = [self.shards[s].view(e) for s, e in zip(shards.tolist(), entries.tolist())]
+        incoming = sum(max(len(f), FAULT_AROUND) for f in files)
+        if self._unreleased[0] + incoming > RELEASE_BYTES:  # before these are read: no refaults
+            self.release()
+        self._unreleased[0] += incoming
+        return files
 
     def describe(self, index: int) -> str:
         """Where image ``index`` is stored, for error messages."""
@@ -297,6 +299,7 @@ class ShardedDataset(ImageDataset):
 
     def release(self) -> None:
         """Drop this process's mapped pages of every shard (see :meth:`Shard.release`)."""
+        self._unreleased[0] = 0
         for shard in self.shards:
             shard.release()
 

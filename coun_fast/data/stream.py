@@ -198,6 +198,7 @@ class WorkerPool:
         """(job, result) per job, in order; raises ValueError with a worker's error."""
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this loader is already being iterated; finish (or close) that iteration first")
+        finished = False
         try:
             sent, received = itertools.tee(jobs)  # the DataLoader reads ahead of the results
             self._jobs.jobs = sent
@@ -205,9 +206,21 @@ class WorkerPool:
                 if isinstance(result, _Failure):
                     raise ValueError(str(result))
                 yield job, result
+            finished = True
         finally:
             self._jobs.jobs = ()
+            if not finished:  # an error or an abandoned pass: stop the workers now (see close)
+                self.close()
             self._lock.release()
+
+    def close(self) -> None:
+        """Stop the worker processes now (the next pass starts new ones). Left to the garbage
+        collector, a pool caught in a reference cycle (an exception's traceback, say) has its
+        queues finalized before its workers are told to stop, and each then takes a timeout."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._loader._iterator = None
 
 
 def prefetched(function: Callable[[np.ndarray, list[ViewParams]], object], jobs: Iterable[Job],
@@ -338,6 +351,11 @@ class StreamingAugmenter:
         if self.name == "cpu":
             return self._finish(self._cpu_job(indices, params))
         return self._ragged_views(self._decode_job(indices, params), indices, params)
+
+    def close(self) -> None:
+        """Stop the decoding worker processes, if any (a later pass starts them again)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def stream(self, jobs: Iterable[Job]) -> Iterator[tuple[np.ndarray, list[Tensor]]]:
         """(indices, views) per job, in order, decoded ahead in the background."""
