@@ -80,15 +80,17 @@ def view_into(out: Tensor, image: np.ndarray, box, flip: bool, jitter: np.ndarra
     The semantics of :mod:`coun_fast.data.recipes`, computed per sample with torch: the box is
     cut (zero outside the image), mirrored first when flipped (the same pixels as mirroring the
     resized view: the sampling grid is symmetric), resized by ``F.interpolate`` (bilinear,
-    half-pixel centres, no antialias: the reference's rule), then colour steps
+    half-pixel centres, no antialias: the reference's rule) channel by channel, then colour steps
     (:mod:`.augment_torch`) and normalization into ``out``.
     """
     region = box_region(image, box)
-    if flip:
-        region = region[:, ::-1]
-    x = torch.from_numpy(np.array(region)).permute(2, 0, 1).unsqueeze(0).float()  # channels-last strides
+    planes = np.ascontiguousarray((region[:, ::-1] if flip else region).transpose(2, 0, 1))  # (3, h, w)
+    # One channel per "image" of a batch of three: torch's bilinear kernel vectorizes a single
+    # channel along the width, 2-3x faster than three interleaved or planar channels.
+    x = torch.from_numpy(planes).float().unsqueeze(1)  # (3, 1, h, w)
     if region.shape[:2] != tuple(out_size):
         x = F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False, antialias=False)
+    x = x.squeeze(1).unsqueeze(0)  # (1, 3, H, W)
     jitter = np.asarray(jitter, np.float32)
     if not np.array_equal(jitter, IDENTITY_JITTER) or gray:
         hwc = x.permute(0, 2, 3, 1) / 255.0
