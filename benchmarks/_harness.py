@@ -450,6 +450,13 @@ def serve_worker(spec_json: str, measure: Callable[[dict], dict]) -> int:
     return 0
 
 
+def option(args, base: dict, name: str):
+    """``args.name`` when given on the command line (not None), else ``base[name]`` (the --quick
+    or default value)."""
+    value = getattr(args, name)
+    return base[name] if value is None else value
+
+
 def prepare_driver(device: str, threads: int | None) -> int | None:
     """Driver side, before any measurement: refuse ``--device cuda`` without a usable GPU (prints
     why, returns exit code 2) and apply ``--threads``; returns None when the run can go on."""

@@ -392,8 +392,7 @@ def make_config(args: argparse.Namespace) -> Config:
     base = QUICK if args.quick else DEFAULTS
 
     def pick(name: str) -> int:
-        value = getattr(args, name)
-        return base[name] if value is None else value
+        return harness.option(args, base, name)
 
     from coun_fast.data.stream import default_workers
 

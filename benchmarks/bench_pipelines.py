@@ -337,8 +337,7 @@ def make_config(args: argparse.Namespace) -> Config:
     base = QUICK if args.quick else DEFAULTS
 
     def pick(name: str) -> int:
-        value = getattr(args, name)
-        return base[name] if value is None else value
+        return harness.option(args, base, name)
 
     config = Config(
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),

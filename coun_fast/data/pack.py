@@ -92,33 +92,16 @@ def _blocks(count: int, load: Callable[[int], Sample], threads: int) -> Iterator
 
 
 def folder_source(root: Path, quality: int, threads: int) -> Source:
-    from coun_fast.data.folder import TEST_FOLDERS, _image_files, _subfolders
+    from coun_fast.data.folder import list_image_folder, split_folders
 
-    test_dir = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise ValueError(f"image folder {root} must contain train/ and val/ (or test/) folders of classes")
-    classes = tuple(p.name for p in _subfolders(root / "train"))
-    if not classes:
-        raise ValueError(f"{root / 'train'} has no class folders")
+    train_dir, test_dir = split_folders(root)
+    classes, files, labels = list_image_folder(train_dir)
     splits = {}
-    for split, folder in (("train", root / "train"), ("test", test_dir)):
-        present = {p.name: p for p in _subfolders(folder)}
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise ValueError(f"{folder} has class folders that train/ lacks: {unknown[:10]}")
-        files, labels = [], []
-        for label, name in enumerate(classes):
-            if name in present:
-                found = _image_files(present[name])
-                files += found
-                labels += [label] * len(found)
-        if not files:
-            raise ValueError(f"{folder} holds no image files in its class folders")
-
-        def load(i: int, files=files, labels=labels) -> Sample:
+    for split, listing in (("train", (files, labels)), ("test", list_image_folder(test_dir, classes)[1:])):
+        def load(i: int, files=listing[0], labels=listing[1]) -> Sample:
             return as_jpeg(files[i].read_bytes(), labels[i], quality, lambda: str(files[i]))
 
-        splits[split] = SplitSource(len(files), _blocks(len(files), load, threads))
+        splits[split] = SplitSource(len(listing[0]), _blocks(len(listing[0]), load, threads))
     return Source(root.name, classes, splits, {"kind": "folder", "path": str(root)})
 
 

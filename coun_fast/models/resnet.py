@@ -24,11 +24,21 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """A block's shortcut: the identity, or a strided 1x1 conv + BN where the shape changes."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
     The shortcut is the identity, or a strided 1x1 conv + BN when the stride or the width changes.
     """
+
+    expansion = 1
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -37,12 +47,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(out_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -50,7 +55,54 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet18(ImageClassifier):
+class _ResNet(ImageClassifier):
+    """What every ResNet here shares after its stem: four stages of ``block`` (widths 64, 128,
+    256, 512 times the block's expansion; stride 2 at the start of stages 2-4), global average
+    pooling, the linear head ``fc``; the stem convolution ``conv1`` is ``first_layer()``."""
+
+    def _check_arguments(self, num_classes: int, in_chans: int, zero_init_residual: bool) -> None:
+        self.num_classes = check_num_classes(num_classes)
+        self.in_chans = check_positive_int(in_chans, "in_chans")
+        if not isinstance(zero_init_residual, bool):
+            raise ValueError(f"zero_init_residual must be a bool; got {zero_init_residual!r}")
+
+    def _build_stages(self, block: type[nn.Module], blocks_per_stage: tuple[int, ...]) -> None:
+        stages, channels = [], WIDTHS[0]
+        for index, (width, blocks) in enumerate(zip(WIDTHS, blocks_per_stage)):
+            layers = []
+            for number in range(blocks):
+                layers.append(block(channels, width, 2 if index > 0 and number == 0 else 1))
+                channels = width * block.expansion
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = channels
+        self.fc = nn.Linear(channels, self.num_classes)
+
+    def _initialize(self, zero_init_residual: bool) -> None:
+        """Kaiming conv weights; with ``zero_init_residual`` every block's last BN starts at 0."""
+        init_conv_bn(self)
+        if zero_init_residual:
+            for block in self.modules():
+                if isinstance(block, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_((block.bn3 if isinstance(block, Bottleneck) else block.bn2).weight)
+
+    def _pooled(self, x: Tensor) -> Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x).flatten(1)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits (B, num_classes) from features (B, num_features)."""
+        return self.fc(features)
+
+    def first_layer(self) -> nn.Conv2d:
+        return self.conv1
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+
+class ResNet18(_ResNet):
     """ResNet-18, CIFAR stem. ``forward_features``: (B, in_chans, H, W) -> (B, 512).
 
     Args:
@@ -64,47 +116,17 @@ class ResNet18(ImageClassifier):
 
     def __init__(self, num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> None:
         super().__init__()
-        self.num_classes = check_num_classes(num_classes)
-        self.in_chans = check_positive_int(in_chans, "in_chans")
-        if not isinstance(zero_init_residual, bool):
-            raise ValueError(f"zero_init_residual must be a bool; got {zero_init_residual!r}")
+        self._check_arguments(num_classes, in_chans, zero_init_residual)
         self.conv1 = _conv3x3(self.in_chans, WIDTHS[0])
         self.bn1 = nn.BatchNorm2d(WIDTHS[0])
         self.relu = nn.ReLU(inplace=True)
-        stages = []
-        channels = WIDTHS[0]
-        for index, (width, blocks) in enumerate(zip(WIDTHS, BLOCKS_PER_STAGE)):
-            stride = 1 if index == 0 else 2
-            layers = [BasicBlock(channels, width, stride)]
-            layers += [BasicBlock(width, width) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*layers))
-            channels = width
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = channels
-        self.fc = nn.Linear(channels, self.num_classes)
-        init_conv_bn(self)
-        if zero_init_residual:
-            for block in self.modules():
-                if isinstance(block, BasicBlock):
-                    nn.init.zeros_(block.bn2.weight)
+        self._build_stages(BasicBlock, BLOCKS_PER_STAGE)
+        self._initialize(zero_init_residual)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled 512-d features of images ``x`` (B, in_chans, H, W)."""
         self.check_images(x)
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x).flatten(1)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        """Logits (B, num_classes) from features (B, 512)."""
-        return self.fc(features)
-
-    def first_layer(self) -> nn.Conv2d:
-        return self.conv1
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
+        return self._pooled(self.relu(self.bn1(self.conv1(x))))
 
 
 class Bottleneck(nn.Module):
@@ -124,12 +146,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -141,7 +158,7 @@ class Bottleneck(nn.Module):
 DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 50: (Bottleneck, (3, 4, 6, 3))}
 
 
-class ImageNetResNet(ImageClassifier):
+class ImageNetResNet(_ResNet):
     """ResNet-18 or ResNet-50 with the ImageNet stem (He et al. 2016; timm's ``resnet18`` and
     ``resnet50``, torchvision's layout): a 7x7 stride-2 convolution, BN, ReLU and a 3x3 stride-2
     max-pool, then four stages (widths 64, 128, 256, 512; BasicBlocks 2-2-2-2 for 18, Bottlenecks
@@ -163,48 +180,19 @@ class ImageNetResNet(ImageClassifier):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}; got {depth!r}")
-        if not isinstance(zero_init_residual, bool):
-            raise ValueError(f"zero_init_residual must be a bool; got {zero_init_residual!r}")
-        self.num_classes = check_num_classes(num_classes)
-        self.in_chans = check_positive_int(in_chans, "in_chans")
+        self._check_arguments(num_classes, in_chans, zero_init_residual)
         self.depth = depth
-        block, blocks_per_stage = DEPTHS[depth]
         self.conv1 = nn.Conv2d(self.in_chans, WIDTHS[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(WIDTHS[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stages, channels = [], WIDTHS[0]
-        for index, (width, blocks) in enumerate(zip(WIDTHS, blocks_per_stage)):
-            layers = []
-            for number in range(blocks):
-                layers.append(block(channels, width, 2 if index > 0 and number == 0 else 1))
-                channels = width * getattr(block, "expansion", 1)
-            stages.append(nn.Sequential(*layers))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = channels
-        self.fc = nn.Linear(channels, self.num_classes)
-        init_conv_bn(self)
-        if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, (BasicBlock, Bottleneck)):
-                    nn.init.zeros_((module.bn3 if isinstance(module, Bottleneck) else module.bn2).weight)
+        self._build_stages(*DEPTHS[depth])
+        self._initialize(zero_init_residual)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled features (B, 512 or 2048) of images ``x`` (B, in_chans, H, W)."""
         self.check_images(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.pool(x).flatten(1)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.fc(features)
-
-    def first_layer(self) -> nn.Conv2d:
-        return self.conv1
-
-    def get_classifier(self) -> nn.Linear:
-        return self.fc
+        return self._pooled(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
 
 
 def resnet18_imagenet(num_classes: int, in_chans: int = 3, zero_init_residual: bool = False) -> ImageNetResNet:
