@@ -10,7 +10,7 @@
 Backends: ``dali`` (GPU, or CPU with ``device_id=None``), ``torch`` (the package's own batched ops
 on the device) and ``cpu`` (the plain reference); ``auto`` picks one and logs why.
 
-Data sets larger than memory: ``pack(src, out)`` (``coun-fast data pack``) writes memory-mapped
+Data sets larger than memory: :func:`coun_fast.data.pack.pack` (``coun-fast data pack``) writes memory-mapped
 JPEG shards; ``load_dataset("sharded", out)`` (or ``open_sharded``) reads them as
 :class:`ShardedDataset`, which the loader streams batch by batch (:mod:`.shards`, :mod:`.stream`).
 """
@@ -18,7 +18,6 @@ JPEG shards; ``load_dataset("sharded", out)`` (or ``open_sharded``) reads them a
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.data.recipes import RECIPES, Normalization, Recipe, channel_stats, get_recipe
-from coun_fast.data.pack import pack
 from coun_fast.data.registry import DATASETS, load_dataset
 from coun_fast.data.shards import ShardedDataset, open_sharded
 from coun_fast.data.splits import (
@@ -50,7 +49,6 @@ __all__ = [
     "load_dataset",
     "make_split",
     "open_sharded",
-    "pack",
     "random_split",
     "sequential_split",
 ]
