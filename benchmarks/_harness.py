@@ -405,6 +405,36 @@ def failure_status(exc: BaseException, stage: str = "error") -> str:
     return f"{stage}: {type(exc).__name__}: {message}"
 
 
+class OtherLoad:
+    """CPU time that processes other than this one and its descendants take while it runs: busy
+    time of the whole machine from /proc/stat (steal included) minus this process tree's own
+    (``getrusage`` of itself and its waited-for descendants), as an average number of busy cores.
+    Other sessions sharing the machine show up here; a value well above 0 means disturbed timings."""
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+        own = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for field in ("ru_utime", "ru_stime"))
+        return time.monotonic(), busy, own
+
+    def cores(self) -> float | None:
+        """Average cores busy with other processes since construction; None where not measurable."""
+        end = self._snapshot()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self._start, end))
+        return max(0.0, (busy - own) / wall)
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker processes
 
@@ -419,6 +449,13 @@ def serve_worker(spec_json: str, measure: Callable[[dict], dict]) -> int:
         result = {"status": failure_status(exc)}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
+
+
+def option(args, base: dict, name: str):
+    """``args.name`` when given on the command line (not None), else ``base[name]`` (the --quick
+    or default value)."""
+    value = getattr(args, name)
+    return base[name] if value is None else value
 
 
 def prepare_driver(device: str, threads: int | None) -> int | None:

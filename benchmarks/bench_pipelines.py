@@ -337,8 +337,7 @@ def make_config(args: argparse.Namespace) -> Config:
     base = QUICK if args.quick else DEFAULTS
 
     def pick(name: str) -> int:
-        value = getattr(args, name)
-        return base[name] if value is None else value
+        return harness.option(args, base, name)
 
     config = Config(
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
@@ -509,36 +508,6 @@ def _spec(config: Config, loader: str, images_path: Path, labels_path: Path, dat
     }
 
 
-class OtherLoad:
-    """CPU time that processes other than this one and its descendants take while it runs: busy
-    time of the whole machine from /proc/stat (steal included) minus this process tree's own
-    (``getrusage`` of itself and its waited-for descendants), as an average number of busy cores.
-    Other sessions sharing the machine show up here; a value well above 0 means disturbed timings."""
-
-    def __init__(self) -> None:
-        self._start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        except (OSError, IndexError):
-            return None
-        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-        busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-        own = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                  for field in ("ru_utime", "ru_stime"))
-        return time.monotonic(), busy, own
-
-    def cores(self) -> float | None:
-        """Average cores busy with other processes since construction; None where not measurable."""
-        end = self._snapshot()
-        if self._start is None or end is None or end[0] <= self._start[0]:
-            return None
-        wall, busy, own = (b - a for a, b in zip(self._start, end))
-        return max(0.0, (busy - own) / wall)
-
-
 def run_all(config: Config, images_path: Path, labels_path: Path, data: dict,
             unavailable: dict[str, str]) -> list[dict]:
     """Measure every loader in its own worker process; rows ordered by recipe, then loader."""
@@ -550,7 +519,7 @@ def run_all(config: Config, images_path: Path, labels_path: Path, data: dict,
         else:
             print(f"measuring {loader} ...", flush=True)
             spec = _spec(config, loader, images_path, labels_path, data)
-            load = OtherLoad()
+            load = harness.OtherLoad()
             outcome = harness.run_isolated(SCRIPT, spec, config.timeout_s)
             results[loader] = {r: outcome for r in config.recipes} if "status" in outcome else outcome
             other = load.cores()
@@ -625,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                          "reps": config.reps, "workers": config.workers, "threads": config.threads,
                          "seed": config.seed, "recipes": config.recipes, "backends": config.backends},
         })
-        run_load = OtherLoad()
+        run_load = harness.OtherLoad()
         rows = run_all(config, images_path, labels_path, data, unavailable)
         header["other_load_cores"] = run_load.cores()
     finally:

@@ -8,7 +8,7 @@
 #
 # LOG defaults to $OUT/gpu_check.log when $OUT is set, else ./gpu_check.log. GPU_CHECK_DEADLINE_S
 # (default 540) bounds the whole run; a step that would start with less than 10 s left is skipped.
-# GPU_CHECK_STEPS picks step groups (default "build tests sanitize kernels unlearning protocol";
+# GPU_CHECK_STEPS picks step groups (default "build tests sanitize kernels unlearning protocol large_data";
 # build always runs); CIFAR10 names the CIFAR-10 file (default .data/cifar10_jpeg.npz; the
 # unlearning and protocol steps are skipped without it). Result files are written next to the log.
 # The exit code is the number of failed or skipped steps. benchmarks/README.md says how to run it
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 out_dir="${OUT:-.}"
 log="${1:-$out_dir/gpu_check.log}"
 deadline_s="${GPU_CHECK_DEADLINE_S:-540}"
-steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol}"
+steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol large_data}"
 cifar10="${CIFAR10:-.data/cifar10_jpeg.npz}"
 python="${PYTHON:-python3}"
 start_s=$(date +%s)
@@ -82,6 +82,12 @@ if wanted unlearning || wanted protocol; then
         --methods retrain ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress --no-curves
     fi
   fi
+fi
+if wanted large_data; then
+  # 3000 generated 256-px JPEGs, packed; two-view 224-px batches: DALI (nvjpeg), torchvision's GPU
+  # decoder (or its Pillow-worker fallback) and the cpu path against the per-sample PIL DataLoader.
+  step "large-data benchmark (GPU decoding)" 240 "$python" benchmarks/bench_large_data.py --quick \
+    --num-images 3000 --batch-size 128 --batches 4 --reps 2 --data-dir /tmp/coun_fast_large_data --out "$out_dir"
 fi
 echo "gpu_check: $failed failed or skipped step(s), $(( $(date +%s) - start_s ))s in all" | tee -a "$log"
 exit "$failed"

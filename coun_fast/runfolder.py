@@ -131,12 +131,13 @@ def is_coun_fast_output(folder: Path) -> bool:
 
 
 def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
-                 what: str = "run folder", free: bool = True) -> Path:
+                 what: str = "run folder", free: bool = True,
+                 ours: Callable[[Path], bool] = is_coun_fast_output) -> Path:
     """Check that a run may write ``target``; returns it as an absolute path.
 
     Raises :class:`FolderBusy` when another run holds its lock (``free``: check that; False for
     the holder itself); :class:`RunFolderError` when ``target`` is a file; holds files coun_fast
-    does not write (never replaced); or holds a finished run and ``overwrite`` is False; or when
+    does not write (never replaced; ``ours`` tells a folder coun_fast wrote); or holds a finished run and ``overwrite`` is False; or when
     an unfinished run waits in its partial folder and neither ``resume`` nor ``overwrite`` says
     what to do with it. An empty folder is fine. Reads only; creates nothing.
     """
@@ -148,7 +149,7 @@ def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: 
     if target.exists() and not target.is_dir():
         raise RunFolderError(f"{what} {str(target)!r} is a file, not a folder")
     if target.is_dir() and any(target.iterdir()):
-        if not is_coun_fast_output(target):
+        if not ours(target):
             raise RunFolderError(f"{what} {str(target)!r} already exists and holds files coun_fast did not "
                                  "write; choose another folder (it is never replaced)")
         if not overwrite:
@@ -235,7 +236,7 @@ def note(error: BaseException, text: str) -> None:
 @contextlib.contextmanager
 def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool | str = False,
            belongs: Callable[[Path], None] | None = None, lock: bool = True,
-           what: str = "run folder") -> Iterator[Path]:
+           what: str = "run folder", ours: Callable[[Path], bool] = is_coun_fast_output) -> Iterator[Path]:
     """Write the run folder ``target`` as a unit; yields the folder to write into.
 
     Args:
@@ -250,6 +251,7 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool |
         belongs: the check that a partial run is this run's (see ``resume``).
         lock: take ``target``'s lock (False when the caller holds a lock over it already).
         what: how errors name the folder.
+        ours: whether an existing folder was written by coun_fast (only such a folder is replaced).
 
     The checks of :func:`check_target` run under the lock. On an error in the block, ``target``
     is untouched; the partial folder is kept when it holds a checkpoint (the error then notes
@@ -258,7 +260,7 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool |
     target = absolute(target)
     holding = locked(target, what=what) if lock else contextlib.nullcontext(target)
     with holding:
-        check_target(target, overwrite=overwrite, resume=bool(resume), what=what, free=False)
+        check_target(target, overwrite=overwrite, resume=bool(resume), what=what, free=False, ours=ours)
         work = partial_path(target)
         _prepare(work, target, resume, overwrite, belongs)
         try:

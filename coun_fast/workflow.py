@@ -162,7 +162,7 @@ def _check_classes(model: nn.Module, splits: DatasetSplits, where: str) -> None:
 def check_fits(model: nn.Module, splits: DatasetSplits) -> None:
     """ValueError unless ``model`` takes the data set's images (one forward pass of a zero image,
     in eval mode, no state changed)."""
-    height, width = splits.train.decoded().image_size
+    height, width = splits.train.view_size
     try:
         forward_flops(model, (3, height, width))
     except (RuntimeError, ValueError, AssertionError) as error:
@@ -174,7 +174,7 @@ def check_fits(model: nn.Module, splits: DatasetSplits) -> None:
 
 def _cost(result, model: nn.Module, splits: DatasetSplits) -> dict:
     """Wall time, images and PFLOPs by the paper's count (3 forward-equivalents per trained image)."""
-    height, width = splits.train.decoded().image_size
+    height, width = splits.train.view_size
     flops = forward_flops(model, (3, height, width))
     return Cost.from_result(result, flops, device=str(next(model.parameters()).device)).as_dict()
 

@@ -534,7 +534,8 @@ def test_load_dataset_built_in_and_errors(tmp_path):
     toy = load_dataset("synthetic", num_classes=2, train_per_class=3, test_per_class=1, image_size=8)
     assert toy.train.images.shape == (6, 8, 8, 3)
     assert load_dataset("digits", image_size=8).train.images.shape[1:] == (8, 8, 3)
-    assert set(DATASETS) == {"cifar10", "cifar100", "tinyimagenet", "folder", "npz", "python", "digits", "synthetic"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "tinyimagenet", "folder", "npz", "python", "sharded", "digits",
+                             "synthetic"}
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10, cifar100, tinyimagenet"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match="dataset 'cifar10' needs a path: "):

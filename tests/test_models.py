@@ -155,12 +155,13 @@ def test_bad_inputs_name_the_problem(models):
 
 def test_available_lists_every_name_with_a_description():
     names = available()
-    assert list(names) == ["resnet18", "vgg16_bn", "vit_small_data", "small_cnn"]
+    assert list(names) == ["resnet18", "resnet18_imagenet", "resnet50_imagenet", "vgg16_bn", "vit_small_data",
+                           "small_cnn"]
     assert all(isinstance(d, str) and d for d in names.values())
 
 
 @pytest.mark.parametrize("name,num_classes,kwargs,match", [
-    ("resnet50", 10, {}, "known models: resnet18, vgg16_bn, vit_small_data, small_cnn"),
+    ("resnet50", 10, {}, "known models: resnet18, resnet18_imagenet, resnet50_imagenet, vgg16_bn"),
     ("resnet18", 1, {}, "num_classes must be an int >= 2"),
     ("resnet18", 2.0, {}, "num_classes must be an int >= 2"),
     ("resnet18", "10", {}, "num_classes must be an int >= 2"),
@@ -258,10 +259,11 @@ def test_check_compatible_other_arguments_and_garbage(models):
 def test_parameter_counts(models):
     """ResNet-18 (CIFAR stem, 10 classes) has the well-known 11,173,962 parameters. The others are
     this package's own layouts: VGG-16-BN with the 1024-d head 14.71 M conv + 0.53 M head; the ViT
-    15.92 M; the small CNN 95 k."""
+    15.92 M; the small CNN 95 k. The ImageNet-stem ResNets have timm's counts less the 1000-class
+    head plus a 10-class one (tests/test_data_shards.py checks the 1000-class counts)."""
     counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     assert counts == {"resnet18": 11_173_962, "vgg16_bn": 15_254_474, "vit_small_data": 15_917_040,
-                      "small_cnn": 94_762}
+                      "small_cnn": 94_762, "resnet18_imagenet": 11_181_642, "resnet50_imagenet": 23_528_522}
 
 
 def _resnet18_conv_macs(side: int) -> int:

@@ -9,12 +9,17 @@
 
 Backends: ``dali`` (GPU, or CPU with ``device_id=None``), ``torch`` (the package's own batched ops
 on the device) and ``cpu`` (the plain reference); ``auto`` picks one and logs why.
+
+Data sets larger than memory: :func:`coun_fast.data.pack.pack` (``coun-fast data pack``) writes memory-mapped
+JPEG shards; ``load_dataset("sharded", out)`` (or ``open_sharded``) reads them as
+:class:`ShardedDataset`, which the loader streams batch by batch (:mod:`.shards`, :mod:`.stream`).
 """
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.data.recipes import RECIPES, Normalization, Recipe, channel_stats, get_recipe
 from coun_fast.data.registry import DATASETS, load_dataset
+from coun_fast.data.shards import ShardedDataset, open_sharded
 from coun_fast.data.splits import (
     ForgetSplit,
     check_within_training,
@@ -35,6 +40,7 @@ __all__ = [
     "Normalization",
     "RECIPES",
     "Recipe",
+    "ShardedDataset",
     "channel_stats",
     "check_within_training",
     "class_split",
@@ -42,6 +48,7 @@ __all__ = [
     "get_recipe",
     "load_dataset",
     "make_split",
+    "open_sharded",
     "random_split",
     "sequential_split",
 ]

@@ -8,6 +8,7 @@ deterministic.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,16 @@ def to_rgb(image: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_one(data, describe: Callable[[], str], size: tuple[int, int] | None = None) -> np.ndarray:
+    """One encoded image (bytes or a uint8 array) decoded to uint8 (H, W, 3) RGB (see :func:`to_rgb`);
+    a file Pillow cannot decode is a ValueError naming ``describe()``."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return to_rgb(image, size)
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad data
+        raise ValueError(f"cannot decode {describe()}: {type(exc).__name__}: {exc}") from exc
 
 
 def _chunks(start: int, stop: int, threads: int) -> list[range]:

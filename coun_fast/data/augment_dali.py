@@ -91,7 +91,7 @@ def _recipe_features(recipe: Recipe, whole: bool) -> _Features:
     return _Features(
         views=recipe.views,
         crop=recipe.crop is not None or not whole,
-        resize=recipe.crop == "resized",
+        resize=recipe.crop in ("resized", "center"),
         jitter=jitter and any(j > 0 for j in recipe.jitter[:3]),
         hue=jitter and recipe.jitter[3] > 0,
         gray=recipe.grayscale_p > 0,
@@ -166,7 +166,8 @@ class DaliAugmenter:
     """The ``dali`` backend (see the module docstring).
 
     Args:
-        dataset: decoded (uint8 NHWC ``images``) or encoded (JPEG bytes) data set.
+        dataset: decoded (uint8 NHWC ``images``) or encoded (JPEG bytes, in memory or in
+            memory-mapped shards: :class:`~coun_fast.data.shards.ShardedDataset`) data set.
         norm: per-channel mean and std on the [0, 1] scale.
         out_size: (H, W) of the views; boxes in the parameters are in source pixels.
         device: ``cuda:i`` (GPU operators, ``device_id=i``) or ``cpu`` (CPU operators, no GPU).
@@ -213,10 +214,9 @@ class DaliAugmenter:
         self._op_device = "gpu" if on_gpu else "cpu"
         self._decoder_device = "mixed" if on_gpu else "cpu"
         self._device_id = device.index if on_gpu else None
-        self._images = self._jpeg = self._bounds = self._stream = None
-        if self.encoded:
-            self._jpeg, self._bounds = dataset.jpeg, dataset.offsets.tolist()
-        else:
+        self._images = self._stream = None
+        self._files = dataset.encoded_arrays if self.encoded else None  # views of its JPEG files
+        if not self.encoded:
             images = np.ascontiguousarray(dataset.images)
             self._images = torch.from_numpy(images).to(device) if on_gpu else images
         if on_gpu:
@@ -253,7 +253,9 @@ class DaliAugmenter:
         with pipe:
             if self.encoded:
                 files = fn.external_source(name="jpeg", device="cpu", dtype=types.UINT8, ndim=1)
-                images = fn.decoders.image(files, device=self._decoder_device, output_type=types.RGB)
+                # EXIF orientation is ignored, as Pillow does: pixels and sizes as the files store them.
+                images = fn.decoders.image(files, device=self._decoder_device, output_type=types.RGB,
+                                           adjust_orientation=False)
             else:
                 images = fn.external_source(
                     name="images", device=self._op_device, layout="HWC", dtype=types.UINT8, ndim=3
@@ -336,8 +338,7 @@ class DaliAugmenter:
     # -- running --------------------------------------------------------------------------------
     def _feed_images(self, pipe, indices: np.ndarray) -> None:
         if self.encoded:
-            jpeg, bounds = self._jpeg, self._bounds
-            pipe.feed_input("jpeg", [jpeg[bounds[i] : bounds[i + 1]] for i in indices.tolist()])
+            pipe.feed_input("jpeg", self._files(indices))
         elif self.device.type == "cuda":
             with torch.cuda.stream(self._stream):
                 batch = self._images[torch.from_numpy(indices).to(self.device)]

@@ -7,6 +7,8 @@ tested against :mod:`coun_fast.data.augment_cpu`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,6 +34,20 @@ def _gather(images: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     return values.float() * inside[..., None]
 
 
+def ragged_gather(pixels: Tensor, starts: Tensor, sizes: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """:func:`_gather` for images of different sizes stored back to back: ``pixels`` (P, 3) uint8
+    holds image b's rows (H_b, W_b) from row ``starts[b]``, ``sizes`` (B, 2) their (H, W)."""
+    height, width = sizes[:, 0, None], sizes[:, 1, None]
+
+    def gather(ys: Tensor, xs: Tensor) -> Tensor:
+        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
+        row = starts[:, None] + torch.minimum(ys.clamp(min=0), height - 1) * width
+        where = row[:, :, None] + torch.minimum(xs.clamp(min=0), width - 1)[:, None, :]
+        return pixels[where].float() * inside[..., None]
+
+    return gather
+
+
 def _coordinates(start: Tensor, length: Tensor, out: int) -> tuple[Tensor, Tensor, Tensor]:
     """Source rows (or columns) of a bilinear resize of [start, start + length) to ``out`` pixels."""
     steps = torch.arange(out, device=start.device, dtype=torch.float32)
@@ -42,23 +58,26 @@ def _coordinates(start: Tensor, length: Tensor, out: int) -> tuple[Tensor, Tenso
     return low, high, src - low
 
 
-def crop_resize(images: Tensor, box: Tensor, out_size: tuple[int, int], *, copy: bool = False) -> Tensor:
+def crop_resize(images, box: Tensor, out_size: tuple[int, int], *, copy: bool = False) -> Tensor:
     """Per-sample boxes of a uint8 (B, H, W, 3) batch, resized: float32 (B, out_h, out_w, 3) in [0, 255].
 
-    ``copy=True`` promises that every box has the output size (a shifted copy, no interpolation);
-    the caller knows it from the host-side parameters, so no device sync is needed to find out.
+    ``images`` may also be a gather function ``(ys, xs) -> (B, out_h, out_w, 3)`` (see
+    :func:`ragged_gather`). ``copy=True`` promises that every box has the output size (a shifted
+    copy, no interpolation); the caller knows it from the host-side parameters, so no device sync
+    is needed to find out.
     """
+    gather = images if callable(images) else (lambda ys, xs: _gather(images, ys, xs))
     out_h, out_w = out_size
     top, left, height, width = box.unbind(1)
     if copy:
         ys = top[:, None] + torch.arange(out_h, device=box.device)
         xs = left[:, None] + torch.arange(out_w, device=box.device)
-        return _gather(images, ys, xs)
+        return gather(ys, xs)
     y0, y1, wy = _coordinates(top, height, out_h)
     x0, x1, wx = _coordinates(left, width, out_w)
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]
-    upper = _gather(images, y0, x0) * (1 - wx) + _gather(images, y0, x1) * wx
-    lower = _gather(images, y1, x0) * (1 - wx) + _gather(images, y1, x1) * wx
+    upper = gather(y0, x0) * (1 - wx) + gather(y0, x1) * wx
+    lower = gather(y1, x0) * (1 - wx) + gather(y1, x1) * wx
     return upper * (1 - wy) + lower * wy
 
 
@@ -99,31 +118,34 @@ def _color_jitter(x: Tensor, jitter: Tensor, rotate_hue: bool) -> Tensor:
 
 
 def apply_view(
-    images: Tensor,
+    images: "Tensor | Callable[[Tensor, Tensor], Tensor]",
     params: ViewParams,
     norm: Normalization,
     out_size: tuple[int, int],
     *,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    device: torch.device | None = None,
 ) -> Tensor:
     """One view of a uint8 (B, H, W, 3) batch on any device: (B, 3, out_h, out_w) of ``dtype``.
 
-    With ``channels_last`` the result has the channels-last memory format (NCHW shape, NHWC
+    ``images`` may also be a gather function of images of different sizes (:func:`ragged_gather`;
+    ``device`` is then required). With ``channels_last`` the result has the channels-last memory format (NCHW shape, NHWC
     strides), the layout convolution kernels on GPUs prefer; it is then free of a transpose.
     """
-    box, flip, jitter, gray = _params_to(params, images.device)
+    device = images.device if device is None else device
+    box, flip, jitter, gray = _params_to(params, device)
     copy = bool(np.all(params.box[:, 2:] == np.asarray(out_size)))
     x = crop_resize(images, box, out_size, copy=copy)
     x = torch.where(flip[:, None, None, None], x.flip(2), x) / 255.0
-    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=images.device)
+    identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)
     if params.has_jitter:
         jittered = (jitter != identity).any(1)
         x = torch.where(jittered[:, None, None, None], _color_jitter(x, jitter, bool(np.any(params.jitter[:, 3] != 0))), x)
     if bool(params.gray.any()):
         x = torch.where(gray[:, None, None, None], _gray(x).expand_as(x), x)
-    mean = torch.tensor(norm.mean, device=images.device)
-    std = torch.tensor(norm.std, device=images.device)
+    mean = torch.tensor(norm.mean, device=device)
+    std = torch.tensor(norm.std, device=device)
     x = ((x - mean) / std).permute(0, 3, 1, 2)
     if channels_last:
         return x.to(dtype=dtype, memory_format=torch.channels_last)

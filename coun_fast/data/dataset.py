@@ -1,4 +1,4 @@
-"""The in-memory image data set every loader returns and every pipeline reads.
+"""The image data set every loader returns and every pipeline reads.
 
 An :class:`ImageDataset` holds one split of a data set in memory, in one of two forms:
 
@@ -11,6 +11,9 @@ order. Grey images are stored as three equal channels, so every model sees RGB.
 
 A user's own data comes in through :meth:`ImageDataset.from_torch` (a torch ``Dataset`` of
 ``(image, label)``) and :meth:`ImageDataset.from_arrays` (arrays or tensors); see :mod:`.convert`.
+A third form, for data sets larger than memory, is the subclass
+:class:`coun_fast.data.shards.ShardedDataset`: JPEG files in memory-mapped shard files, read
+batch by batch (``encoded_arrays``), never whole.
 """
 
 from __future__ import annotations
@@ -35,6 +38,32 @@ class ImageDataset:
     offsets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        self._check_labels()
+        if (self.images is None) == (self.jpeg is None):
+            raise ValueError("give exactly one of images (decoded uint8 NHWC) or jpeg + offsets (encoded)")
+        if self.images is not None:
+            images = self.images
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"images must be uint8 of shape (N, H, W, 3); got {images.dtype} {images.shape}")
+            if len(images) != len(self.labels):
+                raise ValueError(f"images and labels disagree in length: {len(images)} vs {len(self.labels)}")
+        else:
+            if self.offsets is None:
+                raise ValueError("jpeg needs offsets (N + 1 int64 boundaries)")
+            jpeg = np.asarray(self.jpeg)
+            offsets = np.asarray(self.offsets).astype(np.int64, copy=False)
+            if jpeg.dtype != np.uint8 or jpeg.ndim != 1:
+                raise ValueError(f"jpeg must be a flat uint8 array; got {jpeg.dtype} {jpeg.shape}")
+            count = len(self.labels)
+            if offsets.shape != (count + 1,):
+                raise ValueError(f"offsets must have shape ({count + 1},) for {count} labels; got {offsets.shape}")
+            if offsets[0] != 0 or offsets[-1] != jpeg.size or np.any(np.diff(offsets) <= 0):
+                raise ValueError("offsets must start at 0, rise strictly and end at len(jpeg)")
+            object.__setattr__(self, "jpeg", jpeg)
+            object.__setattr__(self, "offsets", offsets)
+
+    def _check_labels(self) -> None:
+        """Normalize ``classes`` to strings and ``labels`` to int64, checking they agree."""
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         labels = np.asarray(self.labels)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -48,27 +77,6 @@ class ImageDataset:
                 f"labels must lie in [0, {len(self.classes)}) for {len(self.classes)} classes; "
                 f"got values in [{labels.min()}, {labels.max()}]"
             )
-        if (self.images is None) == (self.jpeg is None):
-            raise ValueError("give exactly one of images (decoded uint8 NHWC) or jpeg + offsets (encoded)")
-        if self.images is not None:
-            images = self.images
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-                raise ValueError(f"images must be uint8 of shape (N, H, W, 3); got {images.dtype} {images.shape}")
-            if len(images) != len(labels):
-                raise ValueError(f"images and labels disagree in length: {len(images)} vs {len(labels)}")
-        else:
-            if self.offsets is None:
-                raise ValueError("jpeg needs offsets (N + 1 int64 boundaries)")
-            jpeg = np.asarray(self.jpeg)
-            offsets = np.asarray(self.offsets).astype(np.int64, copy=False)
-            if jpeg.dtype != np.uint8 or jpeg.ndim != 1:
-                raise ValueError(f"jpeg must be a flat uint8 array; got {jpeg.dtype} {jpeg.shape}")
-            if offsets.shape != (len(labels) + 1,):
-                raise ValueError(f"offsets must have shape ({len(labels) + 1},) for {len(labels)} labels; got {offsets.shape}")
-            if offsets[0] != 0 or offsets[-1] != jpeg.size or np.any(np.diff(offsets) <= 0):
-                raise ValueError("offsets must start at 0, rise strictly and end at len(jpeg)")
-            object.__setattr__(self, "jpeg", jpeg)
-            object.__setattr__(self, "offsets", offsets)
 
     # -- a user's own data -------------------------------------------------------------------
     @classmethod
@@ -109,11 +117,29 @@ class ImageDataset:
         """(H, W) of the decoded images; None while encoded (JPEG sizes are read when decoded)."""
         return None if self.images is None else (int(self.images.shape[1]), int(self.images.shape[2]))
 
+    @property
+    def view_size(self) -> tuple[int, int]:
+        """(H, W) of the views loaders make of it: the images' size (for JPEG bytes read from the
+        first file's header; all must agree)."""
+        if self.images is not None:
+            return self.image_size
+        import io
+
+        from PIL import Image
+
+        width, height = Image.open(io.BytesIO(self.encoded(0))).size
+        return height, width
+
     def encoded(self, index: int) -> bytes:
         """The JPEG file of image ``index`` (encoded data sets only)."""
+        return self.encoded_arrays([index])[0].tobytes()
+
+    def encoded_arrays(self, indices) -> list[np.ndarray]:
+        """The JPEG files of images ``indices`` as uint8 arrays (views, no copy; encoded data sets only)."""
         if self.jpeg is None:
             raise ValueError(f"data set {self.name!r} ({self.split}) is decoded; it holds no JPEG bytes")
-        return self.jpeg[self.offsets[index] : self.offsets[index + 1]].tobytes()
+        offsets = self.offsets
+        return [self.jpeg[offsets[i] : offsets[i + 1]] for i in np.asarray(indices, dtype=np.int64).tolist()]
 
     # -- derived data sets ------------------------------------------------------------------
     def decoded(self) -> "ImageDataset":

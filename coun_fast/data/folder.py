@@ -60,16 +60,12 @@ def decode_files(
     return ImageDataset(name=name, split=split, labels=np.asarray(labels, np.int64), classes=tuple(classes), images=images)
 
 
-def load_image_folder_split(
-    root: str | Path, classes: Sequence[str] | None = None, *, image_size: object = None,
-    name: str | None = None, split: str = "train", threads: int | None = None,
-) -> ImageDataset:
-    """One split from ``root/<class>/<image files>``.
+def list_image_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[tuple[str, ...], list[Path], list[int]]:
+    """The classes, image files and labels of ``root/<class>/<image files>``.
 
     ``classes`` fixes the class names and their label order (a class may lack a folder, and then
     has no samples; a folder not in ``classes`` is an error); None takes the sorted folder names.
-    ``name`` defaults to the folder's name. Raises FileNotFoundError for a missing ``root``,
-    ValueError for no images, undecodable images or (without ``image_size``) mixed sizes.
+    Raises FileNotFoundError for a missing ``root`` and ValueError for no classes or no images.
     """
     root = _existing_dir(root, "image folder")
     folders = {p.name: p for p in _subfolders(root)}
@@ -91,7 +87,34 @@ def load_image_folder_split(
             labels += [label] * len(found)
     if not files:
         raise ValueError(f"image folder {root} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    return decode_files(files, np.asarray(labels), classes, name=name or root.name, split=split, image_size=image_size, threads=threads)
+    return classes, files, labels
+
+
+def load_image_folder_split(
+    root: str | Path, classes: Sequence[str] | None = None, *, image_size: object = None,
+    name: str | None = None, split: str = "train", threads: int | None = None,
+) -> ImageDataset:
+    """One split from ``root/<class>/<image files>`` (classes as :func:`list_image_folder` says).
+
+    ``name`` defaults to the folder's name. Raises FileNotFoundError for a missing ``root``,
+    ValueError for no images, undecodable images or (without ``image_size``) mixed sizes.
+    """
+    classes, files, labels = list_image_folder(root, classes)
+    name = name or Path(root).expanduser().name
+    return decode_files(files, np.asarray(labels), classes, name=name, split=split, image_size=image_size, threads=threads)
+
+
+def split_folders(root: str | Path) -> tuple[Path, Path]:
+    """``root/train`` and ``root/val`` (or ``root/test``); ValueError when either is missing."""
+    root = _existing_dir(root, "image folder")
+    train_dir = root / "train"
+    test_dir = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise ValueError(
+            f"image folder {root} must contain train/ and val/ (or test/) subfolders of classes; "
+            f"for one folder of classes use load_image_folder_split"
+        )
+    return train_dir, test_dir
 
 
 def _same_size(splits: DatasetSplits, image_size: object, root: Path) -> DatasetSplits:
@@ -113,14 +136,8 @@ def load_image_folder(
     ``name`` defaults to the name of ``root``. Without ``image_size`` both splits must share one
     image size. For a single folder of classes use :func:`load_image_folder_split`.
     """
-    root = _existing_dir(root, "image folder")
-    train_dir = root / "train"
-    test_dir = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise ValueError(
-            f"image folder {root} must contain train/ and val/ (or test/) subfolders of classes; "
-            f"for one folder of classes use load_image_folder_split"
-        )
+    train_dir, test_dir = split_folders(root)
+    root = train_dir.parent
     name = name or root.name
     train = load_image_folder_split(train_dir, image_size=image_size, name=name, split="train", threads=threads)
     test = load_image_folder_split(test_dir, train.classes, image_size=image_size, name=name, split="test", threads=threads)

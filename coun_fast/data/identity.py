@@ -26,7 +26,7 @@ def _sampled_images(data: ImageDataset) -> list[np.ndarray]:
     positions = np.unique(np.linspace(0, len(data) - 1, min(len(data), SAMPLED_IMAGES)).round().astype(np.int64))
     if data.images is not None:
         return [np.asarray(data.images[positions])]
-    return [np.asarray(data.jpeg[data.offsets[i]:data.offsets[i + 1]]) for i in positions]
+    return [np.asarray(f) for f in data.encoded_arrays(positions)]  # JPEG files, in memory or in shards
 
 
 def dataset_identity(splits: DatasetSplits) -> dict:

@@ -11,11 +11,17 @@ labels and ``indices`` the samples' indices in the data set, all on the loader's
 Order and augmentation are functions of ``(seed, epoch, step)`` alone: the same seed gives the
 same batches on every backend and device, and ``iterate(epoch, start=step)`` resumes a run
 mid-epoch exactly where it stopped.
+
+A :class:`~coun_fast.data.shards.ShardedDataset` (larger than memory) is streamed: each batch's
+JPEG files are read from the mapped shards and decoded as needed, ahead of the training step, by
+the backend's decoder (:mod:`coun_fast.data.stream`). Its views have the data set's
+``view_size``; when its images are not all of that size, the recipes take their resized form
+(:func:`~coun_fast.data.recipes.resized_form`: random resized crop for training, centre crop for
+evaluation, as ImageNet models are trained).
 """
 
 from __future__ import annotations
 
-import io
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -24,24 +30,15 @@ from torch import Tensor
 
 from coun_fast.data.backends import log, make_augmenter, resolve_backend
 from coun_fast.data.dataset import ImageDataset
-from coun_fast.data.recipes import Normalization, Recipe, batch_rng, get_recipe, sample_params
+from coun_fast.data.recipes import Normalization, Recipe, batch_rng, get_recipe, resized_form, sample_params
 from coun_fast.data.recipes import normalization as make_normalization
+from coun_fast.data.shards import is_sharded
 
 
 class Batch(NamedTuple):
     inputs: Tensor | tuple[Tensor, ...]
     labels: Tensor
     indices: Tensor
-
-
-def _image_size(dataset: ImageDataset) -> tuple[int, int]:
-    """(H, W) of the images; for JPEG bytes read from the first file's header (all must agree)."""
-    if dataset.image_size is not None:
-        return dataset.image_size
-    from PIL import Image
-
-    width, height = Image.open(io.BytesIO(dataset.encoded(0))).size
-    return height, width
 
 
 def _device(device) -> torch.device:
@@ -72,6 +69,10 @@ class AugmentedLoader:
             ``dataset``'s images. Pass the training split's statistics when loading a test split.
         dtype: floating dtype of the images (float32, or bfloat16/float16 for a GPU).
         channels_last: give images the channels-last memory format.
+        workers: decoding worker processes for a sharded data set (default: one per core, at
+            most 16; 0 decodes in this process); ignored for in-memory data sets.
+        prefetch: batches decoded ahead per worker (or by the background thread) for a sharded
+            data set; memory in use is about ``max(workers, 1) * prefetch`` batches.
     """
 
     def __init__(
@@ -90,6 +91,8 @@ class AugmentedLoader:
         normalization: "Normalization | tuple | None" = None,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        workers: int | None = None,
+        prefetch: int = 2,
     ) -> None:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"dataset must be an ImageDataset (see coun_fast.data.load_dataset); got {type(dataset).__name__}")
@@ -111,13 +114,26 @@ class AugmentedLoader:
             self.normalization = dataset.normalization
         else:
             self.normalization = make_normalization(*normalization)
-        # DALI decodes JPEG bytes itself (on the GPU with its mixed decoder); the others need pixels.
-        source = dataset if self.backend == "dali" else dataset.decoded()
-        self.image_size = _image_size(source)
-        self.augmenter = make_augmenter(
-            self.backend, source, self.normalization, self.image_size, device=self.device, dtype=dtype,
-            channels_last=channels_last, max_batch=batch_size, recipe=self.recipe,
-        )
+        self.streaming = is_sharded(dataset)
+        if self.streaming:
+            from coun_fast.data.stream import StreamingAugmenter
+
+            self.image_size = dataset.view_size
+            if dataset.resizes:
+                self.recipe = resized_form(self.recipe)
+            self.augmenter = StreamingAugmenter(
+                self.backend, dataset, self.normalization, self.image_size, device=self.device, dtype=dtype,
+                channels_last=channels_last, max_batch=batch_size, recipe=self.recipe, workers=workers,
+                prefetch=prefetch,
+            )
+        else:
+            # DALI decodes JPEG bytes itself (on the GPU with its mixed decoder); the others need pixels.
+            source = dataset if self.backend == "dali" else dataset.decoded()
+            self.image_size = source.view_size
+            self.augmenter = make_augmenter(
+                self.backend, source, self.normalization, self.image_size, device=self.device, dtype=dtype,
+                channels_last=channels_last, max_batch=batch_size, recipe=self.recipe,
+            )
         self._labels = torch.from_numpy(dataset.labels).to(self.device)
 
     @staticmethod
@@ -149,16 +165,30 @@ class AugmentedLoader:
             return self.indices
         return self.indices[np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.indices))]
 
-    def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``."""
+    def jobs(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, list]]:
+        """(sample indices, per-view parameters) of the batches of ``epoch`` from step ``start`` on."""
         order = self.order(epoch)
         for step in range(start, len(self)):
             chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
-            params = sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), self.image_size)
-            views = self.augmenter.views(chunk, params)
+            sizes = self.dataset.sizes[chunk] if self.streaming else self.image_size
+            yield chunk, sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), sizes, self.image_size)
+
+    def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``."""
+        jobs = self.jobs(epoch, start)
+        stream = getattr(self.augmenter, "stream", None)
+        results = stream(jobs) if stream is not None else ((c, self.augmenter.views(c, p)) for c, p in jobs)
+        for chunk, views in results:
             where = torch.from_numpy(chunk).to(self.device, non_blocking=True)
             inputs = views[0] if self.recipe.views == 1 else tuple(views)
             yield Batch(inputs, self._labels[where], where)
+
+    def close(self) -> None:
+        """Stop the decoding worker processes of a sharded data set now (a later pass starts them
+        again); nothing to do for an in-memory one."""
+        close = getattr(self.augmenter, "close", None)
+        if close is not None:
+            close()
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch

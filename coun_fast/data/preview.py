@@ -1,7 +1,10 @@
-"""Look at a data set: its summary, and a PNG grid of augmented views next to the originals.
+"""Look at a data set (its summary, and a PNG grid of augmented views next to the originals), or
+pack one into memory-mapped shards.
 
     python -m coun_fast.data digits --grid views.png
     coun-fast data cifar10 --data cifar10_jpeg.npz --recipe simclr --grid views.png
+    coun-fast data pack /data/imagenet /data/imagenet-shards      # see coun_fast.data.pack
+    coun-fast data sharded --data /data/imagenet-shards --verify
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.data.recipes import RECIPES
 from coun_fast.data.registry import DATASETS, load_dataset
+from coun_fast.data.shards import is_sharded
 
 
 def view_grid(dataset: ImageDataset, recipe: str = "two_view", *, samples: int = 8, seed: int = 0,
@@ -32,7 +36,7 @@ def view_grid(dataset: ImageDataset, recipe: str = "two_view", *, samples: int =
     views = inputs if isinstance(inputs, tuple) else (inputs,)
     mean = torch.tensor(loader.normalization.mean).view(1, 3, 1, 1)
     std = torch.tensor(loader.normalization.std).view(1, 3, 1, 1)
-    originals = dataset.decoded().images[indices.cpu().numpy()]
+    originals = _originals(dataset, indices.cpu().numpy(), loader.image_size)
     columns = [originals] + [
         ((v.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy() for v in views
     ]
@@ -50,20 +54,41 @@ def view_grid(dataset: ImageDataset, recipe: str = "two_view", *, samples: int =
     return grid, names
 
 
+def _originals(dataset: ImageDataset, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The images at ``indices`` as uint8 (B, H, W, 3) of the views' ``size`` (sharded data sets
+    decode just these, resized to it for display)."""
+    if not is_sharded(dataset):
+        return dataset.decoded().images[indices]
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+                     for image in dataset.decode(indices)])
+
+
 def save_grid(path: str, grid: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(grid).save(path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS, help="which data set to read")
+PACK_DESCRIPTION = (
+    "Write a data set of any size as memory-mapped JPEG shards that the loaders stream batch by batch "
+    "(load it as dataset 'sharded'). SRC is an image folder in the ImageNet layout (SRC/train/<class>/<images>, "
+    "SRC/val/<class>/... or SRC/test/), a packed-JPEG .npz, or a CIFAR pickle folder. RGB and grey JPEG files "
+    "are copied byte for byte, other images re-encoded as JPEG. OUT gets manifest.json (classes, counts, image "
+    "sizes, normalization, SHA-256 of every shard) and the shard files; it is written in .OUT.partial and "
+    "renamed into place when complete, so a failed pack leaves no OUT and an existing OUT untouched."
+)
+
+
+def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="PATH", default=None,
-                        help="its location: a CIFAR pickle folder, an image folder, or a packed-JPEG .npz "
-                             "(digits and synthetic need none)")
+                        help="its location: a CIFAR pickle folder, an image folder, a packed-JPEG .npz or a packed "
+                             "(sharded) folder (digits and synthetic need none)")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="split to show (default: train)")
     parser.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
-                        help="resize images to this square size when loading (folders, digits)")
+                        help="resize images to this square size when loading (folders, digits); for a sharded "
+                             "folder the views' size")
     parser.add_argument("--grid", metavar="PNG", default=None,
                         help="write a grid of augmented samples here: each row an original and its views")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="two_view", help="augmentation of the grid")
@@ -71,11 +96,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="augmentation backend (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and views (default: 0)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="sharded: check every shard's SHA-256 against the manifest (reads all the data)")
+
+
+def _pack_arguments(parser: argparse.ArgumentParser) -> None:
+    from coun_fast.data.pack import SOURCE_KINDS
+
+    parser.add_argument("src", metavar="SRC", help="an image folder (SRC/train/<class>/..., SRC/val/<class>/...), "
+                                                   "a packed-JPEG .npz, or a CIFAR pickle folder")
+    parser.add_argument("out", metavar="OUT", help="the folder to write (manifest.json and the shard files)")
+    parser.add_argument("--format", choices=SOURCE_KINDS, default="auto", help="what SRC is (default: auto)")
+    parser.add_argument("--name", help="the data set's name (default: SRC's name; cifar10/cifar100 for CIFAR)")
+    parser.add_argument("--shard-size", type=float, default=256, metavar="MIB",
+                        help="JPEG bytes per shard file, in MiB (default: 256)")
+    parser.add_argument("--quality", type=int, default=95,
+                        help="JPEG quality of images that are (re-)encoded: CIFAR, PNG, CMYK... (default: 95)")
+    parser.add_argument("--stats-images", type=int, default=50_000, metavar="N",
+                        help="training images decoded for the normalization statistics, evenly spaced "
+                             "(default: 50000; 0: all)")
+    parser.add_argument("--label-kind", choices=("fine", "coarse"), default="fine", help="CIFAR-100's labels")
+    parser.add_argument("--threads", type=int, default=None, help="reading/encoding threads (default: one per core)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a packed data set in OUT (it stays untouched until the new one is complete)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``DATASET [options]`` to look at a data set, or ``pack SRC OUT [options]``."""
+    commands = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET | pack")
+    for name, text in DATASETS.items():
+        _show_arguments(commands.add_parser(name, help=text, description=f"Summarize {name}: {text}"))
+    pack = commands.add_parser("pack", help="pack a data set into memory-mapped JPEG shards (for any size)",
+                               description=PACK_DESCRIPTION)
+    _pack_arguments(pack)
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from coun_fast.data.pack import pack
+    from coun_fast.data.shards import open_sharded
+
+    out = pack(args.src, args.out, source_kind=args.format, name=args.name, shard_mib=args.shard_size,
+               quality=args.quality, stats_images=args.stats_images, threads=args.threads,
+               label_kind=args.label_kind, overwrite=args.overwrite, progress=not args.no_progress)
+    splits = open_sharded(out)
+    for data in splits:
+        print(f"{data.split:<5} {len(data)} images in {len(data.shards)} shard(s), {data.stored_bytes / 1024**2:.1f} MiB")
+    print(f"wrote {out} (classes: {splits.train.num_classes}; normalization mean "
+          f"{[round(m, 4) for m in splits.train.normalization.mean]}, std "
+          f"{[round(v, 4) for v in splits.train.normalization.std]})")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset == "pack":
+        return run_pack(args)
     splits = load_dataset(args.dataset, args.data, image_size=args.image_size)
     dataset = getattr(splits, args.split)
+    if args.verify:
+        if not is_sharded(dataset):
+            raise ValueError("--verify checks the shards of a sharded data set; use it with 'coun-fast data sharded'")
+        for data in splits:
+            data.verify()
+        print(f"verified: every shard's SHA-256 matches {data.root}/manifest.json")
     summary = dataset.summary()
     summary["normalization"] = {"mean": list(splits.train.normalization.mean), "std": list(splits.train.normalization.std)}
     if args.json:
@@ -100,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m coun_fast.data",
         description="Summarize a data set (size, image size, classes, per-class counts, normalization) and "
-                    "optionally write a PNG grid of augmented samples so you can look at the views.",
+                    "optionally write a PNG grid of augmented samples so you can look at the views; or, with "
+                    "'pack SRC OUT', write a data set of any size as memory-mapped JPEG shards.",
     )
     add_arguments(parser)
     return parser

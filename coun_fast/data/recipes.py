@@ -14,6 +14,8 @@ plain ``cpu`` one. One view of a uint8 image ``u`` (H, W, 3) is, in this order:
    ``[-padding, padding]`` (a random 32x32 crop of the image zero-padded by 4).
    *resized crop*: torchvision's RandomResizedCrop box: area fraction uniform in ``scale``,
    log-aspect uniform in ``log(ratio)``, ten tries, else the centre crop clipped to ``ratio``.
+   *centre crop*: the centred square of side ``round(crop_fraction * min(H, W))`` (0.875: the
+   classic "resize to 256, centre-crop 224" evaluation of ImageNet models).
 2. **flip**: mirror left-right with probability ``flip``.
 3. scale to ``x = u / 255`` in [0, 1].
 4. **colour jitter**, with probability ``jitter_p``, in the fixed order brightness, contrast,
@@ -35,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 LUMA = (0.299, 0.587, 0.114)
+CROPS = (None, "pad", "resized", "center")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +48,11 @@ class Recipe:
         name: the recipe's name.
         views: independent views drawn per image (2 for contrastive views).
         crop: ``"pad"`` (random crop of the zero-padded image), ``"resized"`` (random resized
-            crop) or ``None`` (the whole image).
+            crop), ``"center"`` (centre crop of ``crop_fraction``) or ``None`` (the whole image).
         padding: pixels of zero padding on each side for ``crop="pad"``.
         scale: area fraction range for ``crop="resized"``.
         ratio: aspect ratio (width / height) range for ``crop="resized"``.
+        crop_fraction: side of the ``crop="center"`` square over the image's shorter side.
         flip: probability of a horizontal flip.
         jitter: (brightness, contrast, saturation, hue) strengths, or None for no colour jitter.
         jitter_p: probability that colour jitter is applied to a view.
@@ -61,6 +65,7 @@ class Recipe:
     padding: int = 4
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_fraction: float = 0.875
     flip: float = 0.0
     jitter: tuple[float, float, float, float] | None = None
     jitter_p: float = 0.0
@@ -69,8 +74,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if not isinstance(self.views, int) or self.views < 1:
             raise ValueError(f"views must be an integer >= 1; got {self.views!r}")
-        if self.crop not in (None, "pad", "resized"):
-            raise ValueError(f"crop must be 'pad', 'resized' or None; got {self.crop!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be 'pad', 'resized', 'center' or None; got {self.crop!r}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must lie in (0, 1]; got {self.crop_fraction}")
         if not isinstance(self.padding, int) or self.padding < 0:
             raise ValueError(f"padding must be an integer >= 0; got {self.padding!r}")
         lo, hi = self.scale
@@ -119,6 +126,20 @@ def get_recipe(recipe: "str | Recipe", **overrides) -> Recipe:
     else:
         raise ValueError(f"recipe must be a Recipe or one of {', '.join(map(repr, RECIPES))}; got {recipe!r}")
     return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def resized_form(recipe: Recipe) -> Recipe:
+    """``recipe`` for images resized to the views' size (data sets of mixed image sizes, such as
+    ImageNet, read at 224 px): the pad crop, which presumes images of the views' size, becomes
+    the random resized crop of ``recipe.scale`` and ``recipe.ratio`` (torchvision's
+    RandomResizedCrop, ImageNet's training crop), and no crop becomes the centre crop of
+    ``recipe.crop_fraction`` (ImageNet's evaluation crop); resized and centre crops, flips and
+    colour steps stay as they are."""
+    if recipe.crop == "pad":
+        return dataclasses.replace(recipe, crop="resized")
+    if recipe.crop is None:
+        return dataclasses.replace(recipe, crop="center")
+    return recipe
 
 
 class Normalization(NamedTuple):
@@ -182,26 +203,26 @@ class ViewParams(NamedTuple):
 IDENTITY_JITTER = np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32)
 
 
-def _resized_crop_boxes(rng: np.random.Generator, batch: int, height: int, width: int, recipe: Recipe) -> np.ndarray:
-    """torchvision's RandomResizedCrop box rule, vectorized: ten tries per sample, then a fallback."""
-    area = height * width
+def _resized_crop_boxes(rng: np.random.Generator, batch: int, height, width, recipe: Recipe) -> np.ndarray:
+    """torchvision's RandomResizedCrop box rule, vectorized: ten tries per sample, then a fallback.
+    ``height`` and ``width`` are ints or (batch,) arrays of per-sample image sizes."""
+    height = np.broadcast_to(np.asarray(height, np.int64), (batch,))
+    width = np.broadcast_to(np.asarray(width, np.int64), (batch,))
+    area = (height * width)[:, None]
     log_ratio = np.log(np.asarray(recipe.ratio))
     target = area * rng.uniform(recipe.scale[0], recipe.scale[1], size=(batch, 10))
     aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1], size=(batch, 10)))
     w = np.round(np.sqrt(target * aspect)).astype(np.int64)
     h = np.round(np.sqrt(target / aspect)).astype(np.int64)
-    fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    fits = (w > 0) & (h > 0) & (w <= width[:, None]) & (h <= height[:, None])
     first = np.argmax(fits, axis=1)
     rows = np.arange(batch)
     h, w = h[rows, first], w[rows, first]
     # Fallback (no try fits): the centre crop with the aspect ratio clipped to the range.
     in_ratio = width / height
-    if in_ratio < recipe.ratio[0]:
-        fw, fh = width, int(round(width / recipe.ratio[0]))
-    elif in_ratio > recipe.ratio[1]:
-        fh, fw = height, int(round(height * recipe.ratio[1]))
-    else:
-        fw, fh = width, height
+    narrow, wide = in_ratio < recipe.ratio[0], in_ratio > recipe.ratio[1]
+    fw = np.where(wide, np.round(height * recipe.ratio[1]), width).astype(np.int64)
+    fh = np.where(narrow, np.round(width / recipe.ratio[0]), height).astype(np.int64)
     found = fits[rows, first]
     h = np.where(found, h, fh)
     w = np.where(found, w, fw)
@@ -210,24 +231,48 @@ def _resized_crop_boxes(rng: np.random.Generator, batch: int, height: int, width
     return np.stack([top, left, h, w], axis=1)
 
 
-def sample_params(
-    recipe: Recipe, rng: np.random.Generator, batch: int, image_size: tuple[int, int]
-) -> list[ViewParams]:
-    """Draw ``recipe.views`` independent :class:`ViewParams` for ``batch`` images of ``image_size`` (H, W).
+def _center_boxes(batch: int, height, width, fraction: float) -> np.ndarray:
+    """The centred square of side ``round(fraction * min(H, W))`` (at least 1) per sample."""
+    height = np.broadcast_to(np.asarray(height, np.int64), (batch,))
+    width = np.broadcast_to(np.asarray(width, np.int64), (batch,))
+    side = np.maximum(1, np.round(fraction * np.minimum(height, width))).astype(np.int64)
+    return np.stack([(height - side) // 2, (width - side) // 2, side, side], axis=1)
 
-    Output images have the input size. The draws depend only on ``rng``'s state, so a seeded
-    generator gives the same parameters on every backend and device.
+
+def sample_params(
+    recipe: Recipe, rng: np.random.Generator, batch: int, image_size, out_size: tuple[int, int] | None = None,
+) -> list[ViewParams]:
+    """Draw ``recipe.views`` independent :class:`ViewParams` for ``batch`` images of ``image_size``:
+    one (H, W) for all, or a (batch, 2) array of per-sample (H, W).
+
+    Views have ``out_size`` (default: ``image_size``, which must then be one size); pad crops have
+    that size. The draws depend only on ``rng``'s state, so a seeded generator gives the same
+    parameters on every backend and device.
     """
-    height, width = image_size
+    sizes = np.asarray(image_size, dtype=np.int64)
+    if sizes.ndim == 2:
+        if sizes.shape != (batch, 2):
+            raise ValueError(f"per-sample image sizes must have shape ({batch}, 2); got {sizes.shape}")
+        height, width = sizes[:, 0], sizes[:, 1]
+    else:
+        height, width = int(sizes[0]), int(sizes[1])
+    if out_size is None:
+        if sizes.ndim == 2:
+            raise ValueError("out_size is required with per-sample image sizes")
+        out_size = (height, width)
+    out_h, out_w = int(out_size[0]), int(out_size[1])
     views = []
     for _ in range(recipe.views):
         if recipe.crop == "pad":
             offsets = rng.integers(-recipe.padding, recipe.padding + 1, size=(batch, 2))
-            box = np.concatenate([offsets, np.tile([height, width], (batch, 1))], axis=1)
+            box = np.concatenate([offsets, np.tile([out_h, out_w], (batch, 1))], axis=1)
         elif recipe.crop == "resized":
             box = _resized_crop_boxes(rng, batch, height, width, recipe)
+        elif recipe.crop == "center":
+            box = _center_boxes(batch, height, width, recipe.crop_fraction)
         else:
-            box = np.tile([0, 0, height, width], (batch, 1))
+            box = np.zeros((batch, 4), np.int64)
+            box[:, 2], box[:, 3] = height, width
         flip = rng.random(batch) < recipe.flip
         jitter = np.tile(IDENTITY_JITTER, (batch, 1))
         if recipe.jitter is not None:

@@ -18,6 +18,7 @@ from coun_fast.data.dataset import DatasetSplits
 from coun_fast.data.embedded import load_digits, synthetic
 from coun_fast.data.folder import load_image_folder, load_tiny_imagenet
 from coun_fast.data.packed import load_npz
+from coun_fast.data.shards import open_sharded
 
 DATASETS: dict[str, str] = {
     "cifar10": "CIFAR-10: the cifar-10-batches-py pickle folder (or its parent), or a packed-JPEG .npz file",
@@ -30,6 +31,10 @@ DATASETS: dict[str, str] = {
     "y_test); option name",
     "python": "MODULE:FUNCTION or FILE.py:FUNCTION, a function of no arguments returning (train, test): torch "
     "Datasets of (image, label), (images, labels) arrays or ImageDatasets; option name",
+    "npz": "a packed-JPEG .npz file (keys {split}_jpeg, {split}_offsets, {split}_labels, classes); option name",
+    "sharded": "a folder of memory-mapped JPEG shards written by 'coun-fast data pack' (any size: read batch by "
+    "batch, never whole); image_size: the views' size (default: the images' size when they share one, else 224); "
+    "option name",
     "digits": "scikit-learn's bundled 8x8 digits (no path); options test_fraction, seed",
     "synthetic": "generated class-dependent images (no path); options num_classes, train_per_class, "
     "test_per_class, seed, name",
@@ -44,6 +49,7 @@ _OPTIONS: dict[str, frozenset[str]] = {
     "folder": frozenset({"name", "threads"}),
     "npz": frozenset({"name", "threads"}),
     "python": frozenset({"name"}),
+    "sharded": frozenset({"name"}),
     "digits": frozenset({"test_fraction", "seed"}),
     "synthetic": frozenset({"num_classes", "train_per_class", "test_per_class", "seed", "name"}),
 }
@@ -74,7 +80,8 @@ def load_dataset(
             (:mod:`coun_fast.data.cache`) and read them from there next time.
         cache_dir: the cache folder; None uses ``$COUN_FAST_CACHE`` or ``~/.cache/coun_fast``.
         decode: False keeps the JPEG bytes of a packed ``.npz`` file (for GPU decoding; never
-            cached, no ``image_size``); only packed files support it.
+            cached, no ``image_size``); only packed files support it. A ``sharded`` data set is
+            always read from its shards batch by batch (``image_size`` is then its views' size).
         options: per data set (see :data:`DATASETS`); ``threads`` sets the decoding threads.
 
     Raises ValueError for an unknown name or option, a missing or superfluous path, an
@@ -111,6 +118,8 @@ def load_dataset(
             raise ValueError(f"decode=False keeps JPEG bytes; {path} holds decoded arrays")
         options.pop("threads", None)
         return load_arrays_npz(path, image_size=size, **options)
+    if kind == "sharded":
+        return open_sharded(path, view_size=size, name=options.get("name"))
     packed = kind == "npz" or (kind in ("cifar10", "cifar100") and path.suffix.lower() == ".npz")
     if not decode and not packed:
         raise ValueError(f"decode=False keeps JPEG bytes, which only packed .npz files have; {path} is not one")

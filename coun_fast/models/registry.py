@@ -16,13 +16,16 @@ from torch import nn
 
 from coun_fast.models.base import ImageClassifier, check_num_classes
 from coun_fast.models.projection import ProjectionHeadClassifier
-from coun_fast.models.resnet import ResNet18
+from coun_fast.models.resnet import ResNet18, resnet18_imagenet, resnet50_imagenet
 from coun_fast.models.small_cnn import SmallCNN
 from coun_fast.models.vgg import VGG16BN
 from coun_fast.models.vit import SmallDataViT
 
 MODELS: dict[str, str] = {
     "resnet18": "ResNet-18, CIFAR stem (3x3 stride-1 conv, no max-pool), 512-d features; any input size",
+    "resnet18_imagenet": "ResNet-18, ImageNet stem (7x7 stride-2 conv, max-pool), 512-d features; for 224 px "
+                         "data sets (e.g. packed ImageNet)",
+    "resnet50_imagenet": "ResNet-50, ImageNet stem, Bottleneck blocks, 2048-d features; for 224 px data sets",
     "vgg16_bn": "VGG-16 with batch norm and a 1024-d encoder head (Linear 512->1024 + ReLU); inputs >= 32x32",
     "vit_small_data": "ViT for small datasets (Lee et al. 2021): SPT + LSA, 4x4 patches, dim 512, depth 6, "
                       "12 heads; fixed img_size (32 by default)",
@@ -32,6 +35,8 @@ MODELS: dict[str, str] = {
 
 _CLASSES: dict[str, type[ImageClassifier]] = {
     "resnet18": ResNet18,
+    "resnet18_imagenet": resnet18_imagenet,
+    "resnet50_imagenet": resnet50_imagenet,
     "vgg16_bn": VGG16BN,
     "vit_small_data": SmallDataViT,
     "small_cnn": SmallCNN,
