@@ -47,6 +47,9 @@ import _harness as harness
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 PATHS = ("coun_fast", "paper", "ceiling")
+# Extra coun_fast paths (--variants): the opt-in GPU switches, each measured beside the default.
+VARIANTS = {"tc": {"tensor_cores": True}, "graph": {"cuda_graph": True},
+            "tc+graph": {"tensor_cores": True, "cuda_graph": True}}
 METHODS = ("coun", "ft")
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -72,6 +75,12 @@ class Config:
     profile: bool
     metrics: bool
     out: Path
+    variants: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths in the order they run: coun_fast, its variants ("coun_fast+tc", ...), paper, ceiling."""
+        return (PATHS[0], *(f"coun_fast+{v}" for v in self.variants), *PATHS[1:])
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -97,9 +106,14 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--no-metrics", action="store_true", help="skip evaluating the trained models")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: scikit-learn digits at 16x16, small_cnn, batch 64, 1 timed epoch")
+    parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=[],
+                        help="extra coun_fast paths with opt-in GPU switches: tc (tensor-core loss kernels), "
+                             "graph (the training step captured in a CUDA graph), tc+graph")
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "results")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cuda" and any("graph" in v for v in args.variants):
+        parser.error("--variants graph needs --device cuda (CUDA graphs)")
     quick = args.quick
     if args.data is None and not quick:
         parser.error("give --data (the CIFAR-10 file) or --quick")
@@ -112,7 +126,7 @@ def parse_args(argv: list[str] | None) -> Config:
         original_epochs=args.original_epochs if args.original_epochs is not None else 10,
         warmup_epochs=args.warmup_epochs, epochs=args.epochs or (1 if quick else 3),
         workers=args.workers if args.workers is not None else min(8, cores), seed=args.seed,
-        profile=not args.no_profile, metrics=not args.no_metrics, out=args.out,
+        profile=not args.no_profile, metrics=not args.no_metrics, out=args.out, variants=tuple(args.variants),
     )
 
 
@@ -150,12 +164,12 @@ def prepare(config: Config) -> Setup:
     return Setup(splits, split, normalization, original.to(config.device).eval(), seconds)
 
 
-def unlearn_config(config: Config, epochs: int):
+def unlearn_config(config: Config, epochs: int, cuda_graph: bool = False):
     """The unlearning optimiser all paths share: the paper's (SGD, momentum 0.9, wd 5e-4, cosine to 1e-4)."""
     from coun_fast.train import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, schedule="cosine", min_lr=1e-4,
-                       seed=config.seed, device=config.device, progress=False)
+                       seed=config.seed, device=config.device, progress=False, cuda_graph=cuda_graph)
 
 
 def lam_of(method: str, config: Config) -> float:
@@ -207,26 +221,32 @@ def _profiled(device: torch.device):
 # Path (a): coun_fast
 
 
-def run_coun_fast(method: str, setup: Setup, config: Config) -> PathResult:
+def run_coun_fast(method: str, setup: Setup, config: Config, variant: str | None = None) -> PathResult:
+    """coun_fast's defaults, or with a variant's switches (tensor-core kernels, a CUDA-graph step)."""
+    from coun_fast.ops import backend as backends
     from coun_fast.train import fit
     from coun_fast.unlearn.coun import CoUnObjective
 
+    switches = VARIANTS[variant] if variant else {}
+    graph = switches.get("cuda_graph", False)
     objective = CoUnObjective(lam_of(method, config), config.temperature)
     model = copy.deepcopy(setup.original)
     epochs = config.warmup_epochs + config.epochs
-    result = fit(model, setup.splits.train, objective, unlearn_config(config, epochs), indices=setup.split.retain,
-                 normalization=setup.normalization, description=f"coun_fast {method}")
-    seconds = [row["seconds"] for row in result.history[config.warmup_epochs:]]
-    images = len(setup.split.retain)
-    phases = None
-    if config.profile:
-        probe = copy.deepcopy(setup.original)
-        with _profiled(torch.device(config.device)) as profile:
-            started = time.perf_counter()
-            fit(probe, setup.splits.train, objective, unlearn_config(config, 1), indices=setup.split.retain,
-                normalization=setup.normalization)
-            wall = time.perf_counter() - started
-        phases = phase_breakdown(profile, torch.device(config.device), images // config.batch_size, wall)
+    with backends.tensor_cores(switches.get("tensor_cores", backends.tensor_cores_enabled())):
+        result = fit(model, setup.splits.train, objective, unlearn_config(config, epochs, graph),
+                     indices=setup.split.retain, normalization=setup.normalization,
+                     description=f"coun_fast{'+' + variant if variant else ''} {method}")
+        seconds = [row["seconds"] for row in result.history[config.warmup_epochs:]]
+        images = len(setup.split.retain)
+        phases = None
+        if config.profile:
+            probe = copy.deepcopy(setup.original)
+            with _profiled(torch.device(config.device)) as profile:
+                started = time.perf_counter()
+                fit(probe, setup.splits.train, objective, unlearn_config(config, 1, graph),
+                    indices=setup.split.retain, normalization=setup.normalization)
+                wall = time.perf_counter() - started
+            phases = phase_breakdown(profile, torch.device(config.device), images // config.batch_size, wall)
     return PathResult(seconds, images, phases, model)
 
 
@@ -430,6 +450,13 @@ def run_ceiling(method: str, setup: Setup, config: Config) -> PathResult:
 RUNNERS = {"coun_fast": run_coun_fast, "paper": run_paper, "ceiling": run_ceiling}
 
 
+def run_path(path: str, method: str, setup: Setup, config: Config) -> PathResult:
+    """Runs ``path``: one of PATHS, or "coun_fast+VARIANT"."""
+    if path.startswith("coun_fast+"):
+        return run_coun_fast(method, setup, config, path.split("+", 1)[1])
+    return RUNNERS[path](method, setup, config)
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 
@@ -447,7 +474,7 @@ def make_rows(config: Config, results: dict) -> list[dict]:
     for method in config.methods:
         paper = results[(method, "paper")]
         ceiling = results[(method, "ceiling")]
-        for path in PATHS:
+        for path in config.paths:
             result = results[(method, path)]
             row = {"method": method, "path": path, "epoch_s": result.epoch_s,
                    "images_per_s": result.images_per_epoch / result.epoch_s,
@@ -478,20 +505,20 @@ COLUMNS = (
 
 
 def targets(rows: list[dict], device: str) -> list[str]:
-    """The issue's GPU targets (printed on every device; they are stated for an H100/H200)."""
-    def find(method: str, path: str) -> dict | None:
-        return next((r for r in rows if r["method"] == method and r["path"] == path), None)
-
+    """The issue's GPU targets for coun_fast's default path and each variant (printed on every
+    device; they are stated for an H100/H200)."""
     lines = []
-    coun, ft = find("coun", "coun_fast"), find("ft", "coun_fast")
-    if coun:
-        lines.append(f"CoUn epoch <= 1.15x the model-only ceiling: {coun['vs_ceiling']:.2f}x -> "
-                     + ("met" if coun["vs_ceiling"] <= 1.15 else "NOT met"))
-        lines.append(f"CoUn epoch >= 3x the paper-style loop: {coun['speedup_vs_paper']:.2f}x -> "
-                     + ("met" if coun["speedup_vs_paper"] >= 3 else "NOT met"))
-    if ft:
-        lines.append(f"single-view epoch >= 2.5x the paper-style loop: {ft['speedup_vs_paper']:.2f}x -> "
-                     + ("met" if ft["speedup_vs_paper"] >= 2.5 else "NOT met"))
+    for path in dict.fromkeys(r["path"] for r in rows if r["path"].startswith("coun_fast")):
+        coun = next((r for r in rows if r["method"] == "coun" and r["path"] == path), None)
+        ft = next((r for r in rows if r["method"] == "ft" and r["path"] == path), None)
+        if coun:
+            lines.append(f"{path}: CoUn epoch <= 1.15x the model-only ceiling: {coun['vs_ceiling']:.2f}x -> "
+                         + ("met" if coun["vs_ceiling"] <= 1.15 else "NOT met"))
+            lines.append(f"{path}: CoUn epoch >= 3x the paper-style loop: {coun['speedup_vs_paper']:.2f}x -> "
+                         + ("met" if coun["speedup_vs_paper"] >= 3 else "NOT met"))
+        if ft:
+            lines.append(f"{path}: single-view epoch >= 2.5x the paper-style loop: {ft['speedup_vs_paper']:.2f}x -> "
+                         + ("met" if ft["speedup_vs_paper"] >= 2.5 else "NOT met"))
     if device != "cuda":
         lines = [f"({line}; the targets are for a GPU)" for line in lines]
     return lines
@@ -508,7 +535,7 @@ def metric_agreement(rows: list[dict]) -> list[str]:
     return lines
 
 
-def bar_chart(rows: list[dict], path: Path, title: str) -> None:
+def bar_chart(rows: list[dict], paths: tuple[str, ...], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -516,10 +543,10 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> None:
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.25
-    for i, name in enumerate(PATHS):
+    width = 0.8 / len(paths)
+    for i, name in enumerate(paths):
         values = [next(r["epoch_s"] for r in rows if r["method"] == m and r["path"] == name) for m in methods]
-        axes[0].bar(np.arange(len(methods)) + (i - 1) * width, values, width, label=name)
+        axes[0].bar(np.arange(len(methods)) + (i - (len(paths) - 1) / 2) * width, values, width, label=name)
     axes[0].set_xticks(np.arange(len(methods)), methods)
     axes[0].set_ylabel("seconds per epoch")
     axes[0].set_title("Epoch time")
@@ -553,12 +580,12 @@ def main(argv: list[str] | None = None) -> int:
           f"model {config.model}, Original {config.original_epochs} epochs in {setup.original_seconds:.1f} s", flush=True)
     results = {}
     for method in config.methods:
-        for path in PATHS:
-            result = RUNNERS[path](method, setup, config)
+        for path in config.paths:
+            result = run_path(path, method, setup, config)
             if config.metrics and result.model is not None:
                 result.metrics = evaluate(result.model, setup)
             results[(method, path)] = result
-            print(f"{method:<5} {path:<10} epoch {result.epoch_s:.3f} s "
+            print(f"{method:<5} {path:<19} epoch {result.epoch_s:.3f} s "
                   f"({result.images_per_epoch / result.epoch_s:.0f} img/s)", flush=True)
     rows = make_rows(config, results)
     paper_library = "torchvision" if torchvision_transforms() is not None else "pillow"
@@ -579,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(markdown_path,
                       f"# {stem}\n\n{harness.device_name(device)}; {header['command']}\n\n```\n{table}\n```\n")
     chart_path = config.out / f"{stem}.png"
-    bar_chart(rows, chart_path, f"{config.model} on {config.dataset}, {harness.device_name(device)}")
+    bar_chart(rows, config.paths, chart_path, f"{config.model} on {config.dataset}, {harness.device_name(device)}")
     print()
     print(table)
     print()

@@ -8,9 +8,10 @@
 #
 # LOG defaults to $OUT/gpu_check.log when $OUT is set, else ./gpu_check.log. GPU_CHECK_DEADLINE_S
 # (default 540) bounds the whole run; a step that would start with less than 10 s left is skipped.
-# GPU_CHECK_STEPS picks step groups (default "build tests sanitize kernels unlearning protocol large_data";
-# build always runs); CIFAR10 names the CIFAR-10 file (default .data/cifar10_jpeg.npz; the
-# unlearning and protocol steps are skipped without it). Result files are written next to the log.
+# GPU_CHECK_STEPS picks the step groups and their order (default "build tests sanitize kernels
+# unlearning protocol large_data"; build always runs first); GPU_CHECK_UNLEARNING_ARGS adds options
+# to bench_unlearning.py (default "--variants tc graph tc+graph"); CIFAR10 names the CIFAR-10 file
+# (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
 # The exit code is the number of failed or skipped steps. benchmarks/README.md says how to run it
 # through the device tool.
 set -uo pipefail
@@ -19,6 +20,7 @@ out_dir="${OUT:-.}"
 log="${1:-$out_dir/gpu_check.log}"
 deadline_s="${GPU_CHECK_DEADLINE_S:-540}"
 steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol large_data}"
+unlearning_args="${GPU_CHECK_UNLEARNING_ARGS:---variants tc graph tc+graph}"
 cifar10="${CIFAR10:-.data/cifar10_jpeg.npz}"
 python="${PYTHON:-python3}"
 start_s=$(date +%s)
@@ -26,7 +28,6 @@ failed=0
 export PYTHONUNBUFFERED=1
 
 remaining() { echo $(( deadline_s - ($(date +%s) - start_s) )); }
-wanted() { [[ " $steps " == *" $1 "* ]]; }
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND with at most LIMIT_S (or what is left) seconds.
 step() {
@@ -54,40 +55,51 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 step "build (sm_${arch})" 240 env COUN_FAST_CUDA_ARCHS="$arch" COUN_FAST_CUDA=1 \
   "$python" -m pip install --no-build-isolation --no-deps -e .
 step "info" 30 "$python" -m coun_fast.info
-if wanted tests; then
+group_tests() {
   step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider tests
-fi
-if wanted sanitize; then
+}
+group_sanitize() {
   step "compute-sanitizer memcheck" 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
   step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
     --racecheck-report hazard --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
-fi
-if wanted kernels; then
+}
+group_kernels() {
   step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir"
-fi
-if wanted unlearning || wanted protocol; then
-  if [[ ! -f "$cifar10" ]]; then
-    echo "=== SKIPPED unlearning and protocol: no CIFAR-10 file at $cifar10 (set CIFAR10)" | tee -a "$log"
-    failed=$((failed + 1))
-  else
-    if wanted unlearning; then
-      step "unlearning benchmark (CIFAR-10, ResNet-18)" 300 "$python" benchmarks/bench_unlearning.py \
-        --data "$cifar10" --out "$out_dir"
-    fi
-    if wanted protocol; then
-      # The paper's protocol for one seed (Original, Retrain, FT, CoUn); the runner prints each
-      # stage's time and the total. Whatever the deadline leaves; an unfinished run says how far it got.
-      step "paper protocol, seed 0" 600 coun-fast run cifar10_resnet18_random10 --data "$cifar10" --seeds 0 \
-        --methods retrain ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress --no-curves
-    fi
-  fi
-fi
-if wanted large_data; then
+}
+have_cifar10() {
+  [[ -f "$cifar10" ]] && return 0
+  echo "=== SKIPPED $1: no CIFAR-10 file at $cifar10 (set CIFAR10)" | tee -a "$log"
+  failed=$((failed + 1))
+  return 1
+}
+group_unlearning() {
+  # coun_fast's default training step, each opt-in GPU switch beside it (--variants), the
+  # paper-style loop and the model-only ceiling, measured in one process.
+  have_cifar10 unlearning || return
+  # shellcheck disable=SC2086
+  step "unlearning benchmark (CIFAR-10, ResNet-18)" 300 "$python" benchmarks/bench_unlearning.py \
+    --data "$cifar10" --out "$out_dir" $unlearning_args
+}
+group_protocol() {
+  # The paper's protocol for one seed (Original, Retrain, FT, CoUn); the runner prints each
+  # stage's time and the total. Whatever the deadline leaves; an unfinished run says how far it got.
+  have_cifar10 protocol || return
+  step "paper protocol, seed 0" 600 coun-fast run cifar10_resnet18_random10 --data "$cifar10" --seeds 0 \
+    --methods retrain ft coun --output "$out_dir/protocol" --cache /tmp/coun_fast_cache --no-progress --no-curves
+}
+group_large_data() {
   # 3000 generated 256-px JPEGs, packed; two-view 224-px batches: DALI (nvjpeg), torchvision's GPU
   # decoder (or its Pillow-worker fallback) and the cpu path against the per-sample PIL DataLoader.
   step "large-data benchmark (GPU decoding)" 240 "$python" benchmarks/bench_large_data.py --quick \
     --num-images 3000 --batch-size 128 --batches 4 --reps 2 --data-dir /tmp/coun_fast_large_data --out "$out_dir"
-fi
+}
+for group in $steps; do
+  case "$group" in
+    build) ;;
+    tests | sanitize | kernels | unlearning | protocol | large_data) "group_$group" ;;
+    *) echo "=== SKIPPED unknown step group '$group'" | tee -a "$log"; failed=$((failed + 1)) ;;
+  esac
+done
 echo "gpu_check: $failed failed or skipped step(s), $(( $(date +%s) - start_s ))s in all" | tee -a "$log"
 exit "$failed"
