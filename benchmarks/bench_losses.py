@@ -246,7 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None,
+                        help="default: all (--gpu-quick: reference fused fused+tc reference+compile)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
                         help="M values (rows of the similarity matrix); default 256..8192 on CPU, 1024..65536 on CUDA")
     parser.add_argument("--dims", nargs="+", type=int, default=None, help="D values; default 128 512")
@@ -286,7 +287,7 @@ def make_config(args: argparse.Namespace) -> Config:
     device's defaults."""
     if args.gpu_quick:
         return Config(device="cuda", dtype="bfloat16", losses=["nt_xent"],
-                      providers=["reference", "fused", "fused+tc", "reference+compile"], sizes=[32768],
+                      providers=args.providers or ["reference", "fused", "fused+tc", "reference+compile"], sizes=[32768],
                       dims=[128, 512], reps=args.reps or 10, budget_s=args.budget_s or 3.0,
                       max_call_s=args.max_call_s or 10.0, cell_timeout_s=min(args.cell_timeout, 120.0),
                       threads=args.threads, mem_limit=None, out=args.out, latency=True, memory_sizes=[131072])
@@ -296,7 +297,7 @@ def make_config(args: argparse.Namespace) -> Config:
         device=device,
         dtype=args.dtype,
         losses=args.losses,
-        providers=args.providers,
+        providers=args.providers or list(PROVIDERS),
         sizes=args.sizes or ([256, 512] if quick else DEFAULT_SIZES[device]),
         dims=args.dims or ([128] if quick else [128, 512]),
         reps=args.reps or (3 if quick else DEFAULT_REPS[device]),
@@ -660,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_grid(config, unavailable, matmul_tflops)
     if config.memory_sizes:
         rows += run_grid(config, unavailable, matmul_tflops, sizes=config.memory_sizes, dims=[128],
-                         providers=[p for p in ("fused", "fused+tc") if p not in unavailable])
+                         providers=[p for p in ("fused", "fused+tc") if p in config.providers and p not in unavailable])
     latency = measure_latency(config, unavailable) if config.latency else []
     header["latency"] = latency
     stem = f"losses_{config.device}_{header['timestamp']}"

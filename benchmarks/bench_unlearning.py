@@ -475,6 +475,8 @@ def make_rows(config: Config, results: dict) -> list[dict]:
         paper = results[(method, "paper")]
         ceiling = results[(method, "ceiling")]
         for path in config.paths:
+            if (method, path) not in results:  # a variant that failed (header["errors"])
+                continue
             result = results[(method, path)]
             row = {"method": method, "path": path, "epoch_s": result.epoch_s,
                    "images_per_s": result.images_per_epoch / result.epoch_s,
@@ -545,7 +547,7 @@ def bar_chart(rows: list[dict], paths: tuple[str, ...], path: Path, title: str) 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(paths)
     for i, name in enumerate(paths):
-        values = [next(r["epoch_s"] for r in rows if r["method"] == m and r["path"] == name) for m in methods]
+        values = [next((r["epoch_s"] for r in rows if r["method"] == m and r["path"] == name), 0.0) for m in methods]
         axes[0].bar(np.arange(len(methods)) + (i - (len(paths) - 1) / 2) * width, values, width, label=name)
     axes[0].set_xticks(np.arange(len(methods)), methods)
     axes[0].set_ylabel("seconds per epoch")
@@ -578,10 +580,17 @@ def main(argv: list[str] | None = None) -> int:
     setup = prepare(config)
     print(f"data {config.dataset} ({len(setup.splits.train)} train, {len(setup.split.retain)} retain), "
           f"model {config.model}, Original {config.original_epochs} epochs in {setup.original_seconds:.1f} s", flush=True)
-    results = {}
+    results, errors = {}, {}
     for method in config.methods:
         for path in config.paths:
-            result = run_path(path, method, setup, config)
+            try:
+                result = run_path(path, method, setup, config)
+            except Exception as error:  # a variant's failure is a result; the base paths' is not
+                if path in PATHS:
+                    raise
+                errors[f"{method} {path}"] = f"{type(error).__name__}: {error}"
+                print(f"{method:<5} {path:<19} error: {errors[f'{method} {path}']}", flush=True)
+                continue
             if config.metrics and result.model is not None:
                 result.metrics = evaluate(result.model, setup)
             results[(method, path)] = result
@@ -596,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                   "the CPU; 'loss' is nested in 'forward' and subtracted; 'other' is the rest of the profiled "
                   "epoch's wall time",
         "total_seconds": time.perf_counter() - started,
+        "errors": errors,
     })
     stem = f"unlearning_{config.device}_{header['timestamp']}"
     json_path, csv_path = harness.write_results(rows, header, config.out, stem)
@@ -612,9 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in targets(rows, config.device) + metric_agreement(rows):
         print(line)
+    for name, error in errors.items():
+        print(f"FAILED {name}: {error}")
     print(f"paper path augmentation: {paper_library}; total {time.perf_counter() - started:.0f} s")
     print(f"wrote {json_path}\nwrote {csv_path}\nwrote {markdown_path}\nwrote {chart_path}")
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 # (default 540) bounds the whole run; a step that would start with less than 10 s left is skipped.
 # GPU_CHECK_STEPS picks the step groups and their order (default "build tests sanitize kernels
 # unlearning protocol large_data"; build always runs first); GPU_CHECK_UNLEARNING_ARGS adds options
-# to bench_unlearning.py (default "--variants tc graph tc+graph"); CIFAR10 names the CIFAR-10 file
+# to bench_unlearning.py (default "--variants tc graph tc+graph"), GPU_CHECK_KERNEL_ARGS to
+# bench_losses.py --gpu-quick, GPU_CHECK_TEST_ARGS replaces pytest's "tests" (a selection, with -k
+# or files, for a rerun); CIFAR10 names the CIFAR-10 file
 # (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
 # The exit code is the number of failed or skipped steps. benchmarks/README.md says how to run it
 # through the device tool.
@@ -21,6 +23,8 @@ log="${1:-$out_dir/gpu_check.log}"
 deadline_s="${GPU_CHECK_DEADLINE_S:-540}"
 steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol large_data}"
 unlearning_args="${GPU_CHECK_UNLEARNING_ARGS:---variants tc graph tc+graph}"
+test_args="${GPU_CHECK_TEST_ARGS:-tests}"
+kernel_args="${GPU_CHECK_KERNEL_ARGS:-}"
 cifar10="${CIFAR10:-.data/cifar10_jpeg.npz}"
 python="${PYTHON:-python3}"
 start_s=$(date +%s)
@@ -56,16 +60,18 @@ step "build (sm_${arch})" 240 env COUN_FAST_CUDA_ARCHS="$arch" COUN_FAST_CUDA=1 
   "$python" -m pip install --no-build-isolation --no-deps -e .
 step "info" 30 "$python" -m coun_fast.info
 group_tests() {
-  step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider tests
+  # shellcheck disable=SC2086
+  step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider $test_args
 }
 group_sanitize() {
   step "compute-sanitizer memcheck" 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
-    --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+    --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py
   step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
-    --racecheck-report hazard --kernel-regex kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+    --racecheck-report hazard --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py
 }
 group_kernels() {
-  step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir"
+  # shellcheck disable=SC2086
+  step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir" $kernel_args
 }
 have_cifar10() {
   [[ -f "$cifar10" ]] && return 0

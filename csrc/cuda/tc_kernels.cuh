@@ -781,10 +781,12 @@ auto backward_kernel(int g_chunks) {
 
 
 // Raises a kernel's dynamic shared memory limit (cudaFuncSetAttribute is not a stream operation,
-// so it is allowed during graph capture too).
+// so it is allowed during graph capture too). Without it a launch fails with "invalid argument"
+// once the dynamic bytes plus the kernel's static shared memory pass 48 KB; the static part
+// (arrive_last's flag, reduce.cuh's partial sums) is at most kStaticSharedReserve.
 template <class Kernel>
 inline cudaError_t allow_shared(Kernel kernel, int shared_bytes) {
-  if (shared_bytes <= 48 * 1024) return cudaSuccess;
+  if (shared_bytes + kStaticSharedReserve <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes);
 }
 

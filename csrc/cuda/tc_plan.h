@@ -106,7 +106,7 @@ inline Plan make_plan(const Problem& problem, const DeviceInfo& device) {
     p.backward_tiles_per_split[o] = static_cast<int>(ceil_div(backward_col_tiles[o], p.backward_splits));
   plan.g_chunks = p.dim_pad <= 128 ? 2 : (p.dim_pad <= 256 ? 4 : 0);
   const int resident_shared = 3 * p.chunks * kTileChunkBytes + (separate ? 2 * p.gchunks * kTileChunkBytes : 0);
-  if (plan.g_chunks > 0 && resident_shared > device.shared_optin) plan.g_chunks = 0;
+  if (plan.g_chunks > 0 && resident_shared + kBackwardStaticShared > device.shared_optin) plan.g_chunks = 0;
   plan.backward_shared = plan.g_chunks > 0 ? resident_shared : kStages * 2 * kTileChunkBytes;
 
   p.num_counters = p.forward_row_tiles[0] + p.forward_row_tiles[1] + 1 + p.backward_row_tiles[0] +
