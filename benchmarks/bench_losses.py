@@ -28,9 +28,11 @@ import torch
 import _harness as harness
 
 LOSSES = ("nt_xent", "cross_view_info_nce", "sup_con")
-# fused: the kernels' default path (exact on CUDA); fused+tc: the tensor-core path (CUDA only).
-PROVIDERS = ("reference", "fused", "fused+tc", "reference+compile", "pml")
-CUDA_ONLY_PROVIDERS = ("fused+tc",)
+# fused: the kernels as a user gets them (on CUDA the tensor-core path for bfloat16 and float16, see
+# coun_fast.ops.backend); fused+exact / fused+tc: the exact float32 path / the tensor-core path,
+# forced (CUDA only).
+PROVIDERS = ("reference", "fused", "fused+exact", "fused+tc", "reference+compile", "pml")
+CUDA_ONLY_PROVIDERS = ("fused+exact", "fused+tc")
 MODES = ("forward", "full")
 TEMPERATURE = {"nt_xent": 0.5, "cross_view_info_nce": 0.1, "sup_con": 0.1}
 PML_LOSSES = ("nt_xent", "sup_con")
@@ -106,11 +108,11 @@ def _pml_sup_con() -> Callable[..., torch.Tensor]:
     return SupConLoss(temperature=TEMPERATURE["sup_con"])
 
 
-def _with_tensor_cores(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _with_tensor_cores(call: Callable[..., torch.Tensor], enabled: bool) -> Callable[..., torch.Tensor]:
     from coun_fast.ops import backend as backends
 
     def wrapped(*args: torch.Tensor) -> torch.Tensor:
-        with backends.tensor_cores(True):
+        with backends.tensor_cores(enabled):
             return call(*args)
 
     return wrapped
@@ -120,8 +122,8 @@ def make_call(provider: str, loss: str) -> Callable[..., torch.Tensor]:
     """The loss function of ``provider``, taking :func:`make_inputs`' arguments."""
     if provider == "fused":
         return _coun_call(loss, "fused")
-    if provider == "fused+tc":
-        return _with_tensor_cores(_coun_call(loss, "fused"))
+    if provider in ("fused+tc", "fused+exact"):
+        return _with_tensor_cores(_coun_call(loss, "fused"), provider == "fused+tc")
     if provider == "reference":
         return _coun_call(loss, "reference")
     if provider == "reference+compile":
@@ -247,7 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None,
-                        help="default: all (--gpu-quick: reference fused fused+tc reference+compile)")
+                        help="default: all (--gpu-quick: reference fused+exact fused+tc reference+compile)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
                         help="M values (rows of the similarity matrix); default 256..8192 on CPU, 1024..65536 on CUDA")
     parser.add_argument("--dims", nargs="+", type=int, default=None, help="D values; default 128 512")
@@ -287,7 +289,7 @@ def make_config(args: argparse.Namespace) -> Config:
     device's defaults."""
     if args.gpu_quick:
         return Config(device="cuda", dtype="bfloat16", losses=["nt_xent"],
-                      providers=args.providers or ["reference", "fused", "fused+tc", "reference+compile"], sizes=[32768],
+                      providers=args.providers or ["reference", "fused+exact", "fused+tc", "reference+compile"], sizes=[32768],
                       dims=[128, 512], reps=args.reps or 10, budget_s=args.budget_s or 3.0,
                       max_call_s=args.max_call_s or 10.0, cell_timeout_s=min(args.cell_timeout, 120.0),
                       threads=args.threads, mem_limit=None, out=args.out, latency=True, memory_sizes=[131072])
@@ -550,15 +552,16 @@ def measure_latency(config: Config, unavailable: dict[str, str]) -> list[dict]:
     """GPU time (CUDA) and wall time per forward+backward of the LATENCY_CASES, per provider."""
     rows = []
     for case, (loss, m, d) in LATENCY_CASES.items():
-        for provider in ("reference", "fused", "fused+tc"):
-            if provider in unavailable or (provider in CUDA_ONLY_PROVIDERS and config.device != "cuda"):
+        # On CUDA both fused paths, forced (plain "fused" is one of them); on the CPU the one kernel.
+        for provider in ("reference", *(CUDA_ONLY_PROVIDERS if config.device == "cuda" else ("fused",))):
+            if provider in unavailable:
                 continue
             spec = {**_spec(config, "latency", loss, provider, m, d)}
             result = harness.run_isolated(SCRIPT, spec, config.cell_timeout_s)
             rows.append({"case": case, "loss": loss, "M": m, "D": d, "dtype": config.dtype, "device": config.device,
                          "provider": provider, "gpu_us": result.get("gpu_us"), "wall_us": result.get("wall_us"),
                          "status": result["status"]})
-            print(f"latency {case:<5} {provider:<10} " + (
+            print(f"latency {case:<5} {provider:<11} " + (
                 f"GPU {result['gpu_us']:.1f} us  " if result.get("gpu_us") is not None else "")
                   + (f"wall {result['wall_us']:.1f} us" if result.get("wall_us") is not None else result["status"]),
                   flush=True)
@@ -661,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_grid(config, unavailable, matmul_tflops)
     if config.memory_sizes:
         rows += run_grid(config, unavailable, matmul_tflops, sizes=config.memory_sizes, dims=[128],
-                         providers=[p for p in ("fused", "fused+tc") if p in config.providers and p not in unavailable])
+                         providers=[p for p in ("fused", "fused+exact", "fused+tc")
+                                    if p in config.providers and p not in unavailable])
     latency = measure_latency(config, unavailable) if config.latency else []
     header["latency"] = latency
     stem = f"losses_{config.device}_{header['timestamp']}"

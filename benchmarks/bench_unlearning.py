@@ -7,13 +7,16 @@ model-only ceiling, in one process, on the same data, seed and hyperparameters.
 For each method (CoUn: two views and the contrastive term; FT: one view, the single-view epoch of
 Original and Retrain too) three paths train the same starting model on the retain set:
 
-* ``coun_fast``: ``coun_fast.train.fit`` with its defaults (bf16 autocast and channels_last on a
-  GPU, the ``auto`` augmentation backend, the fused loss);
+* ``coun_fast``: ``coun_fast.train.fit`` with its defaults (on a GPU: bf16 autocast, channels_last,
+  the step captured in a CUDA graph, the fused loss on tensor cores; the ``auto`` augmentation
+  backend); ``--variants`` adds the same with those GPU switches off (``exact``, ``eager``,
+  ``exact+eager``);
 * ``paper``: the paper's listing as research code writes it: per-sample CPU transforms (torchvision
   where it imports, else Pillow/NumPy) in a ``DataLoader`` with worker processes, float32, a forward
   hook on the penultimate layer for the features, two forward passes, ``F.cosine_similarity`` N x N
   matrices and ``log_softmax``;
-* ``ceiling``: the model alone, as ``coun_fast`` runs it (precision, memory format, optimizer), fed
+* ``ceiling``: the model alone, stepped as ``coun_fast`` steps it (precision, memory format,
+  optimizer, the CUDA-graph step on a GPU), fed
   views of random data already on the device: no augmentation and no contrastive loss (CoUn's
   ceiling runs both views forward and backward, with cross-entropy on each).
 
@@ -47,9 +50,10 @@ import _harness as harness
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 PATHS = ("coun_fast", "paper", "ceiling")
-# Extra coun_fast paths (--variants): the opt-in GPU switches, each measured beside the default.
-VARIANTS = {"tc": {"tensor_cores": True}, "graph": {"cuda_graph": True},
-            "tc+graph": {"tensor_cores": True, "cuda_graph": True}}
+# Extra coun_fast paths (--variants): the default's GPU switches turned off, each measured beside it:
+# exact (the loss on the exact float32 kernels instead of tensor cores), eager (no CUDA-graph step).
+VARIANTS = {"exact": {"tensor_cores": False}, "eager": {"cuda_graph": False},
+            "exact+eager": {"tensor_cores": False, "cuda_graph": False}}
 METHODS = ("coun", "ft")
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -79,7 +83,7 @@ class Config:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """The paths in the order they run: coun_fast, its variants ("coun_fast+tc", ...), paper, ceiling."""
+        """The paths in the order they run: coun_fast, its variants ("coun_fast+eager", ...), paper, ceiling."""
         return (PATHS[0], *(f"coun_fast+{v}" for v in self.variants), *PATHS[1:])
 
 
@@ -107,13 +111,13 @@ def parse_args(argv: list[str] | None) -> Config:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: scikit-learn digits at 16x16, small_cnn, batch 64, 1 timed epoch")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=[],
-                        help="extra coun_fast paths with opt-in GPU switches: tc (tensor-core loss kernels), "
-                             "graph (the training step captured in a CUDA graph), tc+graph")
+                        help="extra coun_fast paths with the default's GPU switches off: exact (the loss on the "
+                             "exact float32 kernels, not tensor cores), eager (no CUDA-graph step), exact+eager")
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "results")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cuda" and any("graph" in v for v in args.variants):
-        parser.error("--variants graph needs --device cuda (CUDA graphs)")
+    if device != "cuda" and args.variants:
+        parser.error("--variants compares GPU switches: it needs --device cuda")
     quick = args.quick
     if args.data is None and not quick:
         parser.error("give --data (the CIFAR-10 file) or --quick")
@@ -164,7 +168,7 @@ def prepare(config: Config) -> Setup:
     return Setup(splits, split, normalization, original.to(config.device).eval(), seconds)
 
 
-def unlearn_config(config: Config, epochs: int, cuda_graph: bool = False):
+def unlearn_config(config: Config, epochs: int, cuda_graph: bool | None = None):
     """The unlearning optimiser all paths share: the paper's (SGD, momentum 0.9, wd 5e-4, cosine to 1e-4)."""
     from coun_fast.train import TrainConfig
 
@@ -222,13 +226,13 @@ def _profiled(device: torch.device):
 
 
 def run_coun_fast(method: str, setup: Setup, config: Config, variant: str | None = None) -> PathResult:
-    """coun_fast's defaults, or with a variant's switches (tensor-core kernels, a CUDA-graph step)."""
+    """coun_fast's defaults, or with a variant's switches (tensor-core kernels, a CUDA-graph step) off."""
     from coun_fast.ops import backend as backends
     from coun_fast.train import fit
     from coun_fast.unlearn.coun import CoUnObjective
 
     switches = VARIANTS[variant] if variant else {}
-    graph = switches.get("cuda_graph", False)
+    graph = switches.get("cuda_graph")  # None: fit's default
     objective = CoUnObjective(lam_of(method, config), config.temperature)
     model = copy.deepcopy(setup.original)
     epochs = config.warmup_epochs + config.epochs
@@ -401,7 +405,21 @@ class _nullcontext:
 # Path (c): the model alone
 
 
+class _ModelOnly:
+    """The ceiling's objective: cross-entropy of each view, no contrastive term."""
+
+    recipe, extra_forward_views, graph_capturable = "two_view", 0, True
+
+    def __call__(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        views = batch.inputs if isinstance(batch.inputs, tuple) else (batch.inputs,)
+        return sum(F.cross_entropy(model(x), batch.labels) for x in views), {}
+
+
 def run_ceiling(method: str, setup: Setup, config: Config) -> PathResult:
+    """The model alone, stepped as coun_fast steps it (precision, memory format, optimizer and, on a
+    GPU, the CUDA-graph step), on views of random data already on the device."""
+    from coun_fast.data.loader import Batch
+    from coun_fast.step import graph_unsupported, make_step
     from coun_fast.train import channels_last_for, make_optimizer, precision_autocast, resolve_device
 
     train_config = unlearn_config(config, config.warmup_epochs + config.epochs)
@@ -411,14 +429,19 @@ def run_ceiling(method: str, setup: Setup, config: Config) -> PathResult:
     model = copy.deepcopy(setup.original).to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(model, train_config)
     autocast = precision_autocast(train_config, device)
+    objective = _ModelOnly()
+    step_fn = make_step(model, objective, optimizer, autocast, device=device,
+                        cuda_graph=graph_unsupported(objective, device) is None)
     views = 2 if lam_of(method, config) > 0 else 1
     images = len(setup.split.retain)
     steps = math.ceil(images / config.batch_size)
     shape = (config.batch_size, 3, *setup.splits.train.decoded().images.shape[1:3])
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    pool = [([torch.randn(shape, device=device, generator=generator).contiguous(memory_format=memory_format)
-              for _ in range(views)],
-             torch.randint(0, setup.splits.train.num_classes, (config.batch_size,), device=device, generator=generator))
+    pool = [Batch(tuple(torch.randn(shape, device=device, generator=generator).contiguous(memory_format=memory_format)
+                        for _ in range(views)) if views > 1 else
+                  torch.randn(shape, device=device, generator=generator).contiguous(memory_format=memory_format),
+                  torch.randint(0, setup.splits.train.num_classes, (config.batch_size,), device=device,
+                                generator=generator), None)
             for _ in range(4)]
     seconds, phases = [], None
     epochs = config.warmup_epochs + config.epochs + (1 if config.profile else 0)
@@ -430,14 +453,8 @@ def run_ceiling(method: str, setup: Setup, config: Config) -> PathResult:
             started = time.perf_counter()
             for step in range(steps):
                 with torch.profiler.record_function("data"):
-                    xs, labels = pool[step % len(pool)]
-                with torch.profiler.record_function("forward"), autocast:
-                    loss = sum(F.cross_entropy(model(x), labels) for x in xs)
-                with torch.profiler.record_function("backward"):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                with torch.profiler.record_function("optimizer"):
-                    optimizer.step()
+                    batch = pool[step % len(pool)]
+                step_fn(batch)
             _synchronize(device)
             wall = time.perf_counter() - started
         if profiling:

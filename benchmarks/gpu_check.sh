@@ -10,7 +10,7 @@
 # (default 540) bounds the whole run; a step that would start with less than 10 s left is skipped.
 # GPU_CHECK_STEPS picks the step groups and their order (default "build tests sanitize kernels
 # unlearning protocol large_data"; build always runs first); GPU_CHECK_UNLEARNING_ARGS adds options
-# to bench_unlearning.py (default "--variants tc graph tc+graph"), GPU_CHECK_KERNEL_ARGS to
+# to bench_unlearning.py (default "--variants exact eager exact+eager"), GPU_CHECK_KERNEL_ARGS to
 # bench_losses.py --gpu-quick, GPU_CHECK_TEST_ARGS replaces pytest's "tests" (a selection, with -k
 # or files, for a rerun); CIFAR10 names the CIFAR-10 file
 # (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
@@ -22,7 +22,7 @@ out_dir="${OUT:-.}"
 log="${1:-$out_dir/gpu_check.log}"
 deadline_s="${GPU_CHECK_DEADLINE_S:-540}"
 steps="${GPU_CHECK_STEPS:-build tests sanitize kernels unlearning protocol large_data}"
-unlearning_args="${GPU_CHECK_UNLEARNING_ARGS:---variants tc graph tc+graph}"
+unlearning_args="${GPU_CHECK_UNLEARNING_ARGS:---variants exact eager exact+eager}"
 test_args="${GPU_CHECK_TEST_ARGS:-tests}"
 kernel_args="${GPU_CHECK_KERNEL_ARGS:-}"
 cifar10="${CIFAR10:-.data/cifar10_jpeg.npz}"
@@ -80,7 +80,7 @@ have_cifar10() {
   return 1
 }
 group_unlearning() {
-  # coun_fast's default training step, each opt-in GPU switch beside it (--variants), the
+  # coun_fast's default training step, the same with each GPU switch off beside it (--variants), the
   # paper-style loop and the model-only ceiling, measured in one process.
   have_cifar10 unlearning || return
   # shellcheck disable=SC2086

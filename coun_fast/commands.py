@@ -42,9 +42,10 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
     group.add_argument("--seed", type=int, help="seed of the order, the views and dropout (0)")
     group.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    group.add_argument("--cuda-graph", action="store_true", default=None,
-                       help="capture the training step in a CUDA graph and replay it (GPU only; methods without "
-                            "per-step hooks; not yet measured on a GPU, so off by default)")
+    group.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                       help="capture the training step in a CUDA graph and replay it (default: on a GPU whenever "
+                            "the method allows it: Original, Retrain, FT, CoUn with SGD and without --compile; "
+                            "--cuda-graph makes it required, --no-cuda-graph runs the step eagerly)")
     group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
     group.add_argument("--augment-backend", choices=("auto", "dali", "torch", "cpu"),
                        help="augmentation backend (auto: dali or torch on a GPU, cpu otherwise)")

@@ -6,9 +6,12 @@ optimizer. :class:`GraphStep` captures that same step once in a CUDA graph and r
 later batch of the same shape, so a step costs one graph launch instead of hundreds of kernel
 launches from Python; the batch is copied into the graph's static input tensors first. It needs a
 CUDA device, batches of one shape (a final smaller batch runs eagerly, on the same weights and
-optimizer state) and an objective without per-step hooks (``before_step``, ``after_step``); the
-optimizer is SGD with the learning rate held in a device tensor, so that the schedule can change it
-between replays. The step's outputs (the loss and the objective's detached parts) are the graph's
+optimizer state), an objective that declares ``graph_capturable = True`` (its step depends on the
+batch alone: no side batches, no Python state read per step, no per-step hooks ``before_step``,
+``after_step``) and SGD, whose learning rate is held in a device tensor so that the schedule can
+change it between replays. A replay repeats the captured work exactly, so an objective that drew a
+side batch or read a Python number per step would silently repeat its first one: that is why
+objectives opt in. The step's outputs (the loss and the objective's detached parts) are the graph's
 static tensors, valid until the next step.
 
 Both write profiler ranges named ``data`` (by :func:`fit`), ``forward``, ``backward`` and
@@ -53,13 +56,19 @@ class EagerStep:
             group["lr"] = lr
 
 
-def graph_unsupported(objective, device: torch.device) -> str | None:
-    """Why a step of ``objective`` on ``device`` cannot be captured; None when it can."""
+def graph_unsupported(objective, device: torch.device, optimizer: str = "sgd") -> str | None:
+    """Why a step of ``objective`` on ``device`` with ``optimizer`` (``sgd``, ``adam``) cannot be
+    captured; None when it can."""
     if device.type != "cuda":
         return f"CUDA-graph steps need a CUDA device, not {device.type}"
     hooks = [name for name in ("before_step", "after_step") if getattr(objective, name, None) is not None]
     if hooks:
         return f"the objective has per-step hooks ({', '.join(hooks)}), which run Python between steps"
+    if not getattr(objective, "graph_capturable", False):
+        return (f"{type(objective).__name__} does not declare graph_capturable = True (its step may draw side "
+                "batches or read Python state, which a replay would repeat unchanged)")
+    if optimizer != "sgd":
+        return f"the captured step holds SGD's learning rate on the device; the optimizer is {optimizer}"
     return None
 
 
@@ -143,7 +152,8 @@ def make_step(model: nn.Module, objective, optimizer: torch.optim.Optimizer, aut
     """
     if not cuda_graph:
         return EagerStep(model, objective, optimizer, autocast)
-    reason = graph_unsupported(objective, device)
+    reason = graph_unsupported(objective, device, "sgd" if isinstance(optimizer, torch.optim.SGD) else
+                               type(optimizer).__name__.lower())
     if reason is not None:
         raise ValueError(f"cuda_graph=True: {reason}; train with cuda_graph=False")
     return GraphStep(model, objective, optimizer, autocast)

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -69,8 +69,10 @@ class TrainConfig:
         channels_last: channels-last images and weights; ``None`` = on a GPU only.
         compile: ``torch.compile`` the model's ``forward_features`` and ``forward_head``.
         cuda_graph: capture the training step (forward, loss, backward, optimizer) in a CUDA graph
-            and replay it for every batch of the same shape (:mod:`coun_fast.step`; a GPU and an
-            objective without per-step hooks). Off by default until measured on a GPU.
+            and replay it for every batch of the same shape (:mod:`coun_fast.step`). ``None`` (the
+            default): on a GPU whenever the step can be captured (an objective that declares
+            ``graph_capturable``, such as Original/Retrain, FT and CoUn; SGD; no ``compile``), else
+            eager; ``True``: required (an error says why it cannot); ``False``: eager.
         augment_backend: ``auto`` | ``dali`` | ``torch`` | ``cpu`` (see ``coun_fast.data``).
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` = a GPU when there is one.
         progress: show a progress bar per epoch.
@@ -92,7 +94,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None
     augment_backend: str = "auto"
     device: str | None = None
     progress: bool = True
@@ -124,9 +126,12 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {self.seed!r}")
-        for name in ("nesterov", "compile", "cuda_graph", "progress"):
+        for name in ("nesterov", "compile", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if self.cuda_graph is not None and not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be true, false or null (wherever the step allows it); "
+                             f"got {self.cuda_graph!r}")
         if self.channels_last is not None and not isinstance(self.channels_last, bool):
             raise ValueError(f"channels_last must be true, false or null (on a GPU only); got {self.channels_last!r}")
         if self.augment_backend not in BACKENDS:
@@ -190,6 +195,9 @@ class Objective(Protocol):
     epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
     each a fresh call of the objective, e.g. CU's omega steps per forget batch).
 
+    ``graph_capturable`` (default False; :class:`GraphCapturable` sets it): the step depends on the
+    batch alone, so :func:`fit` may capture it in a CUDA graph.
+
     Optional counters, for the cost: ``side_trained_images`` and ``side_forward_images``, running
     totals of images the objective trained on (forward and backward) or only ran forward, beyond
     its loop's batches and ``extra_forward_views`` (forget batches drawn beside retain batches,
@@ -202,8 +210,15 @@ class Objective(Protocol):
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
+class GraphCapturable:
+    """Mixed into an objective whose step depends on the batch alone (no side batches, no Python
+    state read per step), so that :func:`fit` may capture it in a CUDA graph (:mod:`coun_fast.step`)."""
+
+    graph_capturable: ClassVar[bool] = True
+
+
 @dataclasses.dataclass
-class CrossEntropy:
+class CrossEntropy(GraphCapturable):
     """Plain supervised training (Original, Retrain): cross-entropy on one augmented view."""
 
     recipe: str = "train"
@@ -393,8 +408,13 @@ def fit(
         :class:`TrainResult`; the trained weights are in ``model``.
     """
     device = resolve_device(config.device)
-    if config.cuda_graph and (reason := graph_unsupported(objective, device)) is not None:
-        raise ValueError(f"cuda_graph=True: {reason}; train with cuda_graph=False")
+    graph_reason = graph_unsupported(objective, device, config.optimizer)
+    if config.cuda_graph and graph_reason is not None:
+        raise ValueError(f"cuda_graph=True: {graph_reason}; train with cuda_graph=False")
+    cuda_graph = config.cuda_graph if config.cuda_graph is not None else graph_reason is None and not config.compile
+    if device.type == "cuda":
+        log.info("training step: %s", "captured in a CUDA graph" if cuda_graph else
+                 f"eager ({'cuda_graph=False' if config.cuda_graph is False else graph_reason or 'compile=True'})")
     channels_last = channels_last_for(config, device)
     model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loader = AugmentedLoader(
@@ -425,7 +445,7 @@ def fit(
     resumed_from = start_epoch
 
     autocast = precision_autocast(config, device)
-    step = make_step(step_model, objective, optimizer, autocast, cuda_graph=config.cuda_graph, device=device)
+    step = make_step(step_model, objective, optimizer, autocast, cuda_graph=cuda_graph, device=device)
     step.trained_model = model
     bar = _progress(loader, start_epoch, config, description)
     for epoch in range(start_epoch, config.epochs):

@@ -41,6 +41,33 @@ def test_step_hooks_keep_a_step_out_of_graphs():
     reason = graph_unsupported(WithHook(), torch.device("cuda"))
     assert reason is not None and "after_step" in reason
     assert graph_unsupported(CoUnObjective(1.0, 0.1), torch.device("cuda")) is None
+    assert graph_unsupported(CrossEntropy(), torch.device("cuda")) is None
+
+
+class SideBatches:
+    """An objective that draws a side batch per step (as NegGrad+ does): a replay would repeat it."""
+
+    recipe, extra_forward_views = "train", 0
+
+    def __call__(self, model, batch):
+        raise AssertionError("not called")
+
+
+def test_only_objectives_that_declare_it_are_captured():
+    reason = graph_unsupported(SideBatches(), torch.device("cuda"))
+    assert reason is not None and "SideBatches does not declare graph_capturable" in reason
+    from coun_fast.unlearn import METHODS  # noqa: F401  (every method registered)
+    from coun_fast.unlearn.neggrad_plus import NegGradPlusObjective
+
+    assert graph_unsupported(NegGradPlusObjective(1.0, None), torch.device("cuda")) is not None
+    assert "adam" in graph_unsupported(CoUnObjective(1.0, 0.1), torch.device("cuda"), "adam")
+
+
+def test_cuda_graph_defaults_to_wherever_the_step_allows_it(data, tmp_path):
+    assert TrainConfig().cuda_graph is None
+    fit(TinyNet(), data.train, CrossEntropy(), config(epochs=1))  # on the CPU: the eager step, no error
+    with pytest.raises(ValueError, match="cuda_graph must be true, false or null"):
+        TrainConfig(cuda_graph="yes")
 
 
 def test_make_step_is_eager_unless_asked():

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import Batch
 from coun_fast.functional import cross_view_info_nce
-from coun_fast.train import TrainConfig
+from coun_fast.train import GraphCapturable, TrainConfig
 from coun_fast.unlearn.base import OPTML_PROTOCOL, Method, Plan, RetainData, non_negative, positive, register
 
 
@@ -67,7 +67,7 @@ def coun_objective(
 
 
 @dataclasses.dataclass
-class CoUnObjective:
+class CoUnObjective(GraphCapturable):
     """:func:`coun_objective` as a training objective (two views; one when ``lam == 0``)."""
 
     lam: float = 1.0
