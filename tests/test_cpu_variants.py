@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,13 @@ for n, d, tau in [(1, 3, 0.5), (33, 31, 0.1), (130, 257, 0.07)]:
             worst = max(worst, float(((x.double() - y).abs() / (y.abs().max() + 1e-12)).max()))
 print(json.dumps({"variant": coun_fast.info()["cpu_isa"], "worst": worst}))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "COUN_FAST_CPU_KERNELS": variant})
+    # From a file in an empty folder: `python -c` would put the working directory first on sys.path,
+    # which, in an unpacked sdist, is the source tree without the built extension.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "variant_check.py"
+        path.write_text(script)
+        result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "COUN_FAST_CPU_KERNELS": variant})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
