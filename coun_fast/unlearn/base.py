@@ -112,6 +112,10 @@ class Method:
             ``protocol="authors"``. By default every method trains under the run's own
             configuration (the CoUn protocol, under which the CoUn paper re-ran its baselines).
         protocol_source: where ``protocol`` comes from (repository, file, lines).
+        distributed: whether the method is correct under ``torchrun`` (several ranks): its whole
+            training is the loop of :func:`coun_fast.train.fit` (no side batches, passes or
+            importances that would need their own reduction over the ranks). Other methods are
+            refused in a distributed run (:func:`check_distributed_method`).
     """
 
     name: str
@@ -124,6 +128,7 @@ class Method:
     cl_refused: str | None = None
     protocol: dict = dataclasses.field(default_factory=dict)
     protocol_source: str = ""
+    distributed: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -153,6 +158,19 @@ def hyperparameters(method: Method, given: dict) -> dict:
     for name, check in method.checks.items():
         values[name] = check(values[name], name)
     return values
+
+
+def check_distributed_method(method: Method, name: str, with_cl: bool = False) -> None:
+    """ValueError, before any work, when a process group of several ranks is running (``torchrun``)
+    and ``method`` (or its ``+cl`` form) is not one that runs correctly there (:attr:`Method.distributed`)."""
+    from coun_fast import distributed
+
+    if not distributed.active():
+        return
+    if not method.distributed or with_cl:
+        supported = ", ".join(sorted(m.name for m in METHODS.values() if m.distributed))
+        raise ValueError(f"method {name!r} is not yet supported under torchrun (several ranks); methods that are: "
+                         f"{supported}; run {name!r} in one process")
 
 
 OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
@@ -334,6 +352,6 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
-    "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config",
+    "check_distributed_method", "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config",
     "non_negative", "one_of", "positive", "register", "run_loader", "whole",
 ]
