@@ -1,0 +1,88 @@
+"""The runs of tests/test_distributed_training.py, shared by the test (one process) and its
+worker (each rank of a gloo group): the same data, initial weights and configuration on both sides.
+
+TinyNet has BatchNorm: the runs use ``sync_batchnorm=True`` so that K ranks normalize with the
+statistics of the global batch, as one process does, and no dropout (p = 0: a rank draws its own
+dropout masks, which one process cannot reproduce).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from coun_fast.data.embedded import synthetic
+from coun_fast.train import TrainConfig, fit
+from coun_fast.unlearn.coun import CoUnObjective
+from nets import TinyNet
+
+EPOCHS = 2
+CONFIG = TrainConfig(epochs=EPOCHS, batch_size=16, lr=0.05, schedule="cosine", min_lr=1e-3, device="cpu",
+                     progress=False, augment_backend="cpu", sync_batchnorm=True)
+OBJECTIVES = {
+    "coun": dict(lam=1.0, temperature=0.2, cl_scope="global"),
+    "coun_rank": dict(lam=1.0, temperature=0.2, cl_scope="rank"),
+    "ft": dict(lam=0.0),
+}
+
+
+def data():
+    """96 training images of 8x8 in 4 classes: 6 global batches of 16 per epoch."""
+    return synthetic(num_classes=4, train_per_class=24, test_per_class=4, image_size=8, seed=0)
+
+
+def initial_model() -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.body[-1].p = 0.0  # no dropout (see the module's docstring)
+    return model
+
+
+class Stopped(Exception):
+    """Raised by :class:`StopAfter` (on every rank at the same step, like a kill of the whole job)."""
+
+
+class StopAfter:
+    """``objective`` that raises :class:`Stopped` at its call number ``calls`` + 1."""
+
+    def __init__(self, objective, calls: int) -> None:
+        self.objective, self.calls = objective, calls
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def __call__(self, model, batch):
+        self.calls -= 1
+        if self.calls < 0:
+            raise Stopped
+        return self.objective(model, batch)
+
+
+def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epochs: int | None = None) -> dict:
+    """Train run ``name`` of :data:`OBJECTIVES` from :func:`initial_model`; its final weights."""
+    model = initial_model()
+    objective = CoUnObjective(**OBJECTIVES[name])
+    if stop_after_epochs is not None:
+        objective = StopAfter(objective, stop_after_epochs * len(train) // CONFIG.batch_size)
+    fit(model, train, objective, CONFIG, run_dir=run_dir, resume=resume, record={"case": name})
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def errors(train) -> dict[str, str]:
+    """What a distributed run must refuse, each error's message (or "no error")."""
+    from coun_fast.step import graph_unsupported
+    from coun_fast.unlearn import resolve_hparams
+
+    found = {}
+    for case, attempt in {
+        "indivisible_batch": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(batch_size=15)),
+        "salun": lambda: resolve_hparams("salun"),
+        "ft+cl": lambda: resolve_hparams("ft+cl"),
+        "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
+    }.items():
+        try:
+            attempt()
+            found[case] = "no error"
+        except ValueError as error:
+            found[case] = str(error)
+    found["graph"] = graph_unsupported(CoUnObjective(), torch.device("cuda")) or "capturable"
+    return found

@@ -1,0 +1,44 @@
+"""One rank of tests/test_distributed_training.py: ``python distributed_training_worker.py RANK WORLD DIR``.
+
+Joins a gloo process group (file rendezvous in DIR) and, with :func:`coun_fast.train.fit` under
+DistributedDataParallel, trains the runs that the test compares with one process (the cases are
+in :func:`distributed_training_cases.runs`): each run's final weights, and the errors that a
+distributed run must raise, go to DIR/rank{RANK}.pt.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distributed_training_cases import Stopped, data, errors, run  # noqa: E402
+
+
+def main() -> None:
+    rank, world, directory = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results = {}
+    try:
+        train = data().train
+        for name in ("coun", "ft", "coun_rank"):
+            results[name] = run(name, train)
+        # a run that one process stopped after its first epoch, resumed here by `world` ranks
+        results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)
+        # the other way: stopped here after the first epoch (the test resumes it in one process)
+        try:
+            run("coun", train, run_dir=directory / "stopped_here", stop_after_epochs=1)
+        except Stopped:
+            pass
+        results["errors"] = errors(train)
+        torch.save(results, directory / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Training under torchrun (DistributedDataParallel) on the CPU (gloo) against one process.
+
+* The loader: K = 2 and 3 ranks' shares of every global batch, put together, are the one-process
+  batches (views bit-identical, labels, indices); an indivisible batch is refused.
+* fit: 2 ranks train CoUn (cl_scope="global") and FT with the global batch of one process and
+  SyncBatchNorm, and end with the one-process weights (up to float rounding); a run stopped after
+  its first epoch resumes with another number of ranks to the same weights; cl_scope="rank" is
+  another loss; unsupported methods and an indivisible batch are refused.
+* The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
+  on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from coun_fast.data.loader import AugmentedLoader
+from distributed_training_cases import CONFIG, Stopped, data, run
+from helpers import assert_close_verbose, run_ranks
+
+WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return data().train
+
+
+# -- the loader ------------------------------------------------------------------------------------
+def _batches(loader: AugmentedLoader, epoch: int) -> list:
+    return [(tuple(v.clone() for v in b.inputs), b.labels.clone(), b.indices.clone()) for b in loader.iterate(epoch)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("samples", [96, 94])  # 94: a last batch of 14 rows, uneven over 3 ranks
+def test_ranks_shares_put_together_are_the_one_process_batches(train, world, samples):
+    indices = np.arange(samples)
+    options = dict(batch_size=12, indices=indices, backend="cpu", device="cpu", seed=3)
+    single = AugmentedLoader(train, "two_view", **options)
+    shares = [AugmentedLoader(train, "two_view", ranks=(rank, world), **options) for rank in range(world)]
+    for epoch in (0, 1):
+        expected = _batches(single, epoch)
+        got = [_batches(loader, epoch) for loader in shares]
+        assert all(len(batches) == len(expected) == len(loader) for batches, loader in zip(got, shares))
+        seen = []
+        for step, (views, labels, where) in enumerate(expected):
+            parts = [batches[step] for batches in got]
+            sizes = [len(part[1]) for part in parts]
+            assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(labels)
+            for view in range(2):
+                assert torch.equal(torch.cat([part[0][view] for part in parts]), views[view])
+            assert torch.equal(torch.cat([part[1] for part in parts]), labels)
+            assert torch.equal(torch.cat([part[2] for part in parts]), where)
+            seen.extend(where.tolist())
+        assert sorted(seen) == indices.tolist()  # every sample once per epoch
+
+
+def test_a_last_batch_smaller_than_the_rank_count_is_dropped(train):
+    options = dict(batch_size=6, indices=np.arange(14), backend="cpu", device="cpu")
+    assert len(AugmentedLoader(train, "train", **options)) == 3  # 6 + 6 + 2
+    shares = [AugmentedLoader(train, "train", ranks=(rank, 3), **options) for rank in range(3)]
+    assert [len(loader) for loader in shares] == [2, 2, 2]
+    assert [len(list(loader.iterate(0))) for loader in shares] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("ranks, message", [
+    ((0, 3), "batch_size 16 is the global batch and must be divisible by the number of ranks K=3"),
+    ((2, 2), "0 <= rank < world size"),
+    ((0,), "ranks must be"),
+])
+def test_loader_ranks_errors(train, ranks, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        AugmentedLoader(train, "train", batch_size=16, backend="cpu", device="cpu", ranks=ranks)
+
+
+# -- fit across ranks ------------------------------------------------------------------------------
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def ranks(train, tmp_path_factory):
+    """Two gloo ranks' results (distributed_training_worker.py), after this process stopped a run
+    after its first epoch (the ranks resume it)."""
+    directory = tmp_path_factory.mktemp("ddp_fit")
+    with pytest.raises(Stopped):
+        run("coun", train, run_dir=directory / "stopped_in_one", stop_after_epochs=1)
+    return directory, run_ranks(WORKER, 2, directory, timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def one_process(train):
+    return {name: run(name, train) for name in ("coun", "ft")}
+
+
+def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
+    assert list(got) == list(expected)
+    for name, value in expected.items():
+        if value.is_floating_point():
+            assert_close_verbose(f"{what}: {name}", got[name], value, **TOLERANCE)
+        else:
+            assert torch.equal(got[name], value), f"{what}: {name}"
+
+
+@pytest.mark.parametrize("name", ["coun", "ft"])
+def test_two_ranks_train_as_one_process_with_the_global_batch(ranks, one_process, name):
+    _, results = ranks
+    for rank, result in enumerate(results):
+        _assert_same_weights(f"{name} on rank {rank}", result[name], one_process[name])
+
+
+def test_rank_scope_is_another_loss(ranks, one_process):
+    _, results = ranks
+    assert torch.equal(results[0]["coun_rank"]["head.weight"], results[1]["coun_rank"]["head.weight"])
+    assert not torch.allclose(results[0]["coun_rank"]["head.weight"], one_process["coun"]["head.weight"],
+                              rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_another_number_of_ranks(ranks, one_process, train):
+    directory, results = ranks
+    for rank, result in enumerate(results):  # stopped in one process, resumed by two ranks
+        _assert_same_weights(f"resumed by 2 ranks, rank {rank}", result["resumed_here"], one_process["coun"])
+    state = torch.load(directory / "stopped_here" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["world_size"] == 2
+    resumed = run("coun", train, run_dir=directory / "stopped_here", resume=True)  # by one process
+    _assert_same_weights("stopped by 2 ranks, resumed by one process", resumed, one_process["coun"])
+
+
+def test_distributed_errors(ranks):
+    _, results = ranks
+    for result in results:
+        found = result["errors"]
+        assert "batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
+            found["indivisible_batch"]
+        assert "method 'salun' is not yet supported under torchrun" in found["salun"]
+        assert "method 'ft+cl' is not yet supported under torchrun" in found["ft+cl"]
+        assert "cl_scope must be one of 'global', 'rank'" in found["cl_scope"]
+        assert "DistributedDataParallel" in found["graph"]
+
+
+def test_cl_scope_is_a_checked_coun_hyperparameter():
+    from coun_fast.unlearn import resolve_hparams
+
+    assert resolve_hparams("coun")["cl_scope"] == "global"
+    assert resolve_hparams("coun", {"cl_scope": "rank"})["cl_scope"] == "rank"
+    with pytest.raises(ValueError, match="cl_scope must be one of"):
+        resolve_hparams("coun", {"cl_scope": "all"})
+
+
+def test_sync_batchnorm_is_a_checked_option():
+    assert CONFIG.sync_batchnorm is True
+    with pytest.raises(ValueError, match="sync_batchnorm must be true or false"):
+        CONFIG.replace(sync_batchnorm="yes")
+
+
+# -- the command under torchrun ----------------------------------------------------------------------
+def _torchrun(arguments: list[str], cwd: Path, timeout_s: float = 240) -> str:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "coun_fast", *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
+    common = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--augment-backend", "cpu", "--no-progress"]
+    out = _torchrun(["train", "--dataset", "digits", "--image-size", "8", "--model", "small_cnn", "--lr", "0.05",
+                     "--out", "original", *common], tmp_path)
+    assert out.count("wrote") == 1  # rank 0 prints the result, rank 1 nothing
+    out = _torchrun(["unlearn", "--method", "coun", "--original", "original", "--out", "coun", "--lr", "0.01",
+                     "--sync-batchnorm", *common], tmp_path)
+    assert out.count("wrote") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coun.lock", ".original.lock", "coun", "original"]
+    assert sorted(p.name for p in (tmp_path / "original").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    from coun_fast.workflow import load_run
+
+    record = load_run(tmp_path / "coun").record
+    assert record["config"]["sync_batchnorm"] is True and record["hparams"]["cl_scope"] == "global"
+    assert record["cost"]["trained_images"] == len(record["split"]["retain"])
