@@ -69,8 +69,13 @@ def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epoc
 
 def errors(train) -> dict[str, str]:
     """What a distributed run must refuse, each error's message (or "no error")."""
+    from coun_fast.experiment import run_experiment
     from coun_fast.step import graph_unsupported
     from coun_fast.unlearn import resolve_hparams
+
+    class WithPass(CoUnObjective):
+        def start_epoch(self, model, optimizer, epoch):
+            pass
 
     found = {}
     for case, attempt in {
@@ -78,6 +83,9 @@ def errors(train) -> dict[str, str]:
         "salun": lambda: resolve_hparams("salun"),
         "ft+cl": lambda: resolve_hparams("ft+cl"),
         "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
+        "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
+        "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
+        "experiment": lambda: run_experiment(None),
     }.items():
         try:
             attempt()

@@ -148,6 +148,9 @@ def test_distributed_errors(ranks):
         assert "method 'ft+cl' is not yet supported under torchrun" in found["ft+cl"]
         assert "cl_scope must be one of 'global', 'rank'" in found["cl_scope"]
         assert "DistributedDataParallel" in found["graph"]
+        assert "WithPass runs passes beside its loop (start_epoch)" in found["start_epoch"]
+        assert "cuda_graph=True" in found["cuda_graph"] and "torchrun" in found["cuda_graph"]
+        assert "the experiment runner (coun-fast run) is not yet supported under torchrun" in found["experiment"]
 
 
 def test_cl_scope_is_a_checked_coun_hyperparameter():
@@ -166,6 +169,32 @@ def test_sync_batchnorm_is_a_checked_option():
 
 
 # -- the command under torchrun ----------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["run", "cpu_smoke"], "'coun-fast run' is not yet supported under torchrun (WORLD_SIZE=2)"),
+    (["demo"], "'coun-fast demo' is not yet supported under torchrun"),
+    (["train", "--out", "o", "--device", "cuda:1"], "--device cuda:1: under torchrun each rank trains on its own GPU"),
+])
+def test_commands_refused_under_torchrun(monkeypatch, capsys, tmp_path, argv, message):
+    from coun_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_rank_zero_alone_runs_the_commands_that_do_not_train(monkeypatch, capsys):
+    from coun_fast.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["info"]) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["info"]) == 0 and "cpu_kernels" in capsys.readouterr().out
+
+
 def _torchrun(arguments: list[str], cwd: Path, timeout_s: float = 240) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "coun_fast", *arguments]

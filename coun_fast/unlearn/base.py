@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.recipes import Normalization
 from coun_fast.train import TrainConfig, TrainResult
@@ -163,8 +164,6 @@ def hyperparameters(method: Method, given: dict) -> dict:
 def check_distributed_method(method: Method, name: str, with_cl: bool = False) -> None:
     """ValueError, before any work, when a process group of several ranks is running (``torchrun``)
     and ``method`` (or its ``+cl`` form) is not one that runs correctly there (:attr:`Method.distributed`)."""
-    from coun_fast import distributed
-
     if not distributed.active():
         return
     if not method.distributed or with_cl:
@@ -352,6 +351,7 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
-    "check_distributed_method", "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config",
+    "check_distributed_method", "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters",
+    "is_member", "method_config",
     "non_negative", "one_of", "positive", "register", "run_loader", "whole",
 ]
