@@ -14,7 +14,8 @@ from coun_fast.evaluate import ATTACKS, metrics_table
 from coun_fast.files import check_writable_location, write_text_atomic
 from coun_fast.models import MODELS
 from coun_fast.runfolder import check_target
-from coun_fast.train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, resolve_device
+from coun_fast.train import (OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, check_distributed,
+                             resolve_device)
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
 from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_split, run_unlearning,
@@ -69,7 +70,9 @@ def _config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainC
     if args.augment_backend is not None:
         changes["augment_backend"] = args.augment_backend
     changes["progress"] = not args.no_progress
-    return base.replace(**changes)
+    config = base.replace(**changes)
+    check_distributed(config)  # under torchrun: before anything is loaded
+    return config
 
 
 def _output_folder(args: argparse.Namespace) -> None:

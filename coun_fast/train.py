@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from coun_fast import checkpoint, distributed
 from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
-from coun_fast.data.loader import AugmentedLoader, Batch
+from coun_fast.data.loader import AugmentedLoader, Batch, check_global_batch
 from coun_fast.identity import describe_differences
 from coun_fast.step import graph_unsupported, make_step
 
@@ -71,7 +71,8 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training indices.
-        batch_size: samples per step.
+        batch_size: samples per step; under ``torchrun``, the global batch (all ranks together),
+            divisible by the number of ranks.
         optimizer: ``sgd`` (with ``momentum`` and ``nesterov``) or ``adam`` (torch's defaults for
             the betas; ``momentum`` and ``nesterov`` unused); ``lr`` and ``weight_decay`` for both.
         schedule: per-epoch learning rate: ``multistep`` (x ``gamma`` at each of ``milestones``,
@@ -310,10 +311,7 @@ def check_distributed(config: TrainConfig) -> None:
     _, size = distributed.world()
     if size == 1:
         return
-    if config.batch_size % size:
-        raise ValueError(f"batch_size {config.batch_size} is the global batch and must be divisible by the number of "
-                         f"ranks K={size} (each rank takes batch_size / K samples per step); choose a multiple of "
-                         f"{size}")
+    check_global_batch(config.batch_size, size)
     if config.cuda_graph:
         raise ValueError("cuda_graph=True: a captured step under DistributedDataParallel (torchrun) has not been "
                          "verified; train with cuda_graph=False (the default under torchrun)")

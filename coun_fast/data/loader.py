@@ -51,6 +51,13 @@ class Batch(NamedTuple):
     indices: Tensor
 
 
+def check_global_batch(batch_size: int, ranks: int) -> None:
+    """ValueError unless the global ``batch_size`` is divisible by the number of ``ranks``."""
+    if batch_size % ranks:
+        raise ValueError(f"batch_size {batch_size} is the global batch and must be divisible by the number of ranks "
+                         f"K={ranks} (each rank takes batch_size / K samples per step); choose a multiple of {ranks}")
+
+
 def _device(device) -> torch.device:
     if device is None:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -158,10 +165,7 @@ class AugmentedLoader:
             raise ValueError(f"ranks must be (rank, world size); got {ranks!r}") from None
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"ranks must be (rank, world size) with 0 <= rank < world size; got {ranks!r}")
-        if batch_size % size:
-            raise ValueError(f"batch_size {batch_size} is the global batch and must be divisible by the number of "
-                             f"ranks K={size} (each rank takes batch_size / K samples per step); choose a multiple "
-                             f"of {size}")
+        check_global_batch(batch_size, size)
         return rank, size
 
     @staticmethod
