@@ -560,9 +560,11 @@ def fit(
             lr = float(optimizer.param_groups[0]["lr"])
             scheduler.step()
             spent += seconds
-            side_after = _side_images(objective)
-            trained += meter.samples + side_after[0] - side_before[0]
-            extra += meter.samples * objective.extra_forward_views + side_after[1] - side_before[1]
+            side = _side_images(objective)
+            side = distributed.sum_over_ranks({"trained": side[0] - side_before[0],
+                                               "forward": side[1] - side_before[1]}, device)
+            trained += meter.samples + int(side["trained"])
+            extra += meter.samples * objective.extra_forward_views + int(side["forward"])
             row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds,
                    "images_per_s": meter.samples / seconds}
             if on_epoch_end is not None:

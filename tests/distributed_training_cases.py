@@ -8,21 +8,27 @@ dropout masks, which one process cannot reproduce).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from coun_fast.data.embedded import synthetic
 from coun_fast.train import TrainConfig, fit
+from coun_fast.unlearn.base import ForgetData, forget_stream
 from coun_fast.unlearn.coun import CoUnObjective
+from coun_fast.unlearn.gradient_ascent import GradientAscentObjective
+from coun_fast.unlearn.neggrad_plus import NegGradPlusObjective
 from nets import TinyNet
 
 EPOCHS = 2
 CONFIG = TrainConfig(epochs=EPOCHS, batch_size=16, lr=0.05, schedule="cosine", min_lr=1e-3, device="cpu",
                      progress=False, augment_backend="cpu", sync_batchnorm=True)
-OBJECTIVES = {
+COUN = {
     "coun": dict(lam=1.0, temperature=0.2, cl_scope="global"),
     "coun_rank": dict(lam=1.0, temperature=0.2, cl_scope="rank"),
     "ft": dict(lam=0.0),
 }
+FORGET = np.arange(0, 96, 3)  # 32 forget samples (2 global batches), 64 retain samples (4)
+RETAIN = np.setdiff1d(np.arange(96), FORGET)
 
 
 def data():
@@ -57,14 +63,29 @@ class StopAfter:
         return self.objective(model, batch)
 
 
+def objective(name: str, train):
+    """``(objective, training indices)`` of run ``name``: CoUn of :data:`COUN`, GA on the forget
+    set or NegGrad+ (a forget stream beside the retain loop)."""
+    if name in COUN:
+        return CoUnObjective(**COUN[name]), None
+    if name == "ga":
+        return GradientAscentObjective(), FORGET
+    if name == "neggrad_plus":
+        data = ForgetData(train, RETAIN, train.normalization, FORGET)
+        return NegGradPlusObjective(0.9, forget_stream(data, CONFIG, "train"), "train"), RETAIN
+    raise KeyError(name)
+
+
 def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epochs: int | None = None) -> dict:
-    """Train run ``name`` of :data:`OBJECTIVES` from :func:`initial_model`; its final weights."""
+    """Train run ``name`` (:func:`objective`) from :func:`initial_model`; its final weights and,
+    under the key ``"images"``, the images its cost counts (trained, forward only)."""
     model = initial_model()
-    objective = CoUnObjective(**OBJECTIVES[name])
+    loss, indices = objective(name, train)
     if stop_after_epochs is not None:
-        objective = StopAfter(objective, stop_after_epochs * len(train) // CONFIG.batch_size)
-    fit(model, train, objective, CONFIG, run_dir=run_dir, resume=resume, record={"case": name})
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+        loss = StopAfter(loss, stop_after_epochs * len(train) // CONFIG.batch_size)
+    result = fit(model, train, loss, CONFIG, indices=indices, run_dir=run_dir, resume=resume, record={"case": name})
+    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    return {**weights, "images": torch.tensor([result.trained_images, result.extra_forward_images])}
 
 
 def errors(train) -> dict[str, str]:

@@ -25,7 +25,7 @@ def main() -> None:
     results = {}
     try:
         train = data().train
-        for name in ("coun", "ft", "coun_rank"):
+        for name in ("coun", "ft", "coun_rank", "ga", "neggrad_plus"):
             results[name] = run(name, train)
         # a run that one process stopped after its first epoch, resumed here by `world` ranks
         results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)

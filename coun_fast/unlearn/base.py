@@ -233,17 +233,19 @@ def accuracy_on(model: nn.Module, dataset: ImageDataset, indices: np.ndarray, no
 
 
 def run_loader(train: ImageDataset, indices: np.ndarray, normalization: Normalization, config: TrainConfig,
-               recipe: str = "train", *, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None):
+               recipe: str = "train", *, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None,
+               ranks: tuple[int, int] = (0, 1)):
     """An :class:`~coun_fast.data.loader.AugmentedLoader` over ``indices`` of ``train`` with the run's
     batch size (unless ``batch_size`` is given), augmentation backend and device, seeded by
-    ``config.seed + seed_offset``: the loader of a method's passes beside the training loop."""
+    ``config.seed + seed_offset``: the loader of a method's passes beside the training loop.
+    ``ranks``: ``(rank, world size)`` to serve this rank's rows of every global batch."""
     from coun_fast.data.loader import AugmentedLoader
     from coun_fast.train import resolve_device
 
     return AugmentedLoader(
         train, recipe, batch_size=batch_size or config.batch_size, indices=indices, shuffle=shuffle,
         backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
-        normalization=normalization,
+        normalization=normalization, ranks=ranks,
     )
 
 
@@ -255,6 +257,8 @@ class BatchStream:
     epoch after epoch (seeded by ``config.seed + seed_offset``, so independent of the loop's
     order), on the training device. Its position is not checkpointed: a resumed run restarts it
     at its first batch, so resuming such a method is not bit-identical to an uninterrupted run.
+    Under ``torchrun`` the batch size is global: each rank draws its rows of every global batch
+    (:class:`~coun_fast.data.loader.AugmentedLoader`'s ``ranks``), as the training loop does.
     """
 
     def __init__(self, train: ImageDataset, indices: np.ndarray, normalization: Normalization,
@@ -263,7 +267,7 @@ class BatchStream:
         if len(indices) == 0:
             raise ValueError("the stream's index set is empty: there is nothing to draw batches from")
         self.loader = run_loader(train, indices, normalization, config, recipe, seed_offset=seed_offset,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, ranks=distributed.world())
         self._batches = iter(())
 
     def next(self):
