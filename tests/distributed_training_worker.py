@@ -12,22 +12,19 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distributed_training_cases import Stopped, data, errors, run  # noqa: E402
+from helpers import rank_of_group  # noqa: E402
 
 
 def main() -> None:
-    rank, world, directory = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    results = {}
-    try:
+    with rank_of_group(sys.argv[1:]) as (rank, _, directory):
+        results = {}
         train = data().train
         for name in ("coun", "ft", "coun_rank", "ga", "neggrad_plus"):
             results[name] = run(name, train)
-        # a run that one process stopped after its first epoch, resumed here by `world` ranks
+        # a run that one process stopped after its first epoch, resumed here by the ranks
         results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)
         # the other way: stopped here after the first epoch (the test resumes it in one process)
         try:
@@ -36,8 +33,6 @@ def main() -> None:
             pass
         results["errors"] = errors(train)
         torch.save(results, directory / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

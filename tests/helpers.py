@@ -239,6 +239,22 @@ def reference_sup_con(features: Tensor, labels: Tensor, temperature: float, *, u
     return reference_info_nce(features, None, temperature, anchor_labels=labels, exclude_self=True, upcast=upcast)
 
 
+@contextlib.contextmanager
+def rank_of_group(argv: Sequence[str]) -> Iterator[tuple[int, int, Path]]:
+    """The worker side of :func:`run_ranks`: ``argv`` = ``RANK WORLD DIRECTORY ...``; joins the gloo
+    group (file rendezvous in DIRECTORY) with one thread per process, yields ``(rank, world,
+    directory)`` and leaves the group after the block."""
+    import torch.distributed as dist
+
+    rank, world, directory = int(argv[0]), int(argv[1]), Path(argv[2])
+    dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        yield rank, world, directory
+    finally:
+        dist.destroy_process_group()
+
+
 def run_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: float = 240) -> list[dict]:
     """Run ``python WORKER RANK WORLD DIRECTORY *ARGS`` as ``world`` processes (the ranks of a gloo
     group whose rendezvous file is in ``directory``), at most ``timeout_s`` seconds each; assert
