@@ -514,8 +514,8 @@ def fit(
         spent, trained, extra = state["seconds"], state["trained_images"], state["extra_forward_images"]
     resumed_from = start_epoch
 
-    restore_batchnorm = distributed.convert_sync_batchnorm(model, device) if config.sync_batchnorm and world_size > 1 \
-        else (lambda: None)
+    restore_batchnorm = (distributed.convert_sync_batchnorm(model, device) if config.sync_batchnorm and world_size > 1
+                         else lambda: None)
     try:
         step_model = _compiled(model) if config.compile else model
         autocast = precision_autocast(config, device)

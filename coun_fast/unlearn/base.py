@@ -113,10 +113,12 @@ class Method:
             ``protocol="authors"``. By default every method trains under the run's own
             configuration (the CoUn protocol, under which the CoUn paper re-ran its baselines).
         protocol_source: where ``protocol`` comes from (repository, file, lines).
-        distributed: whether the method is correct under ``torchrun`` (several ranks): its whole
-            training is the loop of :func:`coun_fast.train.fit` (no side batches, passes or
-            importances that would need their own reduction over the ranks). Other methods are
-            refused in a distributed run (:func:`check_distributed_method`).
+        distributed: whether the method is correct under ``torchrun`` (several ranks): it trains
+            in the loop of :func:`coun_fast.train.fit` alone, its side batches (if any) come from a
+            :class:`BatchStream` (whose global batches the ranks share, as the loop's), and it has
+            no passes, teachers or importances that would need their own reduction over the ranks
+            (checked for each such method against one process). Other methods are refused in a
+            distributed run (:func:`check_distributed_method`).
     """
 
     name: str
