@@ -12,13 +12,14 @@ Order and augmentation are functions of ``(seed, epoch, step)`` alone: the same 
 same batches on every backend and device, and ``iterate(epoch, start=step)`` resumes a run
 mid-epoch exactly where it stopped.
 
-Under ``torchrun`` each rank builds the loader with ``ranks=(rank, world size)``: ``batch_size`` stays
-the global batch B (divisible by the world size K), the order and the augmentation parameters of
-every global batch are drawn exactly as in one process, and rank r is served rows
-``[r * B/K, (r + 1) * B/K)`` of it, so its views are bit-identical to those rows of the one-process
-batch and the K ranks together visit every sample once per epoch, in the one-process order for any
-K. A last batch smaller than B (``drop_last=False``) is split as evenly as possible (the first ranks
-get one row more, as :func:`numpy.array_split`); when it has fewer rows than there are ranks it is
+Under ``torchrun`` each rank builds the loader with ``ranks=(rank, world size)``: ``batch_size``
+stays the global batch B (divisible by the world size K), the order and the augmentation
+parameters of every global batch are drawn exactly as in one process, and rank r is served rows
+``[r * B/K, (r + 1) * B/K)`` of it; so the K ranks together visit every sample once per epoch, in
+the one-process order for any K, and each sample's views are drawn with the one-process parameters
+(the CPU backend's views are bit-identical to the one-process batch's rows; the tests check it). A
+last batch smaller than B (``drop_last=False``) is split as evenly as possible (the first ranks get
+one row more, as :func:`numpy.array_split`); when it has fewer rows than there are ranks it is
 dropped under K > 1 (a rank cannot take an empty step).
 
 A :class:`~coun_fast.data.shards.ShardedDataset` (larger than memory) is streamed: each batch's
