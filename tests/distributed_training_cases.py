@@ -8,6 +8,8 @@ dropout masks, which one process cannot reproduce).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -86,6 +88,41 @@ def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epoc
     result = fit(model, train, loss, CONFIG, indices=indices, run_dir=run_dir, resume=resume, record={"case": name})
     weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
     return {**weights, "images": torch.tensor([result.trained_images, result.extra_forward_images])}
+
+
+WORKFLOW_CONFIG = TrainConfig(epochs=2, batch_size=64, lr=0.01, schedule="cosine", min_lr=1e-4, device="cpu",
+                              progress=False, augment_backend="cpu", sync_batchnorm=True)
+"""The unlearning run of the workflow case: small_cnn's Original on the embedded digits (8x8)."""
+
+
+def prepare_workflow(directory: Path) -> None:
+    """One process: the Original, a split, and a CoUn run killed after its first epoch (its
+    partial folder waits in ``directory``)."""
+    from coun_fast.workflow import DataSource, make_forget_split, run_unlearning, train_original
+
+    original = train_original(DataSource("digits", image_size=8), "small_cnn", WORKFLOW_CONFIG.replace(epochs=1),
+                              directory / "original")
+    split = make_forget_split(original, "random", ratio=0.1, seed=0)
+    split.save(directory / "split.npz")
+
+    def kill_after_the_first_epoch(model, epoch):
+        raise Stopped
+
+    try:
+        run_unlearning("coun", original, split, WORKFLOW_CONFIG, directory / "coun",
+                       on_epoch_end=kill_after_the_first_epoch)
+    except Stopped:
+        pass
+
+
+def resume_workflow(directory: Path) -> dict:
+    """Every rank: resume the killed CoUn run of :func:`prepare_workflow`; its record."""
+    from coun_fast.data import ForgetSplit
+    from coun_fast.workflow import run_unlearning
+
+    split = ForgetSplit.load(directory / "split.npz")
+    return run_unlearning("coun", directory / "original", split, WORKFLOW_CONFIG, directory / "coun",
+                          resume=True).record
 
 
 def errors(train) -> dict[str, str]:

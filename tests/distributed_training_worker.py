@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distributed_training_cases import Stopped, data, errors, run  # noqa: E402
+from distributed_training_cases import Stopped, data, errors, resume_workflow, run  # noqa: E402
 from helpers import rank_of_group  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def main() -> None:
             run("coun", train, run_dir=directory / "stopped_here", stop_after_epochs=1)
         except Stopped:
             pass
+        results["workflow"] = resume_workflow(directory)  # a run folder that one process left unfinished
         results["errors"] = errors(train)
         torch.save(results, directory / f"rank{rank}.pt")
 

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from coun_fast.data.loader import AugmentedLoader
-from distributed_training_cases import CONFIG, Stopped, data, run
+from coun_fast.workflow import load_run
+from distributed_training_cases import CONFIG, WORKFLOW_CONFIG, Stopped, data, prepare_workflow, run
 from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
@@ -107,6 +108,7 @@ def ranks(train, tmp_path_factory, one_thread):
     directory = tmp_path_factory.mktemp("ddp_fit")
     with pytest.raises(Stopped):
         run("coun", train, run_dir=directory / "stopped_in_one", stop_after_epochs=1)
+    prepare_workflow(directory)
     return directory, run_ranks(WORKER, 2, directory, timeout_s=300)
 
 
@@ -146,6 +148,19 @@ def test_resume_with_another_number_of_ranks(ranks, one_process, train, one_thre
     assert state["epoch"] == 1 and state["world_size"] == 2
     resumed = run("coun", train, run_dir=directory / "stopped_here", resume=True)  # by one process
     _assert_same_weights("stopped by 2 ranks, resumed by one process", resumed, one_process["coun"])
+
+
+def test_a_run_folder_left_unfinished_by_one_process_is_finished_by_two_ranks(ranks):
+    directory, results = ranks
+    assert sorted(p.name for p in directory.iterdir() if "coun" in p.name) == [".coun.lock", "coun"]
+    assert sorted(p.name for p in (directory / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    state = torch.load(directory / "coun" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == WORKFLOW_CONFIG.epochs and state["world_size"] == 2
+    assert results[0]["workflow"] == load_run(directory / "coun").record  # rank 0 wrote what it returns
+    for result in results:  # the other ranks return the same run, but for their own wall times
+        record = result["workflow"]
+        assert len(record["history"]) == WORKFLOW_CONFIG.epochs
+        assert record["cost"]["trained_images"] == WORKFLOW_CONFIG.epochs * len(record["split"]["retain"])
 
 
 def test_distributed_errors(ranks):
@@ -225,8 +240,6 @@ def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".coun.lock", ".original.lock", "coun", "original"]
     assert sorted(p.name for p in (tmp_path / "original").iterdir()) == ["checkpoint.pt", "model.pt"]
     assert sorted(p.name for p in (tmp_path / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
-    from coun_fast.workflow import load_run
-
     record = load_run(tmp_path / "coun").record
     assert record["config"]["sync_batchnorm"] is True and record["hparams"]["cl_scope"] == "global"
     assert record["cost"]["trained_images"] == len(record["split"]["retain"])
