@@ -25,7 +25,8 @@ BatchNorm layers normalize over each rank's rows unless ``sync_batchnorm=True``.
 metrics are summed over the ranks once per epoch; ``on_epoch_end`` (evaluation) runs on rank 0
 while the others wait; rank 0 alone writes the checkpoint (the state of the run is global, so a
 run may resume with another K). Objectives with a ``start_epoch`` hook (passes beside the loop)
-are refused: those passes would not be synchronized. The step is eager (a CUDA-graph step under DDP
+are refused, those passes would not be synchronized, unless the hook only sets values for the
+epoch (``start_epoch_sets_only``). The step is eager (a CUDA-graph step under DDP
 has not been verified).
 """
 
@@ -210,7 +211,10 @@ class Objective(Protocol):
     optimizer step (e.g. to edit gradients); ``after_step(model, optimizer)`` after the step (e.g.
     to restore weights a mask froze, whatever weight decay and momentum did);
     ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
-    the run ends after that epoch).
+    the run ends after that epoch). Under ``torchrun`` a ``start_epoch`` hook is refused (its
+    passes would not be synchronized across ranks) unless the objective sets
+    ``start_epoch_sets_only = True``: the hook only sets values for the epoch (e.g. a penalty
+    weight) and neither trains nor reads data.
 
     Optional loop settings: ``shuffle`` (default True; False serves the indices in their order every
     epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
@@ -462,7 +466,8 @@ def fit(
     rank, world_size = distributed.world()
     if world_size > 1:
         check_distributed(config)
-        if getattr(objective, "start_epoch", None) is not None:
+        if getattr(objective, "start_epoch", None) is not None and not getattr(objective, "start_epoch_sets_only",
+                                                                               False):
             raise ValueError(f"{type(objective).__name__} runs passes beside its loop (start_epoch), which are not "
                              "synchronized across ranks: it is not supported under torchrun")
         if device.type == "cuda" and device.index is None:

@@ -18,6 +18,7 @@ from coun_fast.train import TrainConfig, fit
 from coun_fast.unlearn.base import ForgetData, forget_stream
 from coun_fast.unlearn.coun import CoUnObjective
 from coun_fast.unlearn.gradient_ascent import GradientAscentObjective
+from coun_fast.unlearn.l1_sparse import L1SparseObjective
 from coun_fast.unlearn.neggrad_plus import NegGradPlusObjective
 from nets import TinyNet
 
@@ -67,11 +68,13 @@ class StopAfter:
 
 def objective(name: str, train):
     """``(objective, training indices)`` of run ``name``: CoUn of :data:`COUN`, GA on the forget
-    set or NegGrad+ (a forget stream beside the retain loop)."""
+    set, l1-sparse or NegGrad+ (a forget stream beside the retain loop)."""
     if name in COUN:
         return CoUnObjective(**COUN[name]), None
     if name == "ga":
         return GradientAscentObjective(), FORGET
+    if name == "l1_sparse":  # its penalty weight is set per epoch by start_epoch
+        return L1SparseObjective(gamma=5e-3, l1_epochs=2), RETAIN
     if name == "neggrad_plus":
         data = ForgetData(train, RETAIN, train.normalization, FORGET)
         return NegGradPlusObjective(0.9, forget_stream(data, CONFIG, "train"), "train"), RETAIN

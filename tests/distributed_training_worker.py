@@ -22,7 +22,7 @@ def main() -> None:
     with rank_of_group(sys.argv[1:]) as (rank, _, directory):
         results = {}
         train = data().train
-        for name in ("coun", "ft", "coun_rank", "ga", "neggrad_plus"):
+        for name in ("coun", "ft", "coun_rank", "ga", "l1_sparse", "neggrad_plus"):
             results[name] = run(name, train)
         # a run that one process stopped after its first epoch, resumed here by the ranks
         results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)

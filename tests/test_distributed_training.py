@@ -2,8 +2,8 @@
 
 * The loader: K = 2 and 3 ranks' shares of every global batch, put together, are the one-process
   batches (views bit-identical, labels, indices); an indivisible batch is refused.
-* fit: 2 ranks train CoUn (cl_scope="global"), FT, GA and NegGrad+ (its forget stream sharded
-  too) with the global batch of one process and SyncBatchNorm, and end with the one-process
+* fit: 2 ranks train CoUn (cl_scope="global"), FT, GA, l1-sparse and NegGrad+ (its forget
+  stream sharded too) with the global batch of one process and SyncBatchNorm, and end with the one-process
   weights (up to float rounding) and image counts; a run stopped after
   its first epoch resumes with another number of ranks to the same weights; cl_scope="rank" is
   another loss; unsupported methods and an indivisible batch are refused.
@@ -114,7 +114,7 @@ def ranks(train, tmp_path_factory, one_thread):
 
 @pytest.fixture(scope="module")
 def one_process(train, one_thread):
-    return {name: run(name, train) for name in ("coun", "ft", "ga", "neggrad_plus")}
+    return {name: run(name, train) for name in ("coun", "ft", "ga", "l1_sparse", "neggrad_plus")}
 
 
 def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
@@ -126,7 +126,7 @@ def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
             assert torch.equal(got[name], value), f"{what}: {name}"
 
 
-@pytest.mark.parametrize("name", ["coun", "ft", "ga", "neggrad_plus"])
+@pytest.mark.parametrize("name", ["coun", "ft", "ga", "l1_sparse", "neggrad_plus"])
 def test_two_ranks_train_as_one_process_with_the_global_batch(ranks, one_process, name):
     _, results = ranks
     for rank, result in enumerate(results):
