@@ -29,8 +29,7 @@ Under ``torchrun`` (a process group of several ranks), every rank runs the steps
 (:func:`coun_fast.train.fit` trains with DistributedDataParallel) and rank 0 alone writes the run
 folder (:func:`coun_fast.runfolder.staged_by_main`; every rank returns the same :class:`Run`, but
 for the wall times in its record, which are each rank's own); only the methods that declare
-:attr:`~coun_fast.unlearn.base.Method.distributed` (coun, ft, retrain, ga, l1_sparse,
-neggrad_plus) may run there.
+:attr:`~coun_fast.unlearn.base.Method.distributed` may run there.
 """
 
 from __future__ import annotations

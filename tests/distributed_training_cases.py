@@ -81,6 +81,20 @@ def objective(name: str, train):
     raise KeyError(name)
 
 
+METHODS = ("retrain", "not", "boundary_shrink")
+"""Methods run through :func:`coun_fast.unlearn.unlearn` (their plan prepares the model)."""
+
+
+def run_method(name: str, train) -> dict:
+    """Unlearn a random quarter of ``train`` from :func:`initial_model` with method ``name``; the
+    final weights."""
+    from coun_fast.data.splits import random_split
+    from coun_fast.unlearn import unlearn
+
+    result = unlearn(name, initial_model(), train, random_split(len(train), 0.25, seed=0), CONFIG)
+    return {key: value.detach().clone() for key, value in result.model.state_dict().items()}
+
+
 def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epochs: int | None = None) -> dict:
     """Train run ``name`` (:func:`objective`) from :func:`initial_model`; its final weights and,
     under the key ``"images"``, the images its cost counts (trained, forward only)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distributed_training_cases import Stopped, data, errors, resume_workflow, run  # noqa: E402
+from distributed_training_cases import METHODS, Stopped, data, errors, resume_workflow, run, run_method  # noqa: E402
 from helpers import rank_of_group  # noqa: E402
 
 
@@ -24,6 +24,8 @@ def main() -> None:
         train = data().train
         for name in ("coun", "ft", "coun_rank", "ga", "l1_sparse", "neggrad_plus"):
             results[name] = run(name, train)
+        for name in METHODS:
+            results[name] = run_method(name, train)
         # a run that one process stopped after its first epoch, resumed here by the ranks
         results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)
         # the other way: stopped here after the first epoch (the test resumes it in one process)

@@ -2,11 +2,11 @@
 
 * The loader: K = 2 and 3 ranks' shares of every global batch, put together, are the one-process
   batches (views bit-identical, labels, indices); an indivisible batch is refused.
-* fit: 2 ranks train CoUn (cl_scope="global"), FT, GA, l1-sparse and NegGrad+ (its forget
-  stream sharded too) with the global batch of one process and SyncBatchNorm, and end with the one-process
-  weights (up to float rounding) and image counts; a run stopped after
-  its first epoch resumes with another number of ranks to the same weights; cl_scope="rank" is
-  another loss; unsupported methods and an indivisible batch are refused.
+* fit: 2 ranks train CoUn (cl_scope="global"), FT, GA, l1-sparse, NegGrad+ (its forget stream
+  sharded too), Retrain, NoT and Boundary Shrinking with the global batch of one process and
+  SyncBatchNorm, and end with the one-process weights (up to float rounding) and image counts; a run
+  stopped after its first epoch resumes with another number of ranks to the same weights;
+  cl_scope="rank" is another loss; unsupported methods and an indivisible batch are refused.
   The runs are short (TinyNet, 12 steps) and one-threaded on every side: in longer runs the
   ranks' other order of float sums drifts like a change of thread count does in one process (with
   max-pooling over flat image backgrounds, e.g. small_cnn on digits, a tie decided the other way
@@ -29,7 +29,8 @@ import torch.distributed as dist
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.workflow import load_run
-from distributed_training_cases import CONFIG, WORKFLOW_CONFIG, Stopped, data, prepare_workflow, run
+from distributed_training_cases import (CONFIG, METHODS, WORKFLOW_CONFIG, Stopped, data, prepare_workflow, run,
+                                        run_method)
 from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
@@ -114,7 +115,8 @@ def ranks(train, tmp_path_factory, one_thread):
 
 @pytest.fixture(scope="module")
 def one_process(train, one_thread):
-    return {name: run(name, train) for name in ("coun", "ft", "ga", "l1_sparse", "neggrad_plus")}
+    runs = {name: run(name, train) for name in ("coun", "ft", "ga", "l1_sparse", "neggrad_plus")}
+    return {**runs, **{name: run_method(name, train) for name in METHODS}}
 
 
 def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
@@ -126,7 +128,7 @@ def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
             assert torch.equal(got[name], value), f"{what}: {name}"
 
 
-@pytest.mark.parametrize("name", ["coun", "ft", "ga", "l1_sparse", "neggrad_plus"])
+@pytest.mark.parametrize("name", ["coun", "ft", "ga", "l1_sparse", "neggrad_plus", *METHODS])
 def test_two_ranks_train_as_one_process_with_the_global_batch(ranks, one_process, name):
     _, results = ranks
     for rank, result in enumerate(results):

@@ -57,8 +57,7 @@ def resolve_hparams(method: str, hparams: dict | None = None) -> dict:
     defaults updated with ``hparams`` (plus ``cl_lam`` and ``cl_temperature`` for ``+cl``), every
     value checked. Raises ValueError for an unknown method, a method the CL plug-in does not
     apply to, an unknown hyperparameter or a bad value, or, under ``torchrun``, a method that
-    does not run there (only those with :attr:`Method.distributed`: coun, ft, retrain, ga,
-    l1_sparse, neggrad_plus), before any work is done."""
+    does not run there (only those with :attr:`Method.distributed`), before any work is done."""
     _, _, values, cl_values = _resolved(method, hparams)
     return {**values, **cl_values}
 
