@@ -81,7 +81,7 @@ def objective(name: str, train):
     raise KeyError(name)
 
 
-METHODS = ("retrain", "not", "boundary_shrink")
+METHODS = ("retrain", "not", "boundary_shrink", "ft+cl", "ga+cl")
 """Methods run through :func:`coun_fast.unlearn.unlearn` (their plan prepares the model)."""
 
 
@@ -156,7 +156,7 @@ def errors(train) -> dict[str, str]:
     for case, attempt in {
         "indivisible_batch": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(batch_size=15)),
         "salun": lambda: resolve_hparams("salun"),
-        "ft+cl": lambda: resolve_hparams("ft+cl"),
+        "salun+cl": lambda: resolve_hparams("salun+cl"),
         "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
         "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
         "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),

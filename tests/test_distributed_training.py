@@ -3,10 +3,11 @@
 * The loader: K = 2 and 3 ranks' shares of every global batch, put together, are the one-process
   batches (views bit-identical, labels, indices); an indivisible batch is refused.
 * fit: 2 ranks train CoUn (cl_scope="global"), FT, GA, l1-sparse, NegGrad+ (its forget stream
-  sharded too), Retrain, NoT and Boundary Shrinking with the global batch of one process and
-  SyncBatchNorm, and end with the one-process weights (up to float rounding) and image counts; a run
-  stopped after its first epoch resumes with another number of ranks to the same weights;
-  cl_scope="rank" is another loss; unsupported methods and an indivisible batch are refused.
+  sharded too), Retrain, NoT, Boundary Shrinking, FT+CL and GA+CL (the CL plug-in, its term gathered
+  across ranks) with the global batch of one process and SyncBatchNorm, and end with the one-process
+  weights (up to float rounding) and image counts; a run stopped after its first epoch resumes with
+  another number of ranks to the same weights; cl_scope="rank" is another loss; unsupported methods
+  and an indivisible batch are refused.
   The runs are short (TinyNet, 12 steps) and one-threaded on every side: in longer runs the
   ranks' other order of float sums drifts like a change of thread count does in one process (with
   max-pooling over flat image backgrounds, e.g. small_cnn on digits, a tie decided the other way
@@ -172,7 +173,7 @@ def test_distributed_errors(ranks):
         assert "batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
             found["indivisible_batch"]
         assert "method 'salun' is not yet supported under torchrun" in found["salun"]
-        assert "method 'ft+cl' is not yet supported under torchrun" in found["ft+cl"]
+        assert "method 'salun+cl' is not yet supported under torchrun" in found["salun+cl"]
         assert "cl_scope must be one of 'global', 'rank'" in found["cl_scope"]
         assert "DistributedDataParallel" in found["graph"]
         assert "WithPass runs passes beside its loop (start_epoch)" in found["start_epoch"]

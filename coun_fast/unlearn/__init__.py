@@ -43,7 +43,7 @@ def _resolved(method: str, hparams: dict | None) -> tuple[Method, bool, dict, di
     spec = get_method(base_name)
     if with_cl and spec.cl_refused is not None:
         raise ValueError(f"there is no {method!r}: {spec.cl_refused}")
-    check_distributed_method(spec, method, with_cl)
+    check_distributed_method(spec, method)
     given = dict(hparams or {})
     cl_given = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
     values = hyperparameters(spec, given)

@@ -163,15 +163,16 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return values
 
 
-def check_distributed_method(method: Method, name: str, with_cl: bool = False) -> None:
+def check_distributed_method(method: Method, name: str) -> None:
     """ValueError, before any work, when a process group of several ranks is running (``torchrun``)
-    and ``method`` (or its ``+cl`` form) is not one that runs correctly there (:attr:`Method.distributed`)."""
+    and ``method`` is not one that runs correctly there (:attr:`Method.distributed`; its ``+cl`` form
+    then runs too: the CL plug-in's term is gathered over the ranks)."""
     if not distributed.active():
         return
-    if not method.distributed or with_cl:
+    if not method.distributed:
         supported = ", ".join(sorted(m.name for m in METHODS.values() if m.distributed))
         raise ValueError(f"method {name!r} is not yet supported under torchrun (several ranks); methods that are: "
-                         f"{supported}; run {name!r} in one process")
+                         f"{supported} (and their +cl forms); run {name!r} in one process")
 
 
 OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
