@@ -14,6 +14,11 @@
 # bench_losses.py --gpu-quick, GPU_CHECK_TEST_ARGS replaces pytest's "tests" (a selection, with -k
 # or files, for a rerun); CIFAR10 names the CIFAR-10 file
 # (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
+# The step group torchrun (not in the default list: GPU_CHECK_STEPS="torchrun", or add it) runs
+# `coun-fast train` (1 epoch) and `coun-fast unlearn --method coun --sync-batchnorm` (1 epoch) under
+# `torchrun --standalone --nproc_per_node=G`, G the number of GPUs (with G = 1 it checks the
+# launcher path only: one rank makes no process group), on the CIFAR-10 file when it is there, else
+# on the embedded digits, into $OUT/torchrun/.
 # The exit code is the number of failed or skipped steps. benchmarks/README.md says how to run it
 # through the device tool.
 set -uo pipefail
@@ -100,10 +105,22 @@ group_large_data() {
   step "large-data benchmark (GPU decoding)" 240 "$python" benchmarks/bench_large_data.py --quick \
     --num-images 3000 --batch-size 128 --batches 4 --reps 2 --data-dir /tmp/coun_fast_large_data --out "$out_dir"
 }
+group_torchrun() {
+  local gpus batch data_args dir="$out_dir/torchrun"
+  gpus=$(nvidia-smi -L | wc -l)
+  batch=$(( 256 / gpus * gpus ))  # the global batch must be divisible by the number of ranks
+  if [[ -f "$cifar10" ]]; then data_args=(--dataset cifar10 --data "$cifar10"); else data_args=(--dataset digits); fi
+  local launch=("$python" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m coun_fast)
+  step "torchrun train ($gpus GPU, ${data_args[1]})" 240 "${launch[@]}" train "${data_args[@]}" --model resnet18 \
+    --epochs 1 --batch-size "$batch" --out "$dir/original" --overwrite --no-progress
+  step "torchrun unlearn coun ($gpus GPU, --sync-batchnorm)" 240 "${launch[@]}" unlearn --method coun \
+    --original "$dir/original" --epochs 1 --batch-size "$batch" --sync-batchnorm --out "$dir/coun" --overwrite \
+    --no-progress
+}
 for group in $steps; do
   case "$group" in
     build) ;;
-    tests | sanitize | kernels | unlearning | protocol | large_data) "group_$group" ;;
+    tests | sanitize | kernels | unlearning | protocol | large_data | torchrun) "group_$group" ;;
     *) echo "=== SKIPPED unknown step group '$group'" | tee -a "$log"; failed=$((failed + 1)) ;;
   esac
 done

@@ -14,6 +14,13 @@ output; the steps of a run, warnings and progress bars to standard error, throug
 ``-q`` keeps only warnings and errors (and turns the progress bars off), the default adds each
 command's step lines, ``-v`` every informational record of the package (e.g. which augmentation
 backend a loader picked, and why), ``-vv`` the debug records too.
+
+Under ``torchrun --nproc_per_node=K`` (the environment says ``WORLD_SIZE`` > 1), ``train`` and
+``unlearn`` run on all K ranks (:data:`DISTRIBUTED_COMMANDS`): the command joins the process group
+first (NCCL on GPUs, each rank on cuda:LOCAL_RANK; gloo on the CPU) and ends it at exit; rank 0
+writes the run folder and prints the results, the other ranks print only warnings and errors.
+``evaluate``, ``data``, ``kernels`` and ``info`` run on rank 0 alone (the others exit at once);
+``run`` and ``demo`` are refused (not yet supported under torchrun).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Iterator
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from coun_fast import commands as commands_module
-from coun_fast import demo, kernel_demo
+from coun_fast import demo, distributed, kernel_demo
 from coun_fast._version import __version__
 from coun_fast.capabilities import format_info, info
 from coun_fast.data import preview
@@ -174,23 +181,83 @@ def _verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return args.verbose
 
 
+DISTRIBUTED_COMMANDS = ("train", "unlearn")
+"""Commands that run on every rank under torchrun (DistributedDataParallel)."""
+MAIN_RANK_COMMANDS = ("evaluate", "data", "kernels", "info")
+"""Commands that rank 0 alone runs under torchrun (the other ranks exit at once)."""
+
+
+def _launched_ranks(args: argparse.Namespace) -> int:
+    """The number of ranks torchrun started (1 without torchrun); ValueError for a command that
+    does not run under it, or a device that contradicts one GPU per rank."""
+    ranks = distributed.launched_world_size()
+    if ranks == 1 or args.command in MAIN_RANK_COMMANDS:
+        return ranks
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise ValueError(f"'coun-fast {args.command}' is not yet supported under torchrun (WORLD_SIZE={ranks}); "
+                         f"commands that are: {', '.join(DISTRIBUTED_COMMANDS)}")
+    device = getattr(args, "device", None)
+    if device is not None and ":" in str(device):
+        raise ValueError(f"--device {device}: under torchrun each rank trains on its own GPU, cuda:LOCAL_RANK; give "
+                         "--device cuda (or cpu), or leave it out")
+    return ranks
+
+
+def _device_type(args: argparse.Namespace) -> str:
+    """``cuda`` or ``cpu``: where a distributed command trains (the process group's backend follows)."""
+    from coun_fast.train import parse_device
+
+    device = getattr(args, "device", None)
+    if device is not None:
+        return parse_device(device).type
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbosity = _verbosity(parser, args)
+    started_group = False
+    prefix = ""
     try:
-        with console_logging(verbosity):
+        if _launched_ranks(args) > 1:
+            rank = int(os.environ.get("RANK", "0"))
+            if args.command in MAIN_RANK_COMMANDS and rank != 0:
+                return 0
+            if args.command in DISTRIBUTED_COMMANDS:
+                started_group = distributed.init_from_env(_device_type(args))
+            if rank != 0:  # rank 0 prints the results; the others only warnings and errors
+                prefix = f"[rank {rank}] "
+                verbosity = -1
+                if hasattr(args, "no_progress"):
+                    args.no_progress = True
+        with console_logging(verbosity), _quiet_stdout(bool(prefix)):
             return args.run(args)
     except (ValueError, TypeError, KeyError, OSError) as error:
         # Bad input or a file-system problem: one line, no traceback (COUN_FAST_DEBUG=1 shows it).
         if os.environ.get("COUN_FAST_DEBUG"):
             raise
-        parser.exit(2, f"coun-fast {args.command}: error: {error_line(error)}\n")
+        parser.exit(2, f"{prefix}coun-fast {args.command}: error: {error_line(error)}\n")
     except KeyboardInterrupt as error:  # Ctrl-C: say what was kept, without a traceback
         if os.environ.get("COUN_FAST_DEBUG"):
             raise
         notes = "".join(f"; {note}" for note in getattr(error, "__notes__", []))
-        parser.exit(130, f"coun-fast {args.command}: interrupted{notes}\n")
+        parser.exit(130, f"{prefix}coun-fast {args.command}: interrupted{notes}\n")
+    finally:
+        if started_group:
+            distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    """Standard output discarded for the block when ``quiet`` (the ranks other than 0)."""
+    if not quiet:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def error_line(error: BaseException) -> str:

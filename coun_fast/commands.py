@@ -14,14 +14,15 @@ from coun_fast.evaluate import ATTACKS, metrics_table
 from coun_fast.files import check_writable_location, write_text_atomic
 from coun_fast.models import MODELS
 from coun_fast.runfolder import check_target
-from coun_fast.train import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, resolve_device
+from coun_fast.train import (OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig, check_distributed,
+                             resolve_device)
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
 from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_split, run_unlearning,
                                 train_original)
 
 _TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "min_lr",
-                    "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device")
+                    "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device", "sync_batchnorm")
 
 
 def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -30,7 +31,8 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
     group.add_argument("--preset", choices=sorted(PRESETS), default=preset,
                        help=f"start from this preset; the options below override it (default: {preset})")
     group.add_argument("--epochs", type=int, help=f"passes over the data ({base.epochs})")
-    group.add_argument("--batch-size", type=int, help=f"images per step ({base.batch_size})")
+    group.add_argument("--batch-size", type=int, help=f"images per step ({base.batch_size}); under torchrun the "
+                                                      "global batch, divisible by the number of ranks")
     group.add_argument("--optimizer", choices=OPTIMIZERS, help=f"sgd or adam ({base.optimizer})")
     group.add_argument("--lr", type=float, help=f"learning rate ({base.lr})")
     group.add_argument("--momentum", type=float, help=f"SGD momentum ({base.momentum})")
@@ -46,7 +48,12 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
                        help="capture the training step in a CUDA graph and replay it (default: on a GPU whenever "
                             "the method allows it: Original, Retrain, FT, CoUn with SGD and without --compile; "
                             "--cuda-graph makes it required, --no-cuda-graph runs the step eagerly)")
-    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one; under torchrun "
+                                        "each rank's own GPU, cuda:LOCAL_RANK)")
+    group.add_argument("--sync-batchnorm", action="store_true", default=None,
+                       help="under torchrun: BatchNorm layers normalize with the statistics of the global batch "
+                            "(all ranks' rows, as one process would) instead of each rank's share; no effect in one "
+                            "process")
     group.add_argument("--augment-backend", choices=("auto", "dali", "torch", "cpu"),
                        help="augmentation backend (auto: dali or torch on a GPU, cpu otherwise)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -63,7 +70,9 @@ def _config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainC
     if args.augment_backend is not None:
         changes["augment_backend"] = args.augment_backend
     changes["progress"] = not args.no_progress
-    return base.replace(**changes)
+    config = base.replace(**changes)
+    check_distributed(config)  # under torchrun: before anything is loaded
+    return config
 
 
 def _output_folder(args: argparse.Namespace) -> None:

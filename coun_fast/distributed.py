@@ -14,13 +14,22 @@ The contract, for K ranks holding batches b_1 .. b_K:
 The gather puts this rank's rows first (``[own rows, other ranks' rows in rank order]``), so that
 an index into the local candidates (``positive_index``, candidate i excluded from anchor i) keeps
 its meaning among the gathered candidates. Ranks may hold different numbers of rows.
+
+The second part of the module serves a training run under ``torchrun``: joining the process group
+that the environment describes (:func:`init_from_env`), which rank writes files (:func:`is_main`),
+the few collectives of the training loop (:func:`barrier`, :func:`broadcast_object`,
+:func:`on_main`, :func:`sum_over_ranks`) and BatchNorm over the ranks' global batch
+(:class:`CpuSyncBatchNorm`, :func:`convert_sync_batchnorm`).
 """
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def world() -> tuple[int, int]:
@@ -116,3 +125,197 @@ def reduce_rows(rows: Tensor, valid: Tensor, reduction: str) -> Tensor:
         total, local_sum = total / count, local_sum / count
     scaled = local_sum * size
     return total + (scaled - scaled.detach())
+
+
+# -- the process group of a run (torchrun) ------------------------------------------------------------
+# What :func:`coun_fast.train.fit`, the workflow and the ``coun-fast`` command need beside the losses:
+# the process group itself, who writes files, and the collectives of the training loop.
+
+ENV_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What ``torchrun`` sets in every worker's environment (:func:`init_from_env` reads them)."""
+
+
+def launched_world_size() -> int:
+    """``WORLD_SIZE`` of the environment (set by ``torchrun``), 1 when it is not set; ValueError
+    when it is not a whole number >= 1."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"the environment variable WORLD_SIZE must be a whole number >= 1; got {text!r}")
+    return size
+
+
+def init_from_env(device_type: str) -> bool:
+    """Join the default process group that ``torchrun`` describes in the environment, when
+    ``WORLD_SIZE`` > 1 and no group is initialized yet; returns whether this call initialized one
+    (the caller then ends it with :func:`shutdown`).
+
+    ``device_type`` is the device the run trains on: ``cuda`` selects NCCL and makes
+    ``cuda:LOCAL_RANK`` this process's current GPU (``torch.cuda.set_device``); ``cpu`` selects gloo.
+    """
+    if launched_world_size() == 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    missing = [name for name in ENV_VARIABLES if name not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                         "is not set: launch the command with torchrun (e.g. torchrun --nproc_per_node=2 ...)")
+    if not dist.is_available():
+        raise ValueError("WORLD_SIZE > 1 asks for a distributed run, but this torch has no torch.distributed")
+    if device_type == "cuda":
+        local = int(os.environ["LOCAL_RANK"])
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local} has no GPU: torch sees {torch.cuda.device_count()} GPU(s); "
+                             "start at most that many processes per node (--nproc_per_node)")
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def shutdown() -> None:
+    """End the default process group (after :func:`init_from_env`); nothing when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's files and prints its results: rank 0, or the only process."""
+    return world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait until every rank arrives here (nothing outside a distributed job)."""
+    if active():
+        dist.barrier()
+
+
+def broadcast_object(value: object = None, src: int = 0) -> object:
+    """``value`` of rank ``src`` on every rank (any picklable object, e.g. a checkpoint's state on
+    the CPU); ``value`` itself outside a distributed job."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def sum_over_ranks(values: dict[str, float | Tensor], device: torch.device) -> dict[str, float]:
+    """Each of ``values`` summed over the ranks in one all-reduce (the per-epoch metric sums of
+    :func:`coun_fast.train.fit`), as Python floats; the values themselves outside a distributed job."""
+    if not values:
+        return {}
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach().reshape(())
+                        for v in values.values()])
+    flat = all_reduce_sum(flat).cpu()
+    return {name: float(total) for name, total in zip(values, flat)}
+
+
+def on_main(fn: Callable[[], object], what: str) -> object:
+    """``fn()`` run on rank 0 alone, its result broadcast to every rank (``fn()`` itself outside a
+    distributed job). When it raises on rank 0, the other ranks raise a ValueError with the same
+    text instead of waiting for ever on a rank that will not come (rank 0 re-raises its own error);
+    ``what`` names the work in that message."""
+    if not active():
+        return fn()
+    if not is_main():
+        status, result = broadcast_object()
+        if status == "error":
+            raise ValueError(f"rank 0 failed to {what}: {result}")
+        return result
+    try:
+        result = fn()
+    except BaseException as error:
+        broadcast_object(("error", str(error) or type(error).__name__))
+        raise
+    broadcast_object(("ok", result))
+    return result
+
+
+# -- BatchNorm across ranks -------------------------------------------------------------------------
+class _SumOverRanks(torch.autograd.Function):
+    """The sum over ranks of a tensor, differentiable: every rank's result depends on every rank's
+    input, so the gradient of a rank's input is the sum of all ranks' gradients of the result."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.detach().clone().contiguous()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone().contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over all ranks' rows, on the CPU (gloo), which torch's SyncBatchNorm does not serve.
+
+    In training mode under a process group of K > 1 ranks, the batch statistics (mean and biased
+    variance per channel) are those of all ranks' rows together, from two differentiable
+    all-reduces per layer (the sums, then the squared deviations from the global mean), so K ranks
+    with a global batch B normalize as one process with batch B (up to float rounding); the
+    running statistics are updated with them (unbiased variance, as BatchNorm). Outside a process
+    group, and in eval mode, it is BatchNorm.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:  # noqa: A002 (torch's name)
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        if not (self.training and active()):
+            return super().forward(input)
+        all_reduce = _SumOverRanks.apply
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        count = float(all_reduce_sum(torch.tensor(float(input.numel() // input.shape[1]), dtype=torch.float64)))
+        mean = all_reduce(input.sum(dims)) / count
+        centred = input - mean.reshape(shape)
+        var = all_reduce(centred.square().sum(dims)) / count
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(var.detach() * (count / max(count - 1, 1.0)), alpha=factor)
+        return out
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> Callable[[], None]:
+    """Replace every BatchNorm layer of ``model`` (in place) with one that normalizes over all
+    ranks' rows in training mode (torch's :class:`~torch.nn.SyncBatchNorm` on a GPU,
+    :class:`CpuSyncBatchNorm` on the CPU), sharing its weights and running statistics; returns the
+    function that puts the original layers back (they hold every update the synchronized ones
+    made: the tensors are the same), so the model keeps its architecture and its ``state_dict``
+    keys throughout."""
+    kind = CpuSyncBatchNorm if device.type == "cpu" else nn.SyncBatchNorm
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                    child, (nn.SyncBatchNorm, CpuSyncBatchNorm)):
+                sync = kind(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                sync.weight, sync.bias = child.weight, child.bias
+                sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                sync.num_batches_tracked = child.num_batches_tracked
+                sync.train(child.training)
+                setattr(parent, name, sync)
+                swapped.append((parent, name, child))
+
+    def restore() -> None:
+        for parent, name, child in reversed(swapped):
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)
+        swapped.clear()
+
+    return restore

@@ -15,6 +15,10 @@ cache) does it through :func:`staged`:
    moved aside first and deleted after). A failed or refused step leaves ``OUT`` exactly as it
    was; its partial folder is kept only when it holds a checkpoint to resume, and deleted
    otherwise.
+
+In a distributed run (``torchrun``), rank 0 alone does all of this (:func:`staged_by_main`): the
+other ranks take no lock, create no partial folder and write nothing; they wait until rank 0 has
+prepared the folder, and at the end until it has committed it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Callable, Iterator
 
 import filelock
 
+from coun_fast import distributed
 from coun_fast.files import fsync_folder, remove_orphans, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -142,7 +147,8 @@ def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: 
     what to do with it. An empty folder is fine. Reads only; creates nothing.
     """
     target = absolute(target)
-    holder = is_busy(target) if free else None
+    # Only rank 0 of a distributed run takes the lock: another rank would see it held by rank 0.
+    holder = is_busy(target) if free and distributed.is_main() else None
     if holder is not None:
         raise FolderBusy(f"{what} {str(target)!r} is in use by {holder}; wait for that run to end or choose "
                          "another folder")
@@ -275,5 +281,23 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool |
         _commit(work, target)
 
 
+@contextlib.contextmanager
+def staged_by_main(target: str | os.PathLike, **options) -> Iterator[Path]:
+    """:func:`staged` (with its ``options``) on rank 0 of a distributed run; every rank gets the
+    working folder's path once rank 0 has prepared it (a refusal there is raised on every rank),
+    only rank 0 writes into it, and after the block every rank waits until rank 0 has committed
+    it. Outside a distributed job, :func:`staged` itself."""
+    if not distributed.active():
+        with staged(target, **options) as work:
+            yield work
+        return
+    with contextlib.ExitStack() as stack:  # on rank 0 it holds the staged folder (and its lock)
+        work = distributed.on_main(lambda: stack.enter_context(staged(target, **options)),
+                                   f"prepare the run folder {str(target)!r}")
+        yield work
+    distributed.barrier()
+
+
 __all__ = ["CHECKPOINT", "FolderBusy", "OUTPUT_NAMES", "RunFolderError", "absolute", "check_target",
-           "is_busy", "is_coun_fast_output", "locked", "note", "partial_path", "staged"]
+           "is_busy", "is_coun_fast_output", "locked", "note", "partial_path", "staged",
+           "staged_by_main"]

@@ -16,6 +16,9 @@ static tensors, valid until the next step.
 
 Both write profiler ranges named ``data`` (by :func:`fit`), ``forward``, ``backward`` and
 ``optimizer``; objectives may nest a ``loss`` range in ``forward``.
+
+Under a process group of more than one rank (``torchrun``) the step is eager: a captured step with
+DistributedDataParallel's gradient all-reduce has not been verified (:func:`graph_unsupported`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.loader import Batch
 
 record = torch.profiler.record_function
@@ -61,6 +65,9 @@ def graph_unsupported(objective, device: torch.device, optimizer: str = "sgd") -
     captured; None when it can."""
     if device.type != "cuda":
         return f"CUDA-graph steps need a CUDA device, not {device.type}"
+    if distributed.active():
+        return ("a captured step under DistributedDataParallel (torchrun) has not been verified; the step runs "
+                "eagerly in a distributed run")
     hooks = [name for name in ("before_step", "after_step") if getattr(objective, name, None) is not None]
     if hooks:
         return f"the objective has per-step hooks ({', '.join(hooks)}), which run Python between steps"

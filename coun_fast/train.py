@@ -13,6 +13,21 @@ uninterrupted one with the same number of threads (``torch.get_num_threads()``, 
 bits). A checkpoint is resumed only by a run of the same configuration and the same record (what
 the caller says the run is: its data set, model, method...); any difference is refused with an
 error that names it.
+
+Under ``torchrun`` (a ``torch.distributed`` process group of K > 1 ranks, which the caller has
+initialized: the ``coun-fast`` command does it from the environment), :func:`fit` trains with
+DistributedDataParallel. ``batch_size`` is the global batch (divisible by K); each rank takes its
+B/K rows of every global batch (:class:`~coun_fast.data.loader.AugmentedLoader`'s ``ranks``), so
+the K ranks visit the samples and draw the views of one process. All ranks start from rank 0's
+weights; DDP averages the gradients, so a step equals the one-process step of the global batch
+for any loss that is a mean over the batch computed across ranks (CoUn's ``cl_scope="global"``);
+BatchNorm layers normalize over each rank's rows unless ``sync_batchnorm=True``. The epoch's
+metrics are summed over the ranks once per epoch; ``on_epoch_end`` (evaluation) runs on rank 0
+while the others wait; rank 0 alone writes the checkpoint (the state of the run is global, so a
+run may resume with another K). Objectives with a ``start_epoch`` hook (passes beside the loop)
+are refused, those passes would not be synchronized, unless the hook only sets values for the
+epoch (``start_epoch_sets_only``). The step is eager (a CUDA-graph step under DDP
+has not been verified).
 """
 
 from __future__ import annotations
@@ -30,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coun_fast import checkpoint
+from coun_fast import checkpoint, distributed
 from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
-from coun_fast.data.loader import AugmentedLoader, Batch
+from coun_fast.data.loader import AugmentedLoader, Batch, check_global_batch
 from coun_fast.identity import describe_differences
 from coun_fast.step import graph_unsupported, make_step
 
@@ -57,7 +72,8 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training indices.
-        batch_size: samples per step.
+        batch_size: samples per step; under ``torchrun``, the global batch (all ranks together),
+            divisible by the number of ranks.
         optimizer: ``sgd`` (with ``momentum`` and ``nesterov``) or ``adam`` (torch's defaults for
             the betas; ``momentum`` and ``nesterov`` unused); ``lr`` and ``weight_decay`` for both.
         schedule: per-epoch learning rate: ``multistep`` (x ``gamma`` at each of ``milestones``,
@@ -74,7 +90,12 @@ class TrainConfig:
             ``graph_capturable``, such as Original/Retrain, FT and CoUn; SGD; no ``compile``), else
             eager; ``True``: required (an error says why it cannot); ``False``: eager.
         augment_backend: ``auto`` | ``dali`` | ``torch`` | ``cpu`` (see ``coun_fast.data``).
-        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` = a GPU when there is one.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` = a GPU when there is one. Under
+            ``torchrun`` on GPUs, ``None`` or ``cuda`` (each rank's current GPU, cuda:LOCAL_RANK).
+        sync_batchnorm: in a distributed run (``torchrun``, K > 1 ranks), BatchNorm layers
+            normalize with the statistics of the global batch (all ranks' rows; the one-process
+            statistics) instead of each rank's B/K rows; the model keeps its plain BatchNorm layers
+            (they are swapped for the run only). No effect in one process.
         progress: show a progress bar per epoch.
     """
 
@@ -97,6 +118,7 @@ class TrainConfig:
     cuda_graph: bool | None = None
     augment_backend: str = "auto"
     device: str | None = None
+    sync_batchnorm: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -126,7 +148,7 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {self.seed!r}")
-        for name in ("nesterov", "compile", "progress"):
+        for name in ("nesterov", "compile", "sync_batchnorm", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.cuda_graph is not None and not isinstance(self.cuda_graph, bool):
@@ -189,7 +211,10 @@ class Objective(Protocol):
     optimizer step (e.g. to edit gradients); ``after_step(model, optimizer)`` after the step (e.g.
     to restore weights a mask froze, whatever weight decay and momentum did);
     ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
-    the run ends after that epoch).
+    the run ends after that epoch). Under ``torchrun`` a ``start_epoch`` hook is refused (its
+    passes would not be synchronized across ranks) unless the objective sets
+    ``start_epoch_sets_only = True``: the hook only sets values for the epoch (e.g. a penalty
+    weight) and neither trains nor reads data.
 
     Optional loop settings: ``shuffle`` (default True; False serves the indices in their order every
     epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
@@ -280,7 +305,20 @@ def check_runnable(config: TrainConfig) -> torch.device:
         raise ValueError(str(error)) from None
     if config.cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs a CUDA device; this run is on {device.type}")
+    check_distributed(config)
     return device
+
+
+def check_distributed(config: TrainConfig) -> None:
+    """What a distributed run (K > 1 ranks) refuses, checked before any work: a global batch size
+    that K does not divide, and a CUDA-graph step."""
+    _, size = distributed.world()
+    if size == 1:
+        return
+    check_global_batch(config.batch_size, size)
+    if config.cuda_graph:
+        raise ValueError("cuda_graph=True: a captured step under DistributedDataParallel (torchrun) has not been "
+                         "verified; train with cuda_graph=False (the default under torchrun)")
 
 
 def recipe_dict(config: TrainConfig) -> dict:
@@ -337,8 +375,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         return kind(model.parameters(), foreach=True, **options)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, 0x70C4]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The torch seed of ``epoch`` (dropout...); rank r > 0 of a distributed run gets its own stream."""
+    entropy = [seed, epoch, 0x70C4] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def synchronize(device: torch.device) -> None:
@@ -364,6 +404,21 @@ class _Meter:
                 self.correct = hits if self.correct is None else self.correct + hits
             else:
                 self.sums[name] = self.sums.get(name, 0) + value.float() * n
+
+    def over_ranks(self, device: torch.device) -> "_Meter":
+        """The sums of all ranks' meters (one all-reduce); this meter outside a distributed job."""
+        if not distributed.active():
+            return self
+        values = {f"sum:{name}": total for name, total in self.sums.items()}
+        values["samples"] = float(self.samples)
+        if self.correct is not None:
+            values["correct"] = self.correct
+        totals = distributed.sum_over_ranks(values, device)
+        total = _Meter()
+        total.sums = {name[4:]: value for name, value in totals.items() if name.startswith("sum:")}
+        total.samples = int(round(totals["samples"]))
+        total.correct = totals.get("correct")
+        return total
 
     def means(self) -> dict[str, float]:
         out = {name: float(total) / max(1, self.samples) for name, total in self.sums.items()}
@@ -408,6 +463,16 @@ def fit(
         :class:`TrainResult`; the trained weights are in ``model``.
     """
     device = resolve_device(config.device)
+    rank, world_size = distributed.world()
+    if world_size > 1:
+        check_distributed(config)
+        if getattr(objective, "start_epoch", None) is not None and not getattr(objective, "start_epoch_sets_only",
+                                                                               False):
+            raise ValueError(f"{type(objective).__name__} runs passes beside its loop (start_epoch), which are not "
+                             "synchronized across ranks: it is not supported under torchrun")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    main = rank == 0
     graph_reason = graph_unsupported(objective, device, config.optimizer)
     if config.cuda_graph and graph_reason is not None:
         raise ValueError(f"cuda_graph=True: {graph_reason}; train with cuda_graph=False")
@@ -420,23 +485,33 @@ def fit(
     loader = AugmentedLoader(
         dataset, objective.recipe, batch_size=config.batch_size, indices=indices, backend=config.augment_backend,
         device=device, seed=config.seed, normalization=normalization, channels_last=channels_last,
-        shuffle=getattr(objective, "shuffle", True),
+        shuffle=getattr(objective, "shuffle", True), ranks=(rank, world_size),
     )
     steps_per_batch = int(getattr(objective, "steps_per_batch", 1))
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
-    step_model = _compiled(model) if config.compile else model
 
     history: list[dict] = []
     start_epoch, spent, trained, extra = 0, 0.0, 0, 0
     path = Path(run_dir) / "checkpoint.pt" if run_dir is not None else None
-    if resume and path is not None and path.is_file():
-        state = check_resumable(path, config, record, checkpoint.load(path, map_location=device))
+
+    def read_checkpoint() -> dict | None:
+        if not (resume and path is not None and path.is_file()):
+            return None
+        # Under torchrun rank 0 reads it and sends it to the others, on the CPU (they may be on other nodes).
+        return check_resumable(path, config, record, checkpoint.load(path, map_location="cpu" if world_size > 1
+                                                                     else device))
+
+    state = distributed.on_main(read_checkpoint, "read the checkpoint to resume")
+    if state is not None:
         threads = (state.get("environment") or {}).get("threads")
         if threads is not None and threads != torch.get_num_threads():
             log.warning("resuming with %d threads a run that began with %d: the result will differ in the last "
                         "bits from an uninterrupted run (set OMP_NUM_THREADS=%d for a bit-identical resume)",
                         torch.get_num_threads(), threads, threads)
+        if state.get("world_size", 1) != world_size:
+            log.info("resuming with %d rank(s) a run that was checkpointed with %d", world_size,
+                     state.get("world_size", 1))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -444,68 +519,121 @@ def fit(
         spent, trained, extra = state["seconds"], state["trained_images"], state["extra_forward_images"]
     resumed_from = start_epoch
 
-    autocast = precision_autocast(config, device)
-    step = make_step(step_model, objective, optimizer, autocast, cuda_graph=cuda_graph, device=device)
-    step.trained_model = model
-    bar = _progress(loader, start_epoch, config, description)
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
-        model.train()
-        meter = _Meter()
-        side_before = _side_images(objective)
-        synchronize(device)
-        started = time.perf_counter()
-        start_epoch = getattr(objective, "start_epoch", None)
-        if start_epoch is not None:
-            with autocast:
-                start_epoch(step_model, optimizer, epoch)
+    restore_batchnorm = (distributed.convert_sync_batchnorm(model, device) if config.sync_batchnorm and world_size > 1
+                         else lambda: None)
+    try:
+        step_model = _compiled(model) if config.compile else model
+        autocast = precision_autocast(config, device)
+        if world_size > 1:
+            step = make_step(_ddp(step_model, objective, device), _ThroughDDP(objective), optimizer, autocast,
+                             cuda_graph=False, device=device)
+        else:
+            step = make_step(step_model, objective, optimizer, autocast, cuda_graph=cuda_graph, device=device)
+        step.trained_model = model
+        bar = _progress(loader, start_epoch, config, description) if main else None
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(_epoch_seed(config.seed, epoch, rank))
             model.train()
-        step.set_lr(optimizer.param_groups[0]["lr"])
-        batches = loader.iterate(epoch)
-        while True:
-            with record_function("data"):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            for _ in range(steps_per_batch):
-                loss, parts = step(batch)
-                meter.update({"loss": loss, **parts}, batch.labels)
+            meter = _Meter()
+            side_before = _side_images(objective)
+            synchronize(device)
+            started = time.perf_counter()
+            start_epoch = getattr(objective, "start_epoch", None)
+            if start_epoch is not None:
+                with autocast:
+                    start_epoch(step_model, optimizer, epoch)
+                model.train()
+            step.set_lr(optimizer.param_groups[0]["lr"])
+            batches = loader.iterate(epoch)
+            while True:
+                with record_function("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                for _ in range(steps_per_batch):
+                    loss, parts = step(batch)
+                    meter.update({"loss": loss, **parts}, batch.labels)
+                if bar is not None:
+                    bar.update(len(batch.labels) * world_size)
+                    if _due(bar):  # reading the running loss syncs the device: at most twice a second
+                        _show(bar, epoch, meter, time.perf_counter() - started, world_size)
+            synchronize(device)
+            seconds = time.perf_counter() - started
+            meter = meter.over_ranks(device)
             if bar is not None:
-                bar.update(len(batch.labels))
-                if _due(bar):  # reading the running loss syncs the device: at most twice a second
-                    _show(bar, epoch, meter, time.perf_counter() - started)
-        synchronize(device)
-        seconds = time.perf_counter() - started
+                _show(bar, epoch, meter, seconds)
+            lr = float(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+            spent += seconds
+            side = _side_images(objective)
+            side = distributed.sum_over_ranks({"trained": side[0] - side_before[0],
+                                               "forward": side[1] - side_before[1]}, device)
+            trained += meter.samples + int(side["trained"])
+            extra += meter.samples * objective.extra_forward_views + int(side["forward"])
+            row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds,
+                   "images_per_s": meter.samples / seconds}
+            if on_epoch_end is not None:
+                if main:  # evaluation on rank 0; the others wait for it
+                    model.eval()
+                    row.update(on_epoch_end(model, epoch))
+                distributed.barrier()
+            history.append(row)
+            should_stop = getattr(objective, "should_stop", None)
+            stop = bool(should_stop is not None and should_stop(epoch, row))
+            stop = bool(distributed.broadcast_object(stop)) if should_stop is not None else stop
+            if stop:
+                row["stopped"] = "the method's stopping rule"
+            if path is not None and main:
+                checkpoint.save(path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
+                    "history": history, "seconds": spent, "trained_images": trained, "extra_forward_images": extra,
+                    "record": record or {}, "environment": checkpoint.environment(device), "world_size": world_size,
+                })
+            if stop:
+                break
         if bar is not None:
-            _show(bar, epoch, meter, seconds)
-        lr = float(optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        spent += seconds
-        side_after = _side_images(objective)
-        trained += meter.samples + side_after[0] - side_before[0]
-        extra += meter.samples * objective.extra_forward_views + side_after[1] - side_before[1]
-        row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds, "images_per_s": meter.samples / seconds}
-        if on_epoch_end is not None:
-            model.eval()
-            row.update(on_epoch_end(model, epoch))
-        history.append(row)
-        should_stop = getattr(objective, "should_stop", None)
-        stop = bool(should_stop is not None and should_stop(epoch, row))
-        if stop:
-            row["stopped"] = "the method's stopping rule"
-        if path is not None:
-            checkpoint.save(path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "config": config.to_dict(), "history": history, "seconds": spent,
-                "trained_images": trained, "extra_forward_images": extra, "record": record or {},
-                "environment": checkpoint.environment(device),
-            })
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
+            bar.close()
+    finally:
+        step = None  # releases DistributedDataParallel (and its gradient hooks on the model's parameters)
+        restore_batchnorm()
     model.eval()
     return TrainResult(history, spent, trained, extra, resumed_from)
+
+
+class _ObjectiveForward(nn.Module):
+    """The model and an objective as one module whose ``forward(batch)`` is the objective's whole
+    forward (every view, ``forward_features``/``forward_head`` calls and the loss), so that
+    DistributedDataParallel sees one forward per backward whatever the objective calls."""
+
+    def __init__(self, model: nn.Module, objective) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "objective", objective)  # not a submodule: DDP synchronizes the model only
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(self.model, batch)
+
+
+def _ddp(model: nn.Module, objective, device: torch.device) -> nn.Module:
+    """``model`` with ``objective`` under DistributedDataParallel (which broadcasts rank 0's weights
+    and buffers now, and averages the gradients of every backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_ObjectiveForward(model, objective),
+                                   device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _ThroughDDP:
+    """The step's objective under DDP: the wrapped module runs the real objective; its per-step
+    hooks run on the plain model as in one process."""
+
+    def __init__(self, objective) -> None:
+        self.before_step = getattr(objective, "before_step", None)
+        self.after_step = getattr(objective, "after_step", None)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return model(batch)
 
 
 def _side_images(objective) -> tuple[int, int]:
@@ -538,11 +666,13 @@ def _progress(loader: AugmentedLoader, start_epoch: int, config: TrainConfig, de
                 unit="img", unit_scale=True, dynamic_ncols=True, leave=False)
 
 
-def _show(bar, epoch: int, meter: _Meter, seconds: float) -> None:
+def _show(bar, epoch: int, meter: _Meter, seconds: float, ranks: int = 1) -> None:
+    """The bar's text; within an epoch of a distributed run, loss and accuracy are rank 0's so far
+    and the speed is rank 0's times the number of ranks."""
     shown = meter.means()
     bar.set_postfix_str(
         f"epoch {epoch + 1} loss {shown['loss']:.3f} acc {shown.get('acc', float('nan')):.1f}% "
-        f"{meter.samples / max(seconds, 1e-9):.0f} img/s"
+        f"{meter.samples * ranks / max(seconds, 1e-9):.0f} img/s"
     )
 
 

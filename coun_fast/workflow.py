@@ -24,6 +24,12 @@ the device, the hyperparameters, the model against the data, the split against t
 the Original, the output folder. Checkpoints record the run's identity (data set, architecture,
 method and hyperparameters, starting model, split): ``resume`` refuses one of another run, saying
 what differs. :func:`evaluate_run` refuses a split other than the one the model unlearned.
+
+Under ``torchrun`` (a process group of several ranks), every rank runs the steps together
+(:func:`coun_fast.train.fit` trains with DistributedDataParallel) and rank 0 alone writes the run
+folder (:func:`coun_fast.runfolder.staged_by_main`; every rank returns the same :class:`Run`, but
+for the wall times in its record, which are each rank's own); only the methods that declare
+:attr:`~coun_fast.unlearn.base.Method.distributed` may run there.
 """
 
 from __future__ import annotations
@@ -35,14 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from coun_fast import checkpoint
+from coun_fast import checkpoint, distributed
 from coun_fast.data import DatasetSplits, ForgetSplit, check_within_training, load_dataset, make_split
 from coun_fast.data.identity import check_same_dataset, dataset_identity
 from coun_fast.data.recipes import Normalization
 from coun_fast.evaluate import Cost, avg_gap, centroid_distances, predict, prediction_distribution, unlearning_metrics
 from coun_fast.identity import plain, weights_digest
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
-from coun_fast.runfolder import CHECKPOINT, check_target, staged
+from coun_fast.runfolder import CHECKPOINT, check_target, staged_by_main
 from coun_fast.train import CrossEntropy, TrainConfig, check_resumable, check_runnable, fit
 from coun_fast.unlearn import resolve_hparams, unlearn
 
@@ -109,12 +115,14 @@ class Run:
 
 # -- model files -----------------------------------------------------------------------------------
 def save_run(folder: str | Path, model: nn.Module, record: dict) -> Run:
-    """Write ``folder/model.pt`` (weights on the CPU, architecture, record as plain values) atomically."""
+    """Write ``folder/model.pt`` (weights on the CPU, architecture, record as plain values)
+    atomically; in a distributed run, rank 0 writes it and the others return the same run."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     record = plain(record)
-    checkpoint.save(folder / MODEL_FILE, {"model": state, "build_args": model_config(model), "record": record})
+    if distributed.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        checkpoint.save(folder / MODEL_FILE, {"model": state, "build_args": model_config(model), "record": record})
     return Run(model, record, folder)
 
 
@@ -221,7 +229,8 @@ class OriginalStep(_Step):
     def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
         """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
         the returned run names ``folder``, where ``work`` is about to be moved."""
-        Path(work).mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            Path(work).mkdir(parents=True, exist_ok=True)
         norm = self.splits.train.normalization
         result = fit(self.model, self.splits.train, CrossEntropy(), self.config, normalization=norm, run_dir=work,
                      resume=resume, record=self.identity, description="original")
@@ -259,7 +268,7 @@ def train_original(
     finished run there (only when this one succeeds). Everything is checked before training."""
     check_target(folder, overwrite=overwrite, resume=resume)
     step = prepare_original(source, model_name, config, model_kwargs=model_kwargs)
-    with staged(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
+    with staged_by_main(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
         return step.run(work, Path(folder), resume=resume)
 
 
@@ -294,8 +303,9 @@ class UnlearningStep(_Step):
         """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
         ``work/model.pt``; the returned run names ``folder``, where ``work`` is about to be moved."""
         original = self.original
-        Path(work).mkdir(parents=True, exist_ok=True)
-        self.split.save(work / SPLIT_FILE)
+        if distributed.is_main():
+            Path(work).mkdir(parents=True, exist_ok=True)
+            self.split.save(work / SPLIT_FILE)
         result = unlearn(self.method, original.model, self.splits.train, self.split, self.config,
                          normalization=original.normalization, hparams=self.hparams, test=self.splits.test,
                          run_dir=work, resume=resume, on_epoch_end=on_epoch_end, record=self.identity)
@@ -344,7 +354,7 @@ def run_unlearning(
     checked before training."""
     check_target(folder, overwrite=overwrite, resume=resume)
     step = prepare_unlearning(method, original, split, config, hparams=hparams, data=data)
-    with staged(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
+    with staged_by_main(folder, overwrite=overwrite, resume=resume, belongs=step.belongs) as work:
         return step.run(work, Path(folder), resume=resume, on_epoch_end=on_epoch_end)
 
 

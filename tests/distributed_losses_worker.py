@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distributed_losses_cases import CASES, local_inputs, projection  # noqa: E402
+from helpers import rank_of_group  # noqa: E402
 
 
 def ddp_gradient(rank: int, world: int) -> torch.Tensor:
@@ -40,11 +40,8 @@ def bank_after_one_step(rank: int, world: int) -> torch.Tensor:
 
 
 def main() -> None:
-    rank, world, directory = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    results = {}
-    try:
+    with rank_of_group(sys.argv[1:]) as (rank, world, directory):
+        results = {}
         for name, case in CASES.items():
             for backend in ("fused", "reference"):
                 inputs, options = local_inputs(name, rank, world)
@@ -56,8 +53,6 @@ def main() -> None:
         results["ddp"] = ddp_gradient(rank, world)
         results["bank"] = bank_after_one_step(rank, world)
         torch.save(results, directory / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ Tolerance rule (see :func:`check_against_oracle`), for the loss and every gradie
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pytest
@@ -234,3 +237,44 @@ def reference_cross_view(z1: Tensor, z2: Tensor, temperature: float, *, upcast: 
 
 def reference_sup_con(features: Tensor, labels: Tensor, temperature: float, *, upcast: bool = True) -> Tensor:
     return reference_info_nce(features, None, temperature, anchor_labels=labels, exclude_self=True, upcast=upcast)
+
+
+@contextlib.contextmanager
+def rank_of_group(argv: Sequence[str]) -> Iterator[tuple[int, int, Path]]:
+    """The worker side of :func:`run_ranks`: ``argv`` = ``RANK WORLD DIRECTORY ...``; joins the gloo
+    group (file rendezvous in DIRECTORY) with one thread per process, yields ``(rank, world,
+    directory)`` and leaves the group after the block."""
+    import torch.distributed as dist
+
+    rank, world, directory = int(argv[0]), int(argv[1]), Path(argv[2])
+    dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        yield rank, world, directory
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: float = 240) -> list[dict]:
+    """Run ``python WORKER RANK WORLD DIRECTORY *ARGS`` as ``world`` processes (the ranks of a gloo
+    group whose rendezvous file is in ``directory``), at most ``timeout_s`` seconds each; assert
+    that every rank exits with 0 (showing its output otherwise) and return what each saved in
+    ``directory/rank{RANK}.pt``."""
+    processes = [subprocess.Popen([sys.executable, str(worker), str(rank), str(world), str(directory), *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for rank in range(world)]
+    outputs = []
+    try:
+        for process in processes:
+            try:
+                outputs.append(process.communicate(timeout=timeout_s)[0])
+            except subprocess.TimeoutExpired:
+                process.kill()
+                outputs.append(f"(killed after {timeout_s} s)\n" + (process.communicate()[0] or ""))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    for rank, (process, output) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, f"rank {rank} failed:\n{output}"
+    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(world)]

@@ -9,8 +9,6 @@ reduction="none" returns the rank's rows, whose gradients sum over the ranks wit
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import torch.distributed as dist
 
 from coun_fast import functional as F
 from distributed_losses_cases import CASES, global_inputs, projection, rows_of
-from helpers import assert_close_verbose
+from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_losses_worker.py"
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
@@ -28,26 +26,10 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 
-def run_ranks(world: int, directory: Path, timeout_s: float = 240) -> list[dict]:
-    processes = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(directory)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for rank in range(world)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=timeout_s)[0])
-    finally:
-        for process in processes:
-            process.kill()
-    for rank, (process, output) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output}"
-    return [torch.load(directory / f"rank{rank}.pt") for rank in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda k: f"K{k}")
 def ranks(request, tmp_path_factory):
     world = request.param
-    return world, run_ranks(world, tmp_path_factory.mktemp(f"gloo{world}"))
+    return world, run_ranks(WORKER, world, tmp_path_factory.mktemp(f"gloo{world}"))
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])

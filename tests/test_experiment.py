@@ -56,7 +56,7 @@ def finished(tmp_path_factory, cache):
 # -- validation ------------------------------------------------------------------------------------
 ERRORS = [
     ({"methods": [{"name": "ft"}, {"name": "coun"}, {"name": "foo"}]}, r"methods\[2\]\.name: unknown method 'foo'; available: .*coun"),
-    ({"methods": [{"name": "coun", "hparams": {"lamda": 1}}]}, r"methods\[0\]\.hparams\.lamda: .*it takes: lam, temperature"),
+    ({"methods": [{"name": "coun", "hparams": {"lamda": 1}}]}, r"methods\[0\]\.hparams\.lamda: .*it takes: cl_scope, lam, temperature"),
     ({"methods": [{"name": "ft+cl", "hparams": {"lam": 1}}]}, r"methods\[0\]\.hparams\.lam: .*cl_lam, cl_temperature"),
     ({"methods": [{"name": "retrain"}]}, r"methods\[0\]\.name: Retrain is run for every seed"),
     ({"methods": [{"name": "ft"}, {"name": "ft"}]}, r"methods: labels must be unique; repeated: ft"),
@@ -192,7 +192,7 @@ def test_end_to_end_files(finished):
         assert [p["epoch"] for p in ft["curve"]] == [1] and 0 <= ft["curve"][0]["retain_acc"] <= 100
         # ft+cl with cl_lam = 0.5 is CoUn with lam = 0.5, computation for computation
         assert by[("ft+cl", seed)]["UA"] == pytest.approx(by[("coun", seed)]["UA"])
-        assert by[("coun", seed)]["hparams"] == {"lam": 0.5, "temperature": 0.1}
+        assert by[("coun", seed)]["hparams"] == {"lam": 0.5, "temperature": 0.1, "cl_scope": "global"}
     assert [e["label"] for e in stored["summary"]] == ["Retrain", "Original", "ft", "coun", "ft+cl"]
     text = (out / "results.md").read_text()
     assert "sample standard deviation (ddof=1" in text and "| ft+cl |" in text

@@ -121,7 +121,7 @@ def test_registry_errors(data):
     assert {"coun", "ft", "retrain"} <= set(METHODS)
     with pytest.raises(ValueError, match="unknown unlearning method 'forgetful'; available: .*coun"):
         unlearn("forgetful", TinyNet(), data.train, split, config())
-    with pytest.raises(ValueError, match="has no hyperparameter tau; it takes: lam, temperature"):
+    with pytest.raises(ValueError, match="has no hyperparameter tau; it takes: cl_scope, lam, temperature"):
         unlearn("coun", TinyNet(), data.train, split, config(), hparams={"tau": 0.1})
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         unlearn("coun", TinyNet(), data.train, split, config(), hparams={"lam": -1})

@@ -42,7 +42,7 @@ def test_workflow_end_to_end(original, tmp_path):
     again = load_run(tmp_path / "coun")
     for a, b in zip(coun.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a.cpu(), b)
-    assert again.record["hparams"] == {"lam": 0.5, "temperature": 0.1}
+    assert again.record["hparams"] == {"lam": 0.5, "temperature": 0.1, "cl_scope": "global"}
     assert again.record["split"]["forget"] == split.forget.tolist()
     assert checkpoint.load(tmp_path / "coun" / "checkpoint.pt")["record"]["split"]["retain"] == split.retain.tolist()
     cost = again.record["cost"]

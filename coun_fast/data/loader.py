@@ -12,6 +12,16 @@ Order and augmentation are functions of ``(seed, epoch, step)`` alone: the same 
 same batches on every backend and device, and ``iterate(epoch, start=step)`` resumes a run
 mid-epoch exactly where it stopped.
 
+Under ``torchrun`` each rank builds the loader with ``ranks=(rank, world size)``: ``batch_size``
+stays the global batch B (divisible by the world size K), the order and the augmentation
+parameters of every global batch are drawn exactly as in one process, and rank r is served rows
+``[r * B/K, (r + 1) * B/K)`` of it; so the K ranks together visit every sample once per epoch, in
+the one-process order for any K, and each sample's views are drawn with the one-process parameters
+(the CPU backend's views are bit-identical to the one-process batch's rows; the tests check it). A
+last batch smaller than B (``drop_last=False``) is split as evenly as possible (the first ranks get
+one row more, as :func:`numpy.array_split`); when it has fewer rows than there are ranks it is
+dropped under K > 1 (a rank cannot take an empty step).
+
 A :class:`~coun_fast.data.shards.ShardedDataset` (larger than memory) is streamed: each batch's
 JPEG files are read from the mapped shards and decoded as needed, ahead of the training step, by
 the backend's decoder (:mod:`coun_fast.data.stream`). Its views have the data set's
@@ -30,7 +40,8 @@ from torch import Tensor
 
 from coun_fast.data.backends import log, make_augmenter, resolve_backend
 from coun_fast.data.dataset import ImageDataset
-from coun_fast.data.recipes import Normalization, Recipe, batch_rng, get_recipe, resized_form, sample_params
+from coun_fast.data.recipes import (Normalization, Recipe, ViewParams, batch_rng, get_recipe, resized_form,
+                                    sample_params)
 from coun_fast.data.recipes import normalization as make_normalization
 from coun_fast.data.shards import is_sharded
 
@@ -39,6 +50,13 @@ class Batch(NamedTuple):
     inputs: Tensor | tuple[Tensor, ...]
     labels: Tensor
     indices: Tensor
+
+
+def check_global_batch(batch_size: int, ranks: int) -> None:
+    """ValueError unless the global ``batch_size`` is divisible by the number of ``ranks``."""
+    if batch_size % ranks:
+        raise ValueError(f"batch_size {batch_size} is the global batch and must be divisible by the number of ranks "
+                         f"K={ranks} (each rank takes batch_size / K samples per step); choose a multiple of {ranks}")
 
 
 def _device(device) -> torch.device:
@@ -73,6 +91,8 @@ class AugmentedLoader:
             most 16; 0 decodes in this process); ignored for in-memory data sets.
         prefetch: batches decoded ahead per worker (or by the background thread) for a sharded
             data set; memory in use is about ``max(workers, 1) * prefetch`` batches.
+        ranks: ``(rank, world size)`` of a distributed run: this rank's rows of every global batch
+            (see the module's docstring); ``batch_size`` must be divisible by the world size.
     """
 
     def __init__(
@@ -93,11 +113,13 @@ class AugmentedLoader:
         channels_last: bool = False,
         workers: int | None = None,
         prefetch: int = 2,
+        ranks: tuple[int, int] = (0, 1),
     ) -> None:
         if not isinstance(dataset, ImageDataset):
             raise TypeError(f"dataset must be an ImageDataset (see coun_fast.data.load_dataset); got {type(dataset).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        self.rank, self.world_size = self._ranks(ranks, batch_size)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -137,6 +159,17 @@ class AugmentedLoader:
         self._labels = torch.from_numpy(dataset.labels).to(self.device)
 
     @staticmethod
+    def _ranks(ranks, batch_size: int) -> tuple[int, int]:
+        try:
+            rank, size = (int(v) for v in ranks)
+        except (TypeError, ValueError):
+            raise ValueError(f"ranks must be (rank, world size); got {ranks!r}") from None
+        if size < 1 or not 0 <= rank < size:
+            raise ValueError(f"ranks must be (rank, world size) with 0 <= rank < world size; got {ranks!r}")
+        check_global_batch(batch_size, size)
+        return rank, size
+
+    @staticmethod
     def _indices(indices, size: int) -> np.ndarray:
         if indices is None:
             return np.arange(size, dtype=np.int64)
@@ -151,9 +184,9 @@ class AugmentedLoader:
         return index
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (global batches: the same on every rank)."""
         full, rest = divmod(len(self.indices), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return full + (1 if rest and not self.drop_last and rest >= self.world_size else 0)
 
     @property
     def num_samples(self) -> int:
@@ -171,7 +204,12 @@ class AugmentedLoader:
         for step in range(start, len(self)):
             chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
             sizes = self.dataset.sizes[chunk] if self.streaming else self.image_size
-            yield chunk, sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), sizes, self.image_size)
+            params = sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), sizes, self.image_size)
+            if self.world_size > 1:  # this rank's rows of the global batch, drawn as in one process
+                rows = np.array_split(np.arange(len(chunk)), self.world_size)[self.rank]
+                lo, hi = int(rows[0]), int(rows[-1]) + 1
+                chunk, params = chunk[lo:hi], [ViewParams(*(part[lo:hi] for part in view)) for view in params]
+            yield chunk, params
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``."""
@@ -198,5 +236,7 @@ class AugmentedLoader:
     def __repr__(self) -> str:
         return (
             f"AugmentedLoader({self.dataset.name}/{self.dataset.split}, recipe={self.recipe.name!r}, "
-            f"samples={self.num_samples}, batch_size={self.batch_size}, backend={self.backend!r}, device={self.device})"
+            f"samples={self.num_samples}, batch_size={self.batch_size}"
+            + (f", rank={self.rank} of {self.world_size}" if self.world_size > 1 else "")
+            + f", backend={self.backend!r}, device={self.device})"
         )

@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from coun_fast import checkpoint
+from coun_fast import checkpoint, distributed
 from coun_fast.data import ForgetSplit, class_test_subsets
 from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
@@ -373,8 +373,12 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     is used for the main seeds. Returns the results.json payload (``runs``: one row per
     method x seed x stage, Retrain and Original included; ``summary``: :func:`summarize`).
     Everything is checked first (:func:`coun_fast.experiment.check.check_experiment`); the run
-    holds the output folder's lock throughout.
+    holds the output folder's lock throughout. Not yet supported under torchrun (several ranks):
+    refused with a ValueError before any work.
     """
+    if distributed.active():
+        raise ValueError("the experiment runner (coun-fast run) is not yet supported under torchrun (several ranks); "
+                         "run it in one process, or run its steps with coun-fast train / unlearn under torchrun")
     splits = check_experiment(config)
     with locked(config.output, what="experiment output"):
         config.output.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ from coun_fast.unlearn import (  # noqa: F401  (importing a method's module regi
     ssd,
 )
 from coun_fast.unlearn.base import (METHODS, PROTOCOLS, BatchStream, ForgetData, Method, RetainData, UnlearnResult,
-                                    get_method, hyperparameters, method_config, non_negative, positive)
+                                    check_distributed_method, get_method, hyperparameters, method_config,
+                                    non_negative, positive)
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, split_name
 
 
@@ -42,6 +43,7 @@ def _resolved(method: str, hparams: dict | None) -> tuple[Method, bool, dict, di
     spec = get_method(base_name)
     if with_cl and spec.cl_refused is not None:
         raise ValueError(f"there is no {method!r}: {spec.cl_refused}")
+    check_distributed_method(spec, method)
     given = dict(hparams or {})
     cl_given = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
     values = hyperparameters(spec, given)
@@ -54,7 +56,8 @@ def resolve_hparams(method: str, hparams: dict | None = None) -> dict:
     """The hyperparameters ``method`` (a registered name, maybe ``NAME+cl``) runs with: its
     defaults updated with ``hparams`` (plus ``cl_lam`` and ``cl_temperature`` for ``+cl``), every
     value checked. Raises ValueError for an unknown method, a method the CL plug-in does not
-    apply to, an unknown hyperparameter or a bad value, before any work is done."""
+    apply to, an unknown hyperparameter or a bad value, or, under ``torchrun``, a method that
+    does not run there (only those with :attr:`Method.distributed`), before any work is done."""
     _, _, values, cl_values = _resolved(method, hparams)
     return {**values, **cl_values}
 

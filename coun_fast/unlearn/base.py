@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.recipes import Normalization
 from coun_fast.train import TrainConfig, TrainResult
@@ -112,6 +113,12 @@ class Method:
             ``protocol="authors"``. By default every method trains under the run's own
             configuration (the CoUn protocol, under which the CoUn paper re-ran its baselines).
         protocol_source: where ``protocol`` comes from (repository, file, lines).
+        distributed: whether the method is correct under ``torchrun`` (several ranks): it trains
+            in the loop of :func:`coun_fast.train.fit` alone, its side batches (if any) come from a
+            :class:`BatchStream` (whose global batches the ranks share, as the loop's), and it has
+            no passes, teachers or importances that would need their own reduction over the ranks
+            (checked for each such method against one process). Other methods are refused in a
+            distributed run (:func:`check_distributed_method`).
     """
 
     name: str
@@ -124,6 +131,7 @@ class Method:
     cl_refused: str | None = None
     protocol: dict = dataclasses.field(default_factory=dict)
     protocol_source: str = ""
+    distributed: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -153,6 +161,18 @@ def hyperparameters(method: Method, given: dict) -> dict:
     for name, check in method.checks.items():
         values[name] = check(values[name], name)
     return values
+
+
+def check_distributed_method(method: Method, name: str) -> None:
+    """ValueError, before any work, when a process group of several ranks is running (``torchrun``)
+    and ``method`` is not one that runs correctly there (:attr:`Method.distributed`; its ``+cl`` form
+    then runs too: the CL plug-in's term is gathered over the ranks)."""
+    if not distributed.active():
+        return
+    if not method.distributed:
+        supported = ", ".join(sorted(m.name for m in METHODS.values() if m.distributed))
+        raise ValueError(f"method {name!r} is not yet supported under torchrun (several ranks); methods that are: "
+                         f"{supported} (and their +cl forms); run {name!r} in one process")
 
 
 OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
@@ -216,17 +236,19 @@ def accuracy_on(model: nn.Module, dataset: ImageDataset, indices: np.ndarray, no
 
 
 def run_loader(train: ImageDataset, indices: np.ndarray, normalization: Normalization, config: TrainConfig,
-               recipe: str = "train", *, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None):
+               recipe: str = "train", *, shuffle: bool = True, seed_offset: int = 0, batch_size: int | None = None,
+               ranks: tuple[int, int] = (0, 1)):
     """An :class:`~coun_fast.data.loader.AugmentedLoader` over ``indices`` of ``train`` with the run's
     batch size (unless ``batch_size`` is given), augmentation backend and device, seeded by
-    ``config.seed + seed_offset``: the loader of a method's passes beside the training loop."""
+    ``config.seed + seed_offset``: the loader of a method's passes beside the training loop.
+    ``ranks``: ``(rank, world size)`` to serve this rank's rows of every global batch."""
     from coun_fast.data.loader import AugmentedLoader
     from coun_fast.train import resolve_device
 
     return AugmentedLoader(
         train, recipe, batch_size=batch_size or config.batch_size, indices=indices, shuffle=shuffle,
         backend=config.augment_backend, device=resolve_device(config.device), seed=config.seed + seed_offset,
-        normalization=normalization,
+        normalization=normalization, ranks=ranks,
     )
 
 
@@ -238,6 +260,8 @@ class BatchStream:
     epoch after epoch (seeded by ``config.seed + seed_offset``, so independent of the loop's
     order), on the training device. Its position is not checkpointed: a resumed run restarts it
     at its first batch, so resuming such a method is not bit-identical to an uninterrupted run.
+    Under ``torchrun`` the batch size is global: each rank draws its rows of every global batch
+    (:class:`~coun_fast.data.loader.AugmentedLoader`'s ``ranks``), as the training loop does.
     """
 
     def __init__(self, train: ImageDataset, indices: np.ndarray, normalization: Normalization,
@@ -246,7 +270,7 @@ class BatchStream:
         if len(indices) == 0:
             raise ValueError("the stream's index set is empty: there is nothing to draw batches from")
         self.loader = run_loader(train, indices, normalization, config, recipe, seed_offset=seed_offset,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, ranks=distributed.world())
         self._batches = iter(())
 
     def next(self):
@@ -334,6 +358,7 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
-    "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters", "is_member", "method_config",
+    "check_distributed_method", "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters",
+    "is_member", "method_config",
     "non_negative", "one_of", "positive", "register", "run_loader", "whole",
 ]

@@ -101,5 +101,6 @@ register(Method(
     name="boundary_shrink", plan=plan_boundary_shrink, uses_forget=True, defaults={"bound": 0.1},
     search={"bound": "0.1 (anchors)", "lr": "very small, from 1e-8 (anchors)"},
     summary="Boundary Shrinking: train forget images toward the Original's FGSM nearest-wrong class (CVPR 2023)",
+    distributed=True,
     checks={"bound": pixel_step},
 ))

@@ -12,6 +12,10 @@ forget batch.
 A method that trains without augmentation by default (its authors' code: Bad Teacher, SCRUB,
 NegGrad+, CU) keeps its own batches on a "forget" loop; on a "retain" or "mixed" loop the CL term
 needs two augmented views, so with ``+cl`` the method's objective sees view 1 (augmented).
+
+Under ``torchrun`` the term is CoUn's ``cl_scope="global"``: each rank's anchors against the
+candidates of all ranks (``gather_distributed=True``), the one-process term of the global batch. A
+"mixed" loop is refused there (a rank whose batch holds no retain row would skip the gather).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.loader import Batch
 from coun_fast.functional import cross_view_info_nce
 from coun_fast.unlearn.base import non_negative, positive
@@ -58,11 +63,15 @@ class WithCL:
     term is computed on a two-view retain batch drawn from ``retain_stream`` each step.
     """
 
-    HOOKS = ("start_epoch", "before_step", "after_step", "should_stop", "retain_rows", "shuffle", "steps_per_batch")
+    HOOKS = ("start_epoch", "start_epoch_sets_only", "before_step", "after_step", "should_stop", "retain_rows", "shuffle",
+             "steps_per_batch")
 
     def __init__(self, base, lam: float, temperature: float, *, loop: str = "retain", retain_stream=None) -> None:
         if base.recipe not in ("train", "eval"):
             raise ValueError(f"the CL plug-in adds views of 'train' batches; this method's batches use {base.recipe!r}")
+        if loop == "mixed" and distributed.active():
+            raise ValueError("the CL plug-in on a loop that mixes retain and forget rows is not yet supported under "
+                             "torchrun")
         if loop == "forget" and retain_stream is None:
             raise ValueError("a method whose loop runs over the forget set needs a retain_stream for the CL term")
         self.base = base
@@ -113,7 +122,7 @@ class WithCL:
         return self._add(loss, parts, f1, model.forward_features(x2))
 
     def _add(self, loss: Tensor, parts: dict, f1: Tensor, f2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        cl = cross_view_info_nce(f1, f2, self.temperature)
+        cl = cross_view_info_nce(f1, f2, self.temperature, gather_distributed=True)
         return loss + self.lam * cl, {**parts, "cl": cl.detach()}
 
 

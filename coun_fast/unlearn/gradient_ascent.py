@@ -50,6 +50,7 @@ def plan_ga(original: nn.Module, data: ForgetData, config: TrainConfig, hparams:
 register(Method(
     name="ga", plan=plan_ga, uses_forget=True, defaults={}, search={"lr": "[1e-5, 0.1] (Unlearn-Sparse grid)"},
     summary="GA: gradient ascent on the forget set (minimise -CE on forget batches)",
+    distributed=True,
     protocol={**OPTML_PROTOCOL, "lr": 1e-4, "epochs": 5},
     protocol_source="OPTML-Group/Unlearn-Sparse README.MD L74 (--unlearn GA --unlearn_lr 0.0001 --unlearn_epochs 5); "
                     "their arg_parser defaults otherwise",

@@ -40,6 +40,7 @@ class L1SparseObjective:
 
     recipe = "train"
     extra_forward_views = 0
+    start_epoch_sets_only = True  # start_epoch sets gamma_t: the run may use several ranks
 
     def __init__(self, gamma: float, l1_epochs: int) -> None:
         self.gamma = non_negative(gamma, "gamma")
@@ -75,7 +76,7 @@ register(Method(
     name="l1_sparse", plan=plan_l1_sparse, uses_forget=False, defaults={"gamma": 5e-4, "l1_epochs": 4},
     search={"gamma": "[1e-4, 1e-1]", "l1_epochs": "4 (fixed in the CoUn protocol)", "lr": "[0.01, 0.1]"},
     summary="l1-sparse: FT on the retain set + gamma_t x sum|theta|, gamma_t decaying to 0 over the first l1_epochs",
-    checks={"gamma": non_negative, "l1_epochs": whole},
+    checks={"gamma": non_negative, "l1_epochs": whole}, distributed=True,
     protocol=OPTML_PROTOCOL,
     protocol_source="OPTML-Group/Unlearn-Sparse README.MD L86 (--unlearn FT_prune --unlearn_lr 0.01 "
                     "--unlearn_epochs 10); their arg_parser defaults otherwise",

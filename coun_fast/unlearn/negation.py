@@ -62,4 +62,5 @@ def plan_not(original: nn.Module, data: RetainData, config: TrainConfig, hparams
 register(Method(
     name="not", plan=plan_not, uses_forget=False, defaults={}, search={"lr": "[0.01, 0.1]"},
     summary="NoT: negate the first layer's weights (ViT: + position embedding), then FT on the retain set",
+    distributed=True,
 ))

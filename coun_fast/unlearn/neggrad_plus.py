@@ -71,5 +71,6 @@ register(Method(
     name="neggrad_plus", plan=plan_neggrad_plus, uses_forget=True, defaults={"beta": 0.99, "augment": False},
     search={"beta": "[0.95, 0.9999]", "augment": "false (authors)", "lr": "[0.01, 0.1]"},
     summary="NegGrad+: beta x CE on retain batches - (1 - beta) x CE on forget batches",
+    distributed=True,
     checks={"beta": fraction, "augment": boolean},
 ))

@@ -20,4 +20,5 @@ def plan_retrain(original: nn.Module, data: RetainData, config: TrainConfig, hpa
 register(Method(
     name="retrain", plan=plan_retrain, uses_forget=False, defaults={}, search={},
     summary="Retrain: train from scratch on the retain set (the gold standard the metrics compare with)",
+    distributed=True,
 ))

@@ -1,0 +1,171 @@
+"""The runs of tests/test_distributed_training.py, shared by the test (one process) and its
+worker (each rank of a gloo group): the same data, initial weights and configuration on both sides.
+
+TinyNet has BatchNorm: the runs use ``sync_batchnorm=True`` so that K ranks normalize with the
+statistics of the global batch, as one process does, and no dropout (p = 0: a rank draws its own
+dropout masks, which one process cannot reproduce).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coun_fast.data.embedded import synthetic
+from coun_fast.train import TrainConfig, fit
+from coun_fast.unlearn.base import ForgetData, forget_stream
+from coun_fast.unlearn.coun import CoUnObjective
+from coun_fast.unlearn.gradient_ascent import GradientAscentObjective
+from coun_fast.unlearn.l1_sparse import L1SparseObjective
+from coun_fast.unlearn.neggrad_plus import NegGradPlusObjective
+from nets import TinyNet
+
+EPOCHS = 2
+CONFIG = TrainConfig(epochs=EPOCHS, batch_size=16, lr=0.05, schedule="cosine", min_lr=1e-3, device="cpu",
+                     progress=False, augment_backend="cpu", sync_batchnorm=True)
+COUN = {
+    "coun": dict(lam=1.0, temperature=0.2, cl_scope="global"),
+    "coun_rank": dict(lam=1.0, temperature=0.2, cl_scope="rank"),
+    "ft": dict(lam=0.0),
+}
+FORGET = np.arange(0, 96, 3)  # 32 forget samples (2 global batches), 64 retain samples (4)
+RETAIN = np.setdiff1d(np.arange(96), FORGET)
+
+
+def data():
+    """96 training images of 8x8 in 4 classes: 6 global batches of 16 per epoch."""
+    return synthetic(num_classes=4, train_per_class=24, test_per_class=4, image_size=8, seed=0)
+
+
+def initial_model() -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.body[-1].p = 0.0  # no dropout (see the module's docstring)
+    return model
+
+
+class Stopped(Exception):
+    """Raised by :class:`StopAfter` (on every rank at the same step, like a kill of the whole job)."""
+
+
+class StopAfter:
+    """``objective`` that raises :class:`Stopped` at its call number ``calls`` + 1."""
+
+    def __init__(self, objective, calls: int) -> None:
+        self.objective, self.calls = objective, calls
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+    def __call__(self, model, batch):
+        self.calls -= 1
+        if self.calls < 0:
+            raise Stopped
+        return self.objective(model, batch)
+
+
+def objective(name: str, train):
+    """``(objective, training indices)`` of run ``name``: CoUn of :data:`COUN`, GA on the forget
+    set, l1-sparse or NegGrad+ (a forget stream beside the retain loop)."""
+    if name in COUN:
+        return CoUnObjective(**COUN[name]), None
+    if name == "ga":
+        return GradientAscentObjective(), FORGET
+    if name == "l1_sparse":  # its penalty weight is set per epoch by start_epoch
+        return L1SparseObjective(gamma=5e-3, l1_epochs=2), RETAIN
+    if name == "neggrad_plus":
+        data = ForgetData(train, RETAIN, train.normalization, FORGET)
+        return NegGradPlusObjective(0.9, forget_stream(data, CONFIG, "train"), "train"), RETAIN
+    raise KeyError(name)
+
+
+METHODS = ("retrain", "not", "boundary_shrink", "ft+cl", "ga+cl")
+"""Methods run through :func:`coun_fast.unlearn.unlearn` (their plan prepares the model)."""
+
+
+def run_method(name: str, train) -> dict:
+    """Unlearn a random quarter of ``train`` from :func:`initial_model` with method ``name``; the
+    final weights."""
+    from coun_fast.data.splits import random_split
+    from coun_fast.unlearn import unlearn
+
+    result = unlearn(name, initial_model(), train, random_split(len(train), 0.25, seed=0), CONFIG)
+    return {key: value.detach().clone() for key, value in result.model.state_dict().items()}
+
+
+def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epochs: int | None = None) -> dict:
+    """Train run ``name`` (:func:`objective`) from :func:`initial_model`; its final weights and,
+    under the key ``"images"``, the images its cost counts (trained, forward only)."""
+    model = initial_model()
+    loss, indices = objective(name, train)
+    if stop_after_epochs is not None:
+        loss = StopAfter(loss, stop_after_epochs * len(train) // CONFIG.batch_size)
+    result = fit(model, train, loss, CONFIG, indices=indices, run_dir=run_dir, resume=resume, record={"case": name})
+    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    return {**weights, "images": torch.tensor([result.trained_images, result.extra_forward_images])}
+
+
+WORKFLOW_CONFIG = TrainConfig(epochs=2, batch_size=64, lr=0.01, schedule="cosine", min_lr=1e-4, device="cpu",
+                              progress=False, augment_backend="cpu", sync_batchnorm=True)
+"""The unlearning run of the workflow case: small_cnn's Original on the embedded digits (8x8)."""
+
+
+def prepare_workflow(directory: Path) -> None:
+    """One process: the Original, a split, and a CoUn run killed after its first epoch (its
+    partial folder waits in ``directory``)."""
+    from coun_fast.workflow import DataSource, make_forget_split, run_unlearning, train_original
+
+    original = train_original(DataSource("digits", image_size=8), "small_cnn", WORKFLOW_CONFIG.replace(epochs=1),
+                              directory / "original")
+    split = make_forget_split(original, "random", ratio=0.1, seed=0)
+    split.save(directory / "split.npz")
+
+    def kill_after_the_first_epoch(model, epoch):
+        raise Stopped
+
+    try:
+        run_unlearning("coun", original, split, WORKFLOW_CONFIG, directory / "coun",
+                       on_epoch_end=kill_after_the_first_epoch)
+    except Stopped:
+        pass
+
+
+def resume_workflow(directory: Path) -> dict:
+    """Every rank: resume the killed CoUn run of :func:`prepare_workflow`; its record."""
+    from coun_fast.data import ForgetSplit
+    from coun_fast.workflow import run_unlearning
+
+    split = ForgetSplit.load(directory / "split.npz")
+    return run_unlearning("coun", directory / "original", split, WORKFLOW_CONFIG, directory / "coun",
+                          resume=True).record
+
+
+def errors(train) -> dict[str, str]:
+    """What a distributed run must refuse, each error's message (or "no error")."""
+    from coun_fast.experiment import run_experiment
+    from coun_fast.step import graph_unsupported
+    from coun_fast.unlearn import resolve_hparams
+
+    class WithPass(CoUnObjective):
+        def start_epoch(self, model, optimizer, epoch):
+            pass
+
+    found = {}
+    for case, attempt in {
+        "indivisible_batch": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(batch_size=15)),
+        "salun": lambda: resolve_hparams("salun"),
+        "salun+cl": lambda: resolve_hparams("salun+cl"),
+        "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
+        "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
+        "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
+        "experiment": lambda: run_experiment(None),
+    }.items():
+        try:
+            attempt()
+            found[case] = "no error"
+        except ValueError as error:
+            found[case] = str(error)
+    found["graph"] = graph_unsupported(CoUnObjective(), torch.device("cuda")) or "capturable"
+    return found

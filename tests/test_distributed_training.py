@@ -1,0 +1,248 @@
+"""Training under torchrun (DistributedDataParallel) on the CPU (gloo) against one process.
+
+* The loader: K = 2 and 3 ranks' shares of every global batch, put together, are the one-process
+  batches (views bit-identical, labels, indices); an indivisible batch is refused.
+* fit: 2 ranks train CoUn (cl_scope="global"), FT, GA, l1-sparse, NegGrad+ (its forget stream
+  sharded too), Retrain, NoT, Boundary Shrinking, FT+CL and GA+CL (the CL plug-in, its term gathered
+  across ranks) with the global batch of one process and SyncBatchNorm, and end with the one-process
+  weights (up to float rounding) and image counts; a run stopped after its first epoch resumes with
+  another number of ranks to the same weights; cl_scope="rank" is another loss; unsupported methods
+  and an indivisible batch are refused.
+  The runs are short (TinyNet, 12 steps) and one-threaded on every side: in longer runs the
+  ranks' other order of float sums drifts like a change of thread count does in one process (with
+  max-pooling over flat image backgrounds, e.g. small_cnn on digits, a tie decided the other way
+  changes a gradient by more than rounding).
+* The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
+  on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from coun_fast.data.loader import AugmentedLoader
+from coun_fast.workflow import load_run
+from distributed_training_cases import (CONFIG, METHODS, WORKFLOW_CONFIG, Stopped, data, prepare_workflow, run,
+                                        run_method)
+from helpers import assert_close_verbose, run_ranks
+
+WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return data().train
+
+
+# -- the loader ------------------------------------------------------------------------------------
+def _batches(loader: AugmentedLoader, epoch: int) -> list:
+    return [(tuple(v.clone() for v in b.inputs), b.labels.clone(), b.indices.clone()) for b in loader.iterate(epoch)]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("samples", [96, 94])  # 94: a last batch of 14 rows, uneven over 3 ranks
+def test_ranks_shares_put_together_are_the_one_process_batches(train, world, samples):
+    indices = np.arange(samples)
+    options = dict(batch_size=12, indices=indices, backend="cpu", device="cpu", seed=3)
+    single = AugmentedLoader(train, "two_view", **options)
+    shares = [AugmentedLoader(train, "two_view", ranks=(rank, world), **options) for rank in range(world)]
+    for epoch in (0, 1):
+        expected = _batches(single, epoch)
+        got = [_batches(loader, epoch) for loader in shares]
+        assert all(len(batches) == len(expected) == len(loader) for batches, loader in zip(got, shares))
+        seen = []
+        for step, (views, labels, where) in enumerate(expected):
+            parts = [batches[step] for batches in got]
+            sizes = [len(part[1]) for part in parts]
+            assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(labels)
+            for view in range(2):
+                assert torch.equal(torch.cat([part[0][view] for part in parts]), views[view])
+            assert torch.equal(torch.cat([part[1] for part in parts]), labels)
+            assert torch.equal(torch.cat([part[2] for part in parts]), where)
+            seen.extend(where.tolist())
+        assert sorted(seen) == indices.tolist()  # every sample once per epoch
+
+
+def test_a_last_batch_smaller_than_the_rank_count_is_dropped(train):
+    options = dict(batch_size=6, indices=np.arange(14), backend="cpu", device="cpu")
+    assert len(AugmentedLoader(train, "train", **options)) == 3  # 6 + 6 + 2
+    shares = [AugmentedLoader(train, "train", ranks=(rank, 3), **options) for rank in range(3)]
+    assert [len(loader) for loader in shares] == [2, 2, 2]
+    assert [len(list(loader.iterate(0))) for loader in shares] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("ranks, message", [
+    ((0, 3), "batch_size 16 is the global batch and must be divisible by the number of ranks K=3"),
+    ((2, 2), "0 <= rank < world size"),
+    ((0,), "ranks must be"),
+])
+def test_loader_ranks_errors(train, ranks, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        AugmentedLoader(train, "train", batch_size=16, backend="cpu", device="cpu", ranks=ranks)
+
+
+# -- fit across ranks ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread here too, as in each rank: the same float rounding on every machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ranks(train, tmp_path_factory, one_thread):
+    """Two gloo ranks' results (distributed_training_worker.py), after this process stopped a run
+    after its first epoch (the ranks resume it)."""
+    directory = tmp_path_factory.mktemp("ddp_fit")
+    with pytest.raises(Stopped):
+        run("coun", train, run_dir=directory / "stopped_in_one", stop_after_epochs=1)
+    prepare_workflow(directory)
+    return directory, run_ranks(WORKER, 2, directory, timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def one_process(train, one_thread):
+    runs = {name: run(name, train) for name in ("coun", "ft", "ga", "l1_sparse", "neggrad_plus")}
+    return {**runs, **{name: run_method(name, train) for name in METHODS}}
+
+
+def _assert_same_weights(what: str, got: dict, expected: dict) -> None:
+    assert list(got) == list(expected)
+    for name, value in expected.items():
+        if value.is_floating_point():
+            assert_close_verbose(f"{what}: {name}", got[name], value, **TOLERANCE)
+        else:
+            assert torch.equal(got[name], value), f"{what}: {name}"
+
+
+@pytest.mark.parametrize("name", ["coun", "ft", "ga", "l1_sparse", "neggrad_plus", *METHODS])
+def test_two_ranks_train_as_one_process_with_the_global_batch(ranks, one_process, name):
+    _, results = ranks
+    for rank, result in enumerate(results):
+        _assert_same_weights(f"{name} on rank {rank}", result[name], one_process[name])
+
+
+def test_rank_scope_is_another_loss(ranks, one_process):
+    _, results = ranks
+    assert torch.equal(results[0]["coun_rank"]["head.weight"], results[1]["coun_rank"]["head.weight"])
+    assert not torch.allclose(results[0]["coun_rank"]["head.weight"], one_process["coun"]["head.weight"],
+                              rtol=1e-4, atol=1e-5)
+
+
+def test_resume_with_another_number_of_ranks(ranks, one_process, train, one_thread):
+    directory, results = ranks
+    for rank, result in enumerate(results):  # stopped in one process, resumed by two ranks
+        _assert_same_weights(f"resumed by 2 ranks, rank {rank}", result["resumed_here"], one_process["coun"])
+    state = torch.load(directory / "stopped_here" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["world_size"] == 2
+    resumed = run("coun", train, run_dir=directory / "stopped_here", resume=True)  # by one process
+    _assert_same_weights("stopped by 2 ranks, resumed by one process", resumed, one_process["coun"])
+
+
+def test_a_run_folder_left_unfinished_by_one_process_is_finished_by_two_ranks(ranks):
+    directory, results = ranks
+    assert sorted(p.name for p in directory.iterdir() if "coun" in p.name) == [".coun.lock", "coun"]
+    assert sorted(p.name for p in (directory / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    state = torch.load(directory / "coun" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == WORKFLOW_CONFIG.epochs and state["world_size"] == 2
+    assert results[0]["workflow"] == load_run(directory / "coun").record  # rank 0 wrote what it returns
+    for result in results:  # the other ranks return the same run, but for their own wall times
+        record = result["workflow"]
+        assert len(record["history"]) == WORKFLOW_CONFIG.epochs
+        assert record["cost"]["trained_images"] == WORKFLOW_CONFIG.epochs * len(record["split"]["retain"])
+
+
+def test_distributed_errors(ranks):
+    _, results = ranks
+    for result in results:
+        found = result["errors"]
+        assert "batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
+            found["indivisible_batch"]
+        assert "method 'salun' is not yet supported under torchrun" in found["salun"]
+        assert "method 'salun+cl' is not yet supported under torchrun" in found["salun+cl"]
+        assert "cl_scope must be one of 'global', 'rank'" in found["cl_scope"]
+        assert "DistributedDataParallel" in found["graph"]
+        assert "WithPass runs passes beside its loop (start_epoch)" in found["start_epoch"]
+        assert "cuda_graph=True" in found["cuda_graph"] and "torchrun" in found["cuda_graph"]
+        assert "the experiment runner (coun-fast run) is not yet supported under torchrun" in found["experiment"]
+
+
+def test_cl_scope_is_a_checked_coun_hyperparameter():
+    from coun_fast.unlearn import resolve_hparams
+
+    assert resolve_hparams("coun")["cl_scope"] == "global"
+    assert resolve_hparams("coun", {"cl_scope": "rank"})["cl_scope"] == "rank"
+    with pytest.raises(ValueError, match="cl_scope must be one of"):
+        resolve_hparams("coun", {"cl_scope": "all"})
+
+
+def test_sync_batchnorm_is_a_checked_option():
+    assert CONFIG.sync_batchnorm is True
+    with pytest.raises(ValueError, match="sync_batchnorm must be true or false"):
+        CONFIG.replace(sync_batchnorm="yes")
+
+
+# -- the command under torchrun ----------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["run", "cpu_smoke"], "'coun-fast run' is not yet supported under torchrun (WORLD_SIZE=2)"),
+    (["demo"], "'coun-fast demo' is not yet supported under torchrun"),
+    (["train", "--out", "o", "--device", "cuda:1"], "--device cuda:1: under torchrun each rank trains on its own GPU"),
+])
+def test_commands_refused_under_torchrun(monkeypatch, capsys, tmp_path, argv, message):
+    from coun_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_rank_zero_alone_runs_the_commands_that_do_not_train(monkeypatch, capsys):
+    from coun_fast.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["info"]) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["info"]) == 0 and "cpu_kernels" in capsys.readouterr().out
+
+
+def _torchrun(arguments: list[str], cwd: Path, timeout_s: float = 240) -> str:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "coun_fast", *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
+    common = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--augment-backend", "cpu", "--no-progress"]
+    out = _torchrun(["train", "--dataset", "digits", "--image-size", "8", "--model", "small_cnn", "--lr", "0.05",
+                     "--out", "original", *common], tmp_path)
+    assert out.count("wrote") == 1  # rank 0 prints the result, rank 1 nothing
+    out = _torchrun(["unlearn", "--method", "coun", "--original", "original", "--out", "coun", "--lr", "0.01",
+                     "--sync-batchnorm", *common], tmp_path)
+    assert out.count("wrote") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coun.lock", ".original.lock", "coun", "original"]
+    assert sorted(p.name for p in (tmp_path / "original").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    record = load_run(tmp_path / "coun").record
+    assert record["config"]["sync_batchnorm"] is True and record["hparams"]["cl_scope"] == "global"
+    assert record["cost"]["trained_images"] == len(record["split"]["retain"])
