@@ -187,12 +187,17 @@ def errors(train, directory: Path) -> dict[str, str]:
         "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
         "experiment_methods": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache",
-            methods=["ft", "salun", {"name": "scrub", "label": "SCRUB"}, "coun+cl"]), progress=False, log=None),
+            methods=["ft", "salun", {"name": "scrub", "label": "SCRUB"}, "ga+cl"]), progress=False, log=None),
         "experiment_batch": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache", unlearn={"batch_size": 15}), progress=False, log=None),
         "experiment_sweep": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache",
             sweep={"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1, 0.5]}}}), progress=False, log=None),
+        "experiment_sequential": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache",
+            scenario={"kind": "sequential", "ratio": 0.2, "chunks": 2}), progress=False, log=None),
+        "experiment_device": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache", device="cuda:1"), progress=False, log=None),
     }.items():
         try:
             attempt()

@@ -184,6 +184,8 @@ def test_distributed_errors(ranks):
         assert "unlearn: batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
             found["experiment_batch"]
         assert "sweep: the hyperparameter sweep is not yet supported under torchrun" in found["experiment_sweep"]
+        assert "scenario: sequential forgetting is not yet supported under torchrun" in found["experiment_sequential"]
+        assert "device: cuda:1: under torchrun each rank trains on its own GPU" in found["experiment_device"]
     directory, _ = ranks
     assert not (directory / "refused").exists() and not (directory / "refused_cache").exists()
 

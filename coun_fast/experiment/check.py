@@ -9,13 +9,15 @@ forgotten and the retained classes) for every seed, and the output and cache fol
 writable, not in use by another run). ``coun-fast run --check`` runs it;
 :func:`coun_fast.experiment.run_experiment` runs it first. Under ``torchrun`` (several ranks),
 :func:`check_distributed_experiment` adds what such a run refuses: methods not verified under
-DDP, a sweep, a sequential scenario, a device with a GPU index, and batch sizes that the number
-of ranks does not divide.
+DDP, a sweep, a sequential scenario, a device with a GPU index (or the CPU in an NCCL group), and
+batch sizes that the number of ranks does not divide.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch.distributed as dist
 
 from coun_fast import distributed
 from coun_fast.data import DatasetSplits, class_test_subsets, make_split
@@ -27,6 +29,7 @@ from coun_fast.models import build
 from coun_fast.runfolder import is_busy
 from coun_fast.train import check_runnable, parse_device, resolve_device
 from coun_fast.unlearn import METHODS
+from coun_fast.unlearn.base import distributed_method_names
 from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import check_fits
 
@@ -93,14 +96,14 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
     do under torchrun with ``ranks`` ranks (default: the running process group's size; nothing for
     one rank): a method that is not verified under DDP (:attr:`coun_fast.unlearn.base.Method.distributed`;
     all of them named in one error), an enabled sweep, a sequential scenario, a device with a GPU
-    index (each rank trains on its own GPU, cuda:LOCAL_RANK), or a section whose (global) batch
-    size ``ranks`` does not divide."""
+    index (each rank trains on its own GPU, cuda:LOCAL_RANK), a CPU device in a running NCCL group,
+    or a section whose (global) batch size ``ranks`` does not divide."""
     ranks = distributed.world()[1] if ranks is None else ranks
     if ranks == 1:
         return
     refused = [spec.name for spec in config.methods if not METHODS[split_name(spec.name)[0]].distributed]
     if refused:
-        supported = ", ".join(sorted(name for name, method in METHODS.items() if method.distributed))
+        supported = ", ".join(distributed_method_names())
         raise ConfigError(f"methods: {', '.join(refused)} not yet supported under torchrun ({ranks} ranks); methods "
                           f"that are: {supported} (and their +cl forms); leave the others out (--methods) or run "
                           "the experiment in one process")
@@ -110,9 +113,13 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
     if config.scenario.kind == "sequential":
         raise ConfigError(f"scenario: sequential forgetting is not yet supported under torchrun ({ranks} ranks); "
                           "run it in one process")
-    if config.device is not None and parse_device(config.device).index is not None:
+    device = None if config.device is None else parse_device(config.device)
+    if device is not None and device.index is not None:
         raise ConfigError(f"device: {config.device}: under torchrun each rank trains on its own GPU, cuda:LOCAL_RANK; "
                           "give cuda (or cpu)")
+    if device is not None and device.type != "cuda" and distributed.active() and dist.get_backend() == "nccl":
+        raise ConfigError(f"device: {config.device}, but the process group uses NCCL, which needs GPUs; give the "
+                          f"command --device {config.device} (it then joins a gloo group)")
     for key, train in _sections(config).items():
         try:
             check_global_batch(train.batch_size, ranks)
