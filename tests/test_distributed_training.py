@@ -14,6 +14,12 @@
   changes a gradient by more than rounding).
 * The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
   on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
+* The experiment runner: 2 ranks run a tiny experiment (FT and CoUn, SyncBatchNorm) into one
+  output folder whose rows and curves equal one process's, and skip every step on a second call;
+  refused experiments (methods not verified under DDP, all named in one error; an indivisible
+  batch; a sweep; a sequential scenario; a GPU index; the CPU in an NCCL group) write nothing;
+  ``run --check`` runs on rank 0 with the ranks' checks; ``torchrun ... -m coun_fast run FILE``
+  writes one output folder and rank 0's step lines alone.
 """
 
 from __future__ import annotations
@@ -326,3 +332,17 @@ def test_torchrun_run_writes_one_experiment_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "avg_gap.png", "config.json", "curves.png", "results.csv", "results.json", "results.md", "seed_0", "ua_mia.png"]
     assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
+
+
+def test_an_experiment_on_the_cpu_is_refused_in_an_nccl_group(monkeypatch, tmp_path):
+    from coun_fast import distributed
+    from coun_fast.experiment import ConfigError
+    from coun_fast.experiment import check as check_module
+
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(check_module.dist, "get_backend", lambda: "nccl")
+    config = experiment(tmp_path / "out", tmp_path / "cache")
+    with pytest.raises(ConfigError, match="device: cpu, but the process group uses NCCL"):
+        check_module.check_distributed_experiment(config)
+    assert not any(tmp_path.iterdir())

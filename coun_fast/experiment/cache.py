@@ -70,7 +70,8 @@ class Cached:
 
 def _finished_entry(folder: Path) -> bool:
     """Whether ``folder`` holds a finished entry, as rank 0 sees it (every rank gets its answer)."""
-    return bool(distributed.on_main(lambda: (folder / MODEL_FILE).is_file(), f"look up the cache entry {str(folder)!r}"))
+    finished = distributed.on_main(lambda: (folder / MODEL_FILE).is_file(), f"look up the cache entry {str(folder)!r}")
+    return bool(finished)
 
 
 def _reuse_or_make(folder: Path, described: dict, prepare: Callable[[], object], device) -> tuple[Run, bool]:

@@ -26,8 +26,9 @@ DistributedDataParallel) and rank 0 alone does the rest: it takes the locks, wri
 entries and the run folders, evaluates (the other ranks wait), writes the results and charts and
 logs the step lines. Whether a cached model or a finished method run is reused is decided on
 rank 0 and broadcast, so every rank skips the same steps. What such a run refuses (methods not
-verified under DDP, a sweep, a sequential scenario, batch sizes that the rank count does not
-divide) is checked before any work (:func:`coun_fast.experiment.check.check_distributed_experiment`).
+verified under DDP, a sweep, a sequential scenario, a GPU index in the device, batch sizes that
+the rank count does not divide) is checked before any work
+(:func:`coun_fast.experiment.check.check_distributed_experiment`).
 """
 
 from __future__ import annotations
