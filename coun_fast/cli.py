@@ -15,12 +15,12 @@ output; the steps of a run, warnings and progress bars to standard error, throug
 command's step lines, ``-v`` every informational record of the package (e.g. which augmentation
 backend a loader picked, and why), ``-vv`` the debug records too.
 
-Under ``torchrun --nproc_per_node=K`` (the environment says ``WORLD_SIZE`` > 1), ``train`` and
-``unlearn`` run on all K ranks (:data:`DISTRIBUTED_COMMANDS`): the command joins the process group
-first (NCCL on GPUs, each rank on cuda:LOCAL_RANK; gloo on the CPU) and ends it at exit; rank 0
-writes the run folder and prints the results, the other ranks print only warnings and errors.
-``evaluate``, ``data``, ``kernels`` and ``info`` run on rank 0 alone (the others exit at once);
-``run`` and ``demo`` are refused (not yet supported under torchrun).
+Under ``torchrun --nproc_per_node=K`` (the environment says ``WORLD_SIZE`` > 1), ``train``,
+``unlearn`` and ``run`` run on all K ranks (:data:`DISTRIBUTED_COMMANDS`): the command joins the
+process group first (NCCL on GPUs, each rank on cuda:LOCAL_RANK; gloo on the CPU) and ends it at
+exit; rank 0 writes the run folders and prints the results, the other ranks print only warnings
+and errors. ``evaluate``, ``data``, ``kernels``, ``info`` and ``run --check`` / ``run --list`` run
+on rank 0 alone (the others exit at once); ``demo`` is refused (not yet supported under torchrun).
 """
 
 from __future__ import annotations
@@ -181,17 +181,23 @@ def _verbosity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return args.verbose
 
 
-DISTRIBUTED_COMMANDS = ("train", "unlearn")
+DISTRIBUTED_COMMANDS = ("train", "unlearn", "run")
 """Commands that run on every rank under torchrun (DistributedDataParallel)."""
 MAIN_RANK_COMMANDS = ("evaluate", "data", "kernels", "info")
 """Commands that rank 0 alone runs under torchrun (the other ranks exit at once)."""
+
+
+def _main_rank_only(args: argparse.Namespace) -> bool:
+    """Whether rank 0 alone runs ``args`` under torchrun: :data:`MAIN_RANK_COMMANDS`, and ``run``
+    when it only checks (``--check``) or lists (``--list``)."""
+    return args.command in MAIN_RANK_COMMANDS or (args.command == "run" and (args.check or args.list))
 
 
 def _launched_ranks(args: argparse.Namespace) -> int:
     """The number of ranks torchrun started (1 without torchrun); ValueError for a command that
     does not run under it, or a device that contradicts one GPU per rank."""
     ranks = distributed.launched_world_size()
-    if ranks == 1 or args.command in MAIN_RANK_COMMANDS:
+    if ranks == 1 or _main_rank_only(args):
         return ranks
     if args.command not in DISTRIBUTED_COMMANDS:
         raise ValueError(f"'coun-fast {args.command}' is not yet supported under torchrun (WORLD_SIZE={ranks}); "
@@ -224,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if _launched_ranks(args) > 1:
             rank = int(os.environ.get("RANK", "0"))
-            if args.command in MAIN_RANK_COMMANDS and rank != 0:
-                return 0
-            if args.command in DISTRIBUTED_COMMANDS:
+            if _main_rank_only(args):
+                if rank != 0:
+                    return 0
+            elif args.command in DISTRIBUTED_COMMANDS:
                 started_group = distributed.init_from_env(_device_type(args))
             if rank != 0:  # rank 0 prints the results; the others only warnings and errors
                 prefix = f"[rank {rank}] "

@@ -9,6 +9,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from coun_fast import distributed
 from coun_fast.data import DATASETS, ForgetSplit
 from coun_fast.evaluate import ATTACKS, metrics_table
 from coun_fast.files import check_writable_location, write_text_atomic
@@ -322,7 +323,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_experiment_command(args: argparse.Namespace) -> int:
     from coun_fast import recipes
     from coun_fast.experiment import load_config, run_experiment
-    from coun_fast.experiment.check import check_experiment
+    from coun_fast.experiment.check import check_distributed_experiment, check_experiment
 
     if args.list:
         shipped = recipes.available()
@@ -335,7 +336,8 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     config = load_config(recipes.resolve(args.experiment), seeds=args.seeds, methods=args.methods,
                          output=args.output, device=args.device, cache=args.cache, data=args.data,
                          sweep=args.sweep, curves=False if args.no_curves else None)
-    if args.check:
+    if args.check:  # under torchrun, on rank 0 alone: what the K ranks would refuse too
+        check_distributed_experiment(config, distributed.launched_world_size())
         check_experiment(config)
         print(f"{config.name}: valid; {len(config.methods)} methods x {len(config.seeds)} seeds, "
               f"{config.scenario.describe()}, output {config.output}")

@@ -142,8 +142,33 @@ def resume_workflow(directory: Path) -> dict:
                           resume=True).record
 
 
-def errors(train) -> dict[str, str]:
-    """What a distributed run must refuse, each error's message (or "no error")."""
+def experiment(output: Path, cache: Path, **changes):
+    """:func:`experiment_file`'s experiment, parsed."""
+    from coun_fast.experiment import parse_config
+
+    return parse_config(experiment_file(output, cache, **changes))
+
+
+def experiment_file(output: Path, cache: Path, **changes) -> dict:
+    """A tiny experiment file's content (synthetic 8x8 images, a narrow small_cnn, FT and CoUn, one
+    seed, 2 epochs per step, SyncBatchNorm, per-epoch curves) writing into ``output``, its models
+    cached in ``cache``; ``changes``: top-level keys replaced."""
+    train = {"epochs": 2, "lr": 0.05, "batch_size": 32, "sync_batchnorm": True, "augment_backend": "cpu"}
+    raw = {
+        "name": "ddp_tiny", "data": {"dataset": "synthetic", "image_size": 8},
+        "model": {"name": "small_cnn", "kwargs": {"widths": [8, 16]}},
+        "original": {"preset": "paper", **train}, "unlearn": {"preset": "paper_unlearn", **train, "lr": 0.01},
+        "scenario": {"kind": "random", "ratio": 0.1},
+        "methods": [{"name": "ft", "label": "FT"},
+                    {"name": "coun", "label": "CoUn", "hparams": {"lam": 0.5, "temperature": 0.1}}],
+        "seeds": [0], "device": "cpu", "output": str(output), "cache": str(cache), "curves": True,
+    }
+    return {**raw, **changes}
+
+
+def errors(train, directory: Path) -> dict[str, str]:
+    """What a distributed run must refuse, each error's message (or "no error"); the refused
+    experiments would write into ``directory/refused`` and ``directory/refused_cache``."""
     from coun_fast.experiment import run_experiment
     from coun_fast.step import graph_unsupported
     from coun_fast.unlearn import resolve_hparams
@@ -160,7 +185,19 @@ def errors(train) -> dict[str, str]:
         "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
         "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
         "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
-        "experiment": lambda: run_experiment(None),
+        "experiment_methods": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache",
+            methods=["ft", "salun", {"name": "scrub", "label": "SCRUB"}, "ga+cl"]), progress=False, log=None),
+        "experiment_batch": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache", unlearn={"batch_size": 15}), progress=False, log=None),
+        "experiment_sweep": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache",
+            sweep={"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1, 0.5]}}}), progress=False, log=None),
+        "experiment_sequential": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache",
+            scenario={"kind": "sequential", "ratio": 0.2, "chunks": 2}), progress=False, log=None),
+        "experiment_device": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache", device="cuda:1"), progress=False, log=None),
     }.items():
         try:
             attempt()

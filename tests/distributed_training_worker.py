@@ -34,7 +34,7 @@ def main() -> None:
         except Stopped:
             pass
         results["workflow"] = resume_workflow(directory)  # a run folder that one process left unfinished
-        results["errors"] = errors(train)
+        results["errors"] = errors(train, directory)
         torch.save(results, directory / f"rank{rank}.pt")
 
 

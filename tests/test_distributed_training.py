@@ -14,6 +14,12 @@
   changes a gradient by more than rounding).
 * The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
   on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
+* The experiment runner: 2 ranks run a tiny experiment (FT and CoUn, SyncBatchNorm) into one
+  output folder whose rows and curves equal one process's, and skip every step on a second call;
+  refused experiments (methods not verified under DDP, all named in one error; an indivisible
+  batch; a sweep; a sequential scenario; a GPU index; the CPU in an NCCL group) write nothing;
+  ``run --check`` runs on rank 0 with the ranks' checks; ``torchrun ... -m coun_fast run FILE``
+  writes one output folder and rank 0's step lines alone.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ import torch.distributed as dist
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.workflow import load_run
-from distributed_training_cases import (CONFIG, METHODS, WORKFLOW_CONFIG, Stopped, data, prepare_workflow, run,
-                                        run_method)
+from distributed_training_cases import (CONFIG, METHODS, WORKFLOW_CONFIG, Stopped, data, experiment,
+                                        experiment_file, prepare_workflow, run, run_method)
 from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
@@ -178,7 +184,16 @@ def test_distributed_errors(ranks):
         assert "DistributedDataParallel" in found["graph"]
         assert "WithPass runs passes beside its loop (start_epoch)" in found["start_epoch"]
         assert "cuda_graph=True" in found["cuda_graph"] and "torchrun" in found["cuda_graph"]
-        assert "the experiment runner (coun-fast run) is not yet supported under torchrun" in found["experiment"]
+        # the experiment runner refuses before any work: nothing written, all refused methods named
+        assert ("methods: salun, scrub not yet supported under torchrun (2 ranks); methods that are: "
+                in found["experiment_methods"]), found["experiment_methods"]
+        assert "unlearn: batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
+            found["experiment_batch"]
+        assert "sweep: the hyperparameter sweep is not yet supported under torchrun" in found["experiment_sweep"]
+        assert "scenario: sequential forgetting is not yet supported under torchrun" in found["experiment_sequential"]
+        assert "device: cuda:1: under torchrun each rank trains on its own GPU" in found["experiment_device"]
+    directory, _ = ranks
+    assert not (directory / "refused").exists() and not (directory / "refused_cache").exists()
 
 
 def test_cl_scope_is_a_checked_coun_hyperparameter():
@@ -198,7 +213,7 @@ def test_sync_batchnorm_is_a_checked_option():
 
 # -- the command under torchrun ----------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
-    (["run", "cpu_smoke"], "'coun-fast run' is not yet supported under torchrun (WORLD_SIZE=2)"),
+    (["run", "cpu_smoke", "--device", "cuda:0"], "--device cuda:0: under torchrun each rank trains on its own GPU"),
     (["demo"], "'coun-fast demo' is not yet supported under torchrun"),
     (["train", "--out", "o", "--device", "cuda:1"], "--device cuda:1: under torchrun each rank trains on its own GPU"),
 ])
@@ -223,13 +238,14 @@ def test_rank_zero_alone_runs_the_commands_that_do_not_train(monkeypatch, capsys
     assert main(["info"]) == 0 and "cpu_kernels" in capsys.readouterr().out
 
 
-def _torchrun(arguments: list[str], cwd: Path, timeout_s: float = 240) -> str:
+def _torchrun(arguments: list[str], cwd: Path, timeout_s: float = 240, stderr: bool = False) -> str:
+    """The standard output (``stderr``: the standard error) of a 2-rank torchrun of ``coun_fast``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "coun_fast", *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stderr if stderr else done.stdout
 
 
 def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
@@ -246,3 +262,87 @@ def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
     record = load_run(tmp_path / "coun").record
     assert record["config"]["sync_batchnorm"] is True and record["hparams"]["cl_scope"] == "global"
     assert record["cost"]["trained_images"] == len(record["split"]["retain"])
+
+
+# -- the experiment runner under torchrun ----------------------------------------------------------
+EXPERIMENT_WORKER = Path(__file__).resolve().parent / "distributed_experiment_worker.py"
+METRICS = ("UA", "RA", "TA", "MIA", "Avg.Gap", "PFLOPs")
+
+
+def test_two_ranks_run_an_experiment_as_one_process(tmp_path, one_thread):
+    """2 ranks run the tiny experiment: one output folder, rank 0's files alone, and the rows (and
+    the per-epoch curves) of one process with the same global batches; a second run skips every
+    step on both ranks."""
+    from coun_fast.experiment import run_experiment
+
+    one = run_experiment(experiment(tmp_path / "one", tmp_path / "one_cache"), progress=False, log=None)
+    (tmp_path / "ddp").mkdir()
+    results = run_ranks(EXPERIMENT_WORKER, 2, tmp_path / "ddp", timeout_s=300)
+    output = tmp_path / "ddp" / "two_ranks"
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["avg_gap.png", "config.json", "curves.png", "results.csv", "results.json", "results.md", "seed_0",
+         "ua_mia.png"])
+    assert sorted(p.name for p in (output / "seed_0").iterdir()) == ["CoUn", "FT", "Original", "Retrain"]
+    leftovers = [p for p in (tmp_path / "ddp").rglob("*") if ".partial" in p.name]
+    assert not leftovers, leftovers
+    for result in results:  # every rank returns rank 0's payload, twice (the second run skipped everything)
+        assert result["first"]["runs"] == results[0]["first"]["runs"]
+        assert result["again"]["runs"] == results[0]["first"]["runs"]
+    rows = {row["label"]: row for row in results[0]["first"]["runs"]}
+    expected = {row["label"]: row for row in one["runs"]}
+    assert sorted(rows) == sorted(expected) == ["CoUn", "FT", "Original", "Retrain"]
+    for label, row in expected.items():
+        for name in METRICS:
+            assert rows[label][name] == pytest.approx(row[name], rel=1e-5, abs=1e-6), (label, name)
+        for got, want in zip(rows[label].get("curve", []), row.get("curve", []), strict=True):
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6), label
+    assert len(rows["CoUn"]["curve"]) == 2
+
+
+def test_run_check_under_torchrun_runs_on_rank_zero_with_the_ranks_checks(monkeypatch, capsys, tmp_path):
+    import yaml
+
+    from coun_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["run", "cpu_smoke", "--check"]) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["run", "cpu_smoke", "--check", "--output", "out", "--cache", "cache"]) == 0
+    assert "cpu_smoke: valid" in capsys.readouterr().out
+    file = tmp_path / "salun.yaml"
+    file.write_text(yaml.safe_dump(experiment_file(tmp_path / "out", tmp_path / "cache", methods=["ft", "salun"])))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(file), "--check"])
+    assert exit_info.value.code == 2
+    assert "methods: salun not yet supported under torchrun (2 ranks)" in capsys.readouterr().err
+
+
+def test_torchrun_run_writes_one_experiment_folder(tmp_path):
+    """``torchrun --standalone --nproc_per_node 2 -m coun_fast run FILE`` on the CPU: one output
+    folder, rank 0's step lines alone."""
+    import yaml
+
+    file = tmp_path / "tiny.yaml"
+    file.write_text(yaml.safe_dump(experiment_file(tmp_path / "out", tmp_path / "cache")))
+    log = _torchrun(["run", str(file), "--no-progress", "--device", "cpu"], tmp_path, stderr=True)
+    assert log.count("done: 4 rows; wrote") == 1 and log.count("seed 0 CoUn:") == 1, log
+    assert "CoUn" in (tmp_path / "out" / "results.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "avg_gap.png", "config.json", "curves.png", "results.csv", "results.json", "results.md", "seed_0", "ua_mia.png"]
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
+
+
+def test_an_experiment_on_the_cpu_is_refused_in_an_nccl_group(monkeypatch, tmp_path):
+    from coun_fast import distributed
+    from coun_fast.experiment import ConfigError
+    from coun_fast.experiment import check as check_module
+
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(check_module.dist, "get_backend", lambda: "nccl")
+    config = experiment(tmp_path / "out", tmp_path / "cache")
+    with pytest.raises(ConfigError, match="device: cpu, but the process group uses NCCL"):
+        check_module.check_distributed_experiment(config)
+    assert not any(tmp_path.iterdir())

@@ -11,20 +11,27 @@ folder when that checkpoint is of the same run, and starts over otherwise. ``dev
 do not change its recipe (results on another device may differ in the last bits). A file data
 set is identified by its path in the key and by its content in the models' records. Two
 processes filling the same entry at once: the second is refused at once, naming the first.
+
+Under ``torchrun`` (several ranks) every rank trains a missing entry together; rank 0 alone takes
+the lock and writes it (:func:`coun_fast.runfolder.staged_by_main`), decides whether the entry is
+reused (the same decision on every rank), and the other ranks read the model from the entry once
+rank 0 has written it, so that every rank holds rank 0's weights and buffers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
 
+from coun_fast import distributed
 from coun_fast.data import ForgetSplit
 from coun_fast.data.cache import default_cache_dir
 from coun_fast.files import write_text_atomic
 from coun_fast.identity import fingerprint
-from coun_fast.runfolder import locked, staged
+from coun_fast.runfolder import locked, staged_by_main
 from coun_fast.train import TrainConfig
 from coun_fast.workflow import MODEL_FILE, Run, load_run, prepare_original, prepare_unlearning
 
@@ -61,18 +68,30 @@ class Cached:
     hit: bool
 
 
+def _finished_entry(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished entry, as rank 0 sees it (every rank gets its answer)."""
+    finished = distributed.on_main(lambda: (folder / MODEL_FILE).is_file(), f"look up the cache entry {str(folder)!r}")
+    return bool(finished)
+
+
 def _reuse_or_make(folder: Path, described: dict, prepare: Callable[[], object], device) -> tuple[Run, bool]:
     """The finished entry ``folder``, or the step ``prepare()`` gives run into it now (resuming a
-    partial entry of the same run); ``(run, reused)``."""
-    if (folder / MODEL_FILE).is_file():
+    partial entry of the same run); ``(run, reused)``. Under torchrun: see the module docstring."""
+    if _finished_entry(folder):
         return load_run(folder, device=device), True
     step = prepare()  # every check before the lock is taken and any work is done
-    with locked(folder, what="cache entry"):
-        if (folder / MODEL_FILE).is_file():  # finished by another process meanwhile
+    with contextlib.ExitStack() as stack:  # the lock, on rank 0 alone
+        distributed.on_main(lambda: stack.enter_context(locked(folder, what="cache entry")) and None,
+                            f"lock the cache entry {str(folder)!r}")
+        if _finished_entry(folder):  # finished by another process meanwhile
             return load_run(folder, device=device), True
-        with staged(folder, overwrite=True, resume="auto", belongs=step.belongs, lock=False) as work:
-            write_text_atomic(work / "key.json", json.dumps(described, indent=2, default=str))
-            return step.run(work, folder, resume=True), False
+        with staged_by_main(folder, overwrite=True, resume="auto", belongs=step.belongs, lock=False) as work:
+            if distributed.is_main():
+                write_text_atomic(work / "key.json", json.dumps(described, indent=2, default=str))
+            run = step.run(work, folder, resume=True)
+    if not distributed.is_main():  # rank 0's weights and buffers (BatchNorm statistics are each rank's own)
+        run = load_run(folder, device=device)
+    return run, False
 
 
 def cached_original(source, model_name: str, model_kwargs: dict, config: TrainConfig, cache: Path | None, *,

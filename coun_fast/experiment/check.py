@@ -7,20 +7,30 @@ CIFAR's class count), the model against the data's images, the scenario on the d
 names, a forget set that is neither empty nor everything, chunk counts, test images of the
 forgotten and the retained classes) for every seed, and the output and cache folders (creatable,
 writable, not in use by another run). ``coun-fast run --check`` runs it;
-:func:`coun_fast.experiment.run_experiment` runs it first.
+:func:`coun_fast.experiment.run_experiment` runs it first. Under ``torchrun`` (several ranks),
+:func:`check_distributed_experiment` adds what such a run refuses: methods not verified under
+DDP, a sweep, a sequential scenario, a device with a GPU index (or the CPU in an NCCL group), and
+batch sizes that the number of ranks does not divide.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch.distributed as dist
+
+from coun_fast import distributed
 from coun_fast.data import DatasetSplits, class_test_subsets, make_split
+from coun_fast.data.loader import check_global_batch
 from coun_fast.experiment.cache import cache_root
 from coun_fast.experiment.config import ConfigError, ExperimentConfig
 from coun_fast.files import check_writable_location, describe_os_error
 from coun_fast.models import build
 from coun_fast.runfolder import is_busy
-from coun_fast.train import check_runnable, resolve_device
+from coun_fast.train import check_runnable, parse_device, resolve_device
+from coun_fast.unlearn import METHODS
+from coun_fast.unlearn.base import distributed_method_names
+from coun_fast.unlearn.cl_plugin import split_name
 from coun_fast.workflow import check_fits
 
 
@@ -37,6 +47,13 @@ def _check_folder(path: Path, key: str, *, lock: bool) -> None:
                           "another output folder")
 
 
+def _sections(config: ExperimentConfig) -> dict:
+    """Every training configuration of ``config`` by its key: original, retrain, unlearn, each method's."""
+    sections = {"original": config.original, "retrain": config.retrain, "unlearn": config.unlearn}
+    sections.update({f"methods[{i}].train": spec.train_config(config.unlearn) for i, spec in enumerate(config.methods)})
+    return sections
+
+
 def check_experiment(config: ExperimentConfig) -> DatasetSplits:
     """Raise :class:`ConfigError`, naming the key, for anything a run of ``config`` would refuse
     later on this machine (see the module docstring); returns the loaded data set."""
@@ -44,9 +61,7 @@ def check_experiment(config: ExperimentConfig) -> DatasetSplits:
         resolve_device(config.device)
     except ValueError as error:
         raise ConfigError(f"device: {error}") from None
-    sections = {"original": config.original, "retrain": config.retrain, "unlearn": config.unlearn}
-    sections.update({f"methods[{i}].train": spec.train_config(config.unlearn) for i, spec in enumerate(config.methods)})
-    for key, train in sections.items():
+    for key, train in _sections(config).items():
         try:
             check_runnable(train.replace(device=config.device))
         except ValueError as error:
@@ -76,4 +91,40 @@ def check_experiment(config: ExperimentConfig) -> DatasetSplits:
     return splits
 
 
-__all__ = ["check_experiment"]
+def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = None) -> None:
+    """Raise :class:`ConfigError`, naming the key, when ``config`` asks for what the runner does not
+    do under torchrun with ``ranks`` ranks (default: the running process group's size; nothing for
+    one rank): a method that is not verified under DDP (:attr:`coun_fast.unlearn.base.Method.distributed`;
+    all of them named in one error), an enabled sweep, a sequential scenario, a device with a GPU
+    index (each rank trains on its own GPU, cuda:LOCAL_RANK), a CPU device in a running NCCL group,
+    or a section whose (global) batch size ``ranks`` does not divide."""
+    ranks = distributed.world()[1] if ranks is None else ranks
+    if ranks == 1:
+        return
+    refused = [spec.name for spec in config.methods if not METHODS[split_name(spec.name)[0]].distributed]
+    if refused:
+        supported = ", ".join(distributed_method_names())
+        raise ConfigError(f"methods: {', '.join(refused)} not yet supported under torchrun ({ranks} ranks); methods "
+                          f"that are: {supported} (and their +cl forms); leave the others out (--methods) or run "
+                          "the experiment in one process")
+    if config.sweep is not None and config.sweep.enabled:
+        raise ConfigError(f"sweep: the hyperparameter sweep is not yet supported under torchrun ({ranks} ranks); run "
+                          "it in one process, then the seeds under torchrun with the chosen values in the file")
+    if config.scenario.kind == "sequential":
+        raise ConfigError(f"scenario: sequential forgetting is not yet supported under torchrun ({ranks} ranks); "
+                          "run it in one process")
+    device = None if config.device is None else parse_device(config.device)
+    if device is not None and device.index is not None:
+        raise ConfigError(f"device: {config.device}: under torchrun each rank trains on its own GPU, cuda:LOCAL_RANK; "
+                          "give cuda (or cpu)")
+    if device is not None and device.type != "cuda" and distributed.active() and dist.get_backend() == "nccl":
+        raise ConfigError(f"device: {config.device}, but the process group uses NCCL, which needs GPUs; give the "
+                          f"command --device {config.device} (it then joins a gloo group)")
+    for key, train in _sections(config).items():
+        try:
+            check_global_batch(train.batch_size, ranks)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {error}") from None
+
+
+__all__ = ["check_distributed_experiment", "check_experiment"]

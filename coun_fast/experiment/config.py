@@ -218,7 +218,7 @@ def _method_names() -> str:
 def _checked_hparams(name: str, hparams: Mapping, path: str) -> None:
     """Every value of ``hparams`` checked by the method's own rules; errors under ``path``."""
     try:
-        resolve_hparams(name, dict(hparams))
+        resolve_hparams(name, dict(hparams), check_ranks=False)  # the ranks: check_distributed_experiment
     except ValueError as error:
         message = str(error)
         key = message.split(" ", 1)[0]
@@ -366,7 +366,7 @@ def _sweep(raw: Any, methods: tuple[MethodSpec, ...], seeds: tuple[int, ...], un
             for i, value in enumerate(values):
                 if param in allowed:
                     try:
-                        resolve_hparams(spec.name, {**spec.hparams, param: value})
+                        resolve_hparams(spec.name, {**spec.hparams, param: value}, check_ranks=False)
                     except ValueError as error:
                         _fail(f"{path}.{param}[{i}]", str(error))
                 else:

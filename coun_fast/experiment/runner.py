@@ -19,6 +19,16 @@ runs under the lock of its output folder (a second run on it is refused at once)
 folder is written as a unit, its evaluation included (:func:`coun_fast.runfolder.staged`): a
 stale folder of another hash is replaced only when the new run has finished. Every other file
 is replaced atomically; ``config.json`` and the results are written together at the end.
+
+Under ``torchrun`` (a process group of several ranks) every rank trains every step together (the
+Original and Retrain of each seed, each method; :func:`coun_fast.train.fit` under
+DistributedDataParallel) and rank 0 alone does the rest: it takes the locks, writes the cache
+entries and the run folders, evaluates (the other ranks wait), writes the results and charts and
+logs the step lines. Whether a cached model or a finished method run is reused is decided on
+rank 0 and broadcast, so every rank skips the same steps. What such a run refuses (methods not
+verified under DDP, a sweep, a sequential scenario, a GPU index in the device, batch sizes that
+the rank count does not divide) is checked before any work
+(:func:`coun_fast.experiment.check.check_distributed_experiment`).
 """
 
 from __future__ import annotations
@@ -42,11 +52,11 @@ from coun_fast.data import ForgetSplit, class_test_subsets
 from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
 from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
-from coun_fast.experiment.check import check_experiment
+from coun_fast.experiment.check import check_distributed_experiment, check_experiment
 from coun_fast.experiment.config import ExperimentConfig, MethodSpec
 from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summarize, write_csv, write_json
 from coun_fast.files import relative_path, write_text_atomic
-from coun_fast.runfolder import locked, staged
+from coun_fast.runfolder import locked, staged_by_main
 from coun_fast.train import TrainConfig, resolve_device
 from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
 
@@ -118,7 +128,12 @@ def _row(label: str, method: str, seed: int, stage: int, metrics: dict, referenc
 
 
 def _finished(folder: Path, key: str) -> dict | None:
-    """The row stored in ``folder/metrics.json`` when it was made with ``key``."""
+    """The row stored in ``folder/metrics.json`` when it was made with ``key``, as rank 0 reads
+    it (every rank gets its answer)."""
+    return distributed.on_main(lambda: _stored_row(folder, key), f"read {str(folder / METRICS_FILE)!r}")
+
+
+def _stored_row(folder: Path, key: str) -> dict | None:
     path = folder / METRICS_FILE
     if not path.is_file():
         return None
@@ -130,9 +145,17 @@ def _finished(folder: Path, key: str) -> dict | None:
 
 
 def _store(folder: Path, key: str, row: dict) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json({"key": key, "row": row}, folder / METRICS_FILE)
+    """Write ``row`` with its ``key`` into ``folder/metrics.json`` (on rank 0 alone); returns ``row``."""
+    if distributed.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json({"key": key, "row": row}, folder / METRICS_FILE)
     return row
+
+
+def _evaluated_row(evaluate: Callable[[], dict], what: str) -> dict:
+    """``evaluate()`` (an evaluation and its stored row) on rank 0 while the other ranks wait;
+    every rank gets the row."""
+    return distributed.on_main(evaluate, f"evaluate {what}")
 
 
 @dataclasses.dataclass
@@ -176,7 +199,8 @@ class Runner:
         return self._splits
 
     def say(self, text: str) -> None:
-        if self.log is not None:
+        """One step line to ``log`` (rank 0's alone under torchrun)."""
+        if self.log is not None and distributed.is_main():
             self.log(f"[{time.perf_counter() - self.started:7.1f}s] {text}")
 
     @contextlib.contextmanager
@@ -229,17 +253,21 @@ class Runner:
             folder = self._stage_folder(root / "Retrain", k, split.num_stages)
             reference = _finished(folder, retrain.key)
             if reference is None:
-                metrics = evaluate_run(retrain.run, split=part, device=self.device)
-                reference = _store(folder, retrain.key, _row("Retrain", "retrain", seed, k, metrics, metrics,
-                                                             folder=str(retrain.run.folder)))
+                def evaluate_retrain(folder=folder, part=part, retrain=retrain, k=k) -> dict:
+                    metrics = evaluate_run(retrain.run, split=part, device=self.device)
+                    return _store(folder, retrain.key, _row("Retrain", "retrain", seed, k, metrics, metrics,
+                                                            folder=str(retrain.run.folder)))
+                reference = _evaluated_row(evaluate_retrain, f"{where} Retrain")
             rows.append(reference)
             folder = self._stage_folder(root / "Original", k, split.num_stages)
             key = fingerprint([original.key, retrain.key])
             row = _finished(folder, key)
             if row is None:
-                metrics = evaluate_run(original.run, split=part, device=self.device)
-                row = _store(folder, key, _row("Original", "original", seed, k, metrics, reference,
-                                               folder=str(original.run.folder)))
+                def evaluate_original(folder=folder, key=key, part=part, reference=reference, k=k) -> dict:
+                    metrics = evaluate_run(original.run, split=part, device=self.device)
+                    return _store(folder, key, _row("Original", "original", seed, k, metrics, reference,
+                                                    folder=str(original.run.folder)))
+                row = _evaluated_row(evaluate_original, f"{where} Original")
             rows.append(row)
             stages.append(Stage(k, part, retrain, reference))
         return SeedSetup(seed, original, stages, rows)
@@ -287,16 +315,20 @@ class Runner:
             step.belongs(work)
 
         # the experiment's lock covers its folders; a stale folder of another key is replaced
-        with staged(folder, overwrite=True, resume="auto", belongs=belongs, lock=False) as work:
-            write_text_atomic(work / RUN_KEY_FILE, key)
+        with staged_by_main(folder, overwrite=True, resume="auto", belongs=belongs, lock=False) as work:
+            if distributed.is_main():
+                write_text_atomic(work / RUN_KEY_FILE, key)
             run = step.run(work, folder, resume=True, on_epoch_end=curve)
-            metrics = evaluate_run(run, split=stage.split, device=self.device)
-            points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
-                                               for r in run.record["history"] if "forget_acc" in r]
-            row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
-                       hparams=run.record["hparams"], train=spec.train,
-                       folder=relative_path(folder, self.config.output), curve=points)
-            return _store(work, key, row)
+
+            def evaluate() -> dict:
+                metrics = evaluate_run(run, split=stage.split, device=self.device)
+                points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
+                                                   for r in run.record["history"] if "forget_acc" in r]
+                row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
+                           hparams=run.record["hparams"], train=spec.train,
+                           folder=relative_path(folder, self.config.output), curve=points)
+                return _store(work, key, row)
+            return _evaluated_row(evaluate, f"{spec.label} of seed {setup.seed}")
 
     # -- sweep ---------------------------------------------------------------------------------
     def sweep(self, methods: tuple[MethodSpec, ...]) -> dict:
@@ -373,15 +405,24 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     is used for the main seeds. Returns the results.json payload (``runs``: one row per
     method x seed x stage, Retrain and Original included; ``summary``: :func:`summarize`).
     Everything is checked first (:func:`coun_fast.experiment.check.check_experiment`); the run
-    holds the output folder's lock throughout. Not yet supported under torchrun (several ranks):
-    refused with a ValueError before any work.
+    holds the output folder's lock throughout.
+
+    Under torchrun (a process group of several ranks, which the caller has initialized) every rank
+    calls it: they train together, rank 0 alone writes and evaluates (see the module docstring),
+    and every rank returns the same payload. What such a run refuses is checked first, on every rank.
     """
-    if distributed.active():
-        raise ValueError("the experiment runner (coun-fast run) is not yet supported under torchrun (several ranks); "
-                         "run it in one process, or run its steps with coun-fast train / unlearn under torchrun")
-    splits = check_experiment(config)
-    with locked(config.output, what="experiment output"):
-        config.output.mkdir(parents=True, exist_ok=True)
+    check_distributed_experiment(config)
+    checked = {}
+
+    def check() -> None:  # on rank 0 (the others wait for its verdict); it loads the data set
+        checked["splits"] = check_experiment(config)
+    distributed.on_main(check, "check the experiment")
+    splits = checked["splits"] if "splits" in checked else config.data.load()
+    with contextlib.ExitStack() as stack:  # the output folder's lock, on rank 0 alone
+        def lock() -> None:
+            stack.enter_context(locked(config.output, what="experiment output"))
+            config.output.mkdir(parents=True, exist_ok=True)
+        distributed.on_main(lock, f"lock the experiment output {str(config.output)!r}")
         return _run_locked(config, splits, progress=progress, log=log)
 
 
@@ -397,7 +438,8 @@ def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log) -> dic
         rows += setup.rows
         for spec in methods:
             rows += runner.method_rows(setup, spec, root / spec.label)
-    payload = write_results(config, rows, sweep=chosen, device=runner.device, timings=runner.timings())
+    payload = distributed.on_main(lambda: write_results(config, rows, sweep=chosen, device=runner.device,
+                                                        timings=runner.timings()), "write the results")
     best = {e["label"]: e["Avg.Gap"] for e in payload["summary"]
             if e["label"] not in ("Retrain", "Original") and e["Avg.Gap"] is not None}
     runner.say(f"done: {len(rows)} rows; wrote {config.output / 'results.md'}"

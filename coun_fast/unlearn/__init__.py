@@ -37,13 +37,14 @@ def method_names() -> list[str]:
     return sorted(METHODS) + [f"{name}{SUFFIX}" for name in sorted(METHODS) if METHODS[name].cl_refused is None]
 
 
-def _resolved(method: str, hparams: dict | None) -> tuple[Method, bool, dict, dict]:
+def _resolved(method: str, hparams: dict | None, check_ranks: bool = True) -> tuple[Method, bool, dict, dict]:
     """``(spec, with_cl, the method's checked hyperparameters, the CL plug-in's)``."""
     base_name, with_cl = split_name(method)
     spec = get_method(base_name)
     if with_cl and spec.cl_refused is not None:
         raise ValueError(f"there is no {method!r}: {spec.cl_refused}")
-    check_distributed_method(spec, method)
+    if check_ranks:
+        check_distributed_method(spec, method)
     given = dict(hparams or {})
     cl_given = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
     values = hyperparameters(spec, given)
@@ -52,13 +53,15 @@ def _resolved(method: str, hparams: dict | None) -> tuple[Method, bool, dict, di
     return spec, with_cl, values, cl_values
 
 
-def resolve_hparams(method: str, hparams: dict | None = None) -> dict:
+def resolve_hparams(method: str, hparams: dict | None = None, *, check_ranks: bool = True) -> dict:
     """The hyperparameters ``method`` (a registered name, maybe ``NAME+cl``) runs with: its
     defaults updated with ``hparams`` (plus ``cl_lam`` and ``cl_temperature`` for ``+cl``), every
     value checked. Raises ValueError for an unknown method, a method the CL plug-in does not
     apply to, an unknown hyperparameter or a bad value, or, under ``torchrun``, a method that
-    does not run there (only those with :attr:`Method.distributed`), before any work is done."""
-    _, _, values, cl_values = _resolved(method, hparams)
+    does not run there (only those with :attr:`Method.distributed`), before any work is done.
+    ``check_ranks=False`` leaves that last check out (for files checked as a whole, e.g. an
+    experiment's methods: :func:`coun_fast.experiment.check.check_distributed_experiment`)."""
+    _, _, values, cl_values = _resolved(method, hparams, check_ranks)
     return {**values, **cl_values}
 
 

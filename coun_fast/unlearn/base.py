@@ -163,6 +163,11 @@ def hyperparameters(method: Method, given: dict) -> dict:
     return values
 
 
+def distributed_method_names() -> list[str]:
+    """The registered methods that run under ``torchrun`` (:attr:`Method.distributed`), sorted."""
+    return sorted(m.name for m in METHODS.values() if m.distributed)
+
+
 def check_distributed_method(method: Method, name: str) -> None:
     """ValueError, before any work, when a process group of several ranks is running (``torchrun``)
     and ``method`` is not one that runs correctly there (:attr:`Method.distributed`; its ``+cl`` form
@@ -170,7 +175,7 @@ def check_distributed_method(method: Method, name: str) -> None:
     if not distributed.active():
         return
     if not method.distributed:
-        supported = ", ".join(sorted(m.name for m in METHODS.values() if m.distributed))
+        supported = ", ".join(distributed_method_names())
         raise ValueError(f"method {name!r} is not yet supported under torchrun (several ranks); methods that are: "
                          f"{supported} (and their +cl forms); run {name!r} in one process")
 
@@ -358,7 +363,7 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
-    "check_distributed_method", "extra_steps", "forget_stream", "fraction", "get_method", "hyperparameters",
-    "is_member", "method_config",
+    "check_distributed_method", "distributed_method_names", "extra_steps", "forget_stream", "fraction", "get_method",
+    "hyperparameters", "is_member", "method_config",
     "non_negative", "one_of", "positive", "register", "run_loader", "whole",
 ]
