@@ -458,6 +458,13 @@ def option(args, base: dict, name: str):
     return base[name] if value is None else value
 
 
+def require_positive(config, names: Sequence[str]) -> None:
+    """Exit with ``--NAME must be >= 1`` for the first of ``config``'s fields ``names`` below 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+
+
 def prepare_driver(device: str, threads: int | None) -> int | None:
     """Driver side, before any measurement: refuse ``--device cuda`` without a usable GPU (prints
     why, returns exit code 2) and apply ``--threads``; returns None when the run can go on."""
@@ -467,6 +474,18 @@ def prepare_driver(device: str, threads: int | None) -> int | None:
     if threads:
         torch.set_num_threads(threads)
     return None
+
+
+def run_script(args, measure: Callable[[dict], dict], make_config: Callable, drive: Callable[..., int]) -> int:
+    """The entry point of a benchmark that measures in worker processes: as a worker
+    (``args.worker``), :func:`serve_worker`; as the driver, ``config = make_config(args)``,
+    :func:`prepare_driver` on its ``device`` and ``threads``, then ``drive(config)``. Returns the
+    exit code."""
+    if args.worker:
+        return serve_worker(args.worker, measure)
+    config = make_config(args)
+    refused = prepare_driver(config.device, config.threads)
+    return refused if refused is not None else drive(config)
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -403,9 +403,7 @@ def make_config(args: argparse.Namespace) -> Config:
         workers=default_workers() if args.workers is None else args.workers, threads=args.threads, seed=args.seed,
         data_dir=args.data_dir, keep=args.keep, timeout_s=args.timeout, out=args.out,
     )
-    for name in ("num_images", "image_size", "view_size", "batch_size", "batches", "reps", "workers"):
-        if getattr(config, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    harness.require_positive(config, ("num_images", "image_size", "view_size", "batch_size", "batches", "reps", "workers"))
     if config.num_images < config.batch_size * (config.warmup + config.batches):
         raise SystemExit("--num-images must cover the warm-up and timed batches of one measurement")
     return config
@@ -441,13 +439,11 @@ COLUMNS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return harness.serve_worker(args.worker, measure)
-    config = make_config(args)
-    refused = harness.prepare_driver(config.device, config.threads)
-    if refused is not None:
-        return refused
+    return harness.run_script(parse_args(argv), measure, make_config, drive)
+
+
+def drive(config: Config) -> int:
+    """The driver's run, after the device check (harness.run_script)."""
     started = time.perf_counter()
     scratch = None
     root = config.data_dir

@@ -625,13 +625,11 @@ def cpu_latency_targets(latency: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return harness.serve_worker(args.worker, measure)
-    config = make_config(args)
-    refused = harness.prepare_driver(config.device, config.threads)
-    if refused is not None:
-        return refused
+    return harness.run_script(parse_args(argv), measure, make_config, drive)
+
+
+def drive(config: Config) -> int:
+    """The driver's run, after the device check (harness.run_script)."""
     unavailable = unavailable_providers(config)
     for provider, reason in unavailable.items():
         print(f"skipping provider {provider}: {reason}")

@@ -346,9 +346,7 @@ def make_config(args: argparse.Namespace) -> Config:
         warmup=pick("warmup"), reps=pick("reps"), workers=args.workers, threads=args.threads, seed=args.seed,
         timeout_s=args.timeout, out=args.out,
     )
-    for name in ("batch_size", "batches", "reps", "num_images", "image_size", "workers"):
-        if getattr(config, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    harness.require_positive(config, ("batch_size", "batches", "reps", "num_images", "image_size", "workers"))
     if config.warmup < 0:
         raise SystemExit("--warmup must be >= 0")
     if config.data is not None and args.image_size != 32:
@@ -548,13 +546,11 @@ def headline(rows: list[dict], baseline: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return harness.serve_worker(args.worker, measure)
-    config = make_config(args)
-    refused = harness.prepare_driver(config.device, config.threads)
-    if refused is not None:
-        return refused
+    return harness.run_script(parse_args(argv), measure, make_config, drive)
+
+
+def drive(config: Config) -> int:
+    """The driver's run, after the device check (harness.run_script)."""
     unavailable = unavailable_backends(config)
     for backend, reason in unavailable.items():
         print(f"skipping backend {backend}: {reason}")
