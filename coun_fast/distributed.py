@@ -73,8 +73,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        grad = all_reduce_sum(grad.contiguous())
         start, rows = ctx.rows
         return grad[start: start + rows], None
 
@@ -105,7 +104,7 @@ def all_gather_rows(x: Tensor) -> Tensor:
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """The sum over ranks of a (small, detached) tensor; itself outside a distributed job."""
+    """The sum over ranks of ``x`` (a new, detached tensor); ``x`` itself outside a distributed job."""
     if not active():
         return x
     x = x.detach().clone()
@@ -242,15 +241,11 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        x = x.detach().clone().contiguous()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        return x
+        return all_reduce_sum(x.contiguous())
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone().contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return all_reduce_sum(grad.contiguous())
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
