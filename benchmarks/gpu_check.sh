@@ -14,6 +14,11 @@
 # bench_losses.py --gpu-quick, GPU_CHECK_TEST_ARGS replaces pytest's "tests" (a selection, with -k
 # or files, for a rerun); CIFAR10 names the CIFAR-10 file
 # (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
+# The step groups memcheck (compute-sanitizer memcheck alone) and profile (not in the default list)
+# serve reruns after a kernel change: profile prints each kernel's GPU time and the host time by
+# function (benchmarks/profile_losses.py), then Nsight Compute's speed-of-light, occupancy, warp
+# state and pipe sections of the tensor-core kernels of one call of CoUn's 256 x 512 problem and of
+# NT-Xent at 32768 x 128.
 # The step group torchrun (not in the default list: GPU_CHECK_STEPS="torchrun", or add it) runs
 # `coun-fast train` (1 epoch) and `coun-fast unlearn --method coun --sync-batchnorm` (1 epoch) under
 # `torchrun --standalone --nproc_per_node=G`, G the number of GPUs (with G = 1 it checks the
@@ -68,15 +73,29 @@ group_tests() {
   # shellcheck disable=SC2086
   step "CUDA tests" 240 "$python" -m pytest -q -m cuda --runslow -n 8 -p no:cacheprovider $test_args
 }
-group_sanitize() {
+group_memcheck() {
   step "compute-sanitizer memcheck" 150 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+}
+group_sanitize() {
+  group_memcheck
   step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
     --racecheck-report hazard --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py
 }
 group_kernels() {
   # shellcheck disable=SC2086
   step "kernel benchmark --gpu-quick" 150 "$python" benchmarks/bench_losses.py --gpu-quick --out "$out_dir" $kernel_args
+}
+group_profile() {
+  step "profile: kernel and host times" 120 "$python" benchmarks/profile_losses.py --calls 50 \
+    --cases coun nt_xent_32k nt_xent_32k_512
+  local case
+  for case in coun nt_xent_32k; do  # the second call's four kernels (the first is a warm-up)
+    step "ncu $case" 120 ncu --kernel-name regex:"prepare_kernel|forward_kernel|backward_|finish_kernel" \
+      --launch-skip 4 --launch-count 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section ComputeWorkloadAnalysis \
+      "$python" benchmarks/profile_losses.py --once --cases "$case"
+  done
 }
 have_cifar10() {
   [[ -f "$cifar10" ]] && return 0
@@ -120,7 +139,7 @@ group_torchrun() {
 for group in $steps; do
   case "$group" in
     build) ;;
-    tests | sanitize | kernels | unlearning | protocol | large_data | torchrun) "group_$group" ;;
+    tests | memcheck | sanitize | kernels | profile | unlearning | protocol | large_data | torchrun) "group_$group" ;;
     *) echo "=== SKIPPED unknown step group '$group'" | tee -a "$log"; failed=$((failed + 1)) ;;
   esac
 done

@@ -224,15 +224,17 @@ def reference_info_nce(anchors: Tensor, candidates: Tensor | None, temperature: 
     return reference.reduce_rows(loss, valid, reduction, split=split)
 
 
-def reference_nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, upcast: bool = True) -> Tensor:
+def reference_nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, reduction: str = "mean",
+                      upcast: bool = True) -> Tensor:
     n = z1.shape[0]
     partner = torch.arange(2 * n, device=z1.device).roll(n)
     return reference_info_nce(torch.cat([z1, z2]), None, temperature, positive_index=partner, exclude_self=True,
-                              upcast=upcast)
+                              reduction=reduction, upcast=upcast)
 
 
-def reference_cross_view(z1: Tensor, z2: Tensor, temperature: float, *, upcast: bool = True) -> Tensor:
-    return reference_info_nce(z1, z2, temperature, symmetric=True, upcast=upcast)
+def reference_cross_view(z1: Tensor, z2: Tensor, temperature: float, *, reduction: str = "mean",
+                         upcast: bool = True) -> Tensor:
+    return reference_info_nce(z1, z2, temperature, symmetric=True, reduction=reduction, upcast=upcast)
 
 
 def reference_sup_con(features: Tensor, labels: Tensor, temperature: float, *, upcast: bool = True) -> Tensor:

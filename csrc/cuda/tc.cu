@@ -42,7 +42,8 @@ int run_forward(const Plan& plan, cudaStream_t stream) {
 
 template <class Path>
 int run_backward(const Plan& plan, cudaStream_t stream) {
-  return launch_backward<Path>(plan.params, plan.g_chunks, plan.backward_shared, stream);
+  if (int status = launch_backward<Path>(plan.params, plan.g_chunks, plan.backward_shared, stream)) return status;
+  return launch_finish<Path>(plan.params, stream);
 }
 
 // The device's information, or the error that keeps the tensor-core path off it.

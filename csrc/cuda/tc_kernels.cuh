@@ -11,10 +11,23 @@
 // factor ("coef") is one number per row, saved by the forward. Below 1/32 the forward keeps an
 // online maximum and the backward takes one exponential per direction.
 //
+// Operands: the saved rows are the inputs scaled by a power of two, x_i 2^-e_i with
+// ||x_i|| = m 2^e_i, m in [0.5, 1): exact in the input's own type (bf16, fp16; rounded to tf32 for
+// fp32), so the tensor cores multiply the inputs themselves. The normalization is a factor per row,
+// f_i = 2^e_i / max(||x_i||, eps), applied in float32 to the accumulators: a_i . b_j = f_i f_j
+// (x_i 2^-e_i . y_j 2^-e_j). (Rounding normalized rows to bf16 instead would change their norms by
+// up to 2^-8, and logits near 1/tau by as much times 1/tau.)
+//
+// Plain tiles: a tile (rows x columns) whose pairs are all in range, all compared and none positive
+// (math.h's all_compared and none_in say so from the index ranges alone) skips every per-pair test:
+// with the fixed shift its epilogue is a multiply, an FMA, an exponential and an add per pair. All
+// tiles but those on the diagonal (and, for NT-Xent, on the partner diagonals) and the last row
+// and column tiles are plain when the positives are named by a rule.
+//
 // Kernels:
-// - prepare_kernel: one warp per row normalizes both inputs into the saved workspace (rows padded
-//   to a multiple of 128 and features to 64, zero filled) in the operand type, keeps 1 / norm, and
-//   zeroes the counters of the cross-block merges.
+// - prepare_kernel: one warp per row scales both inputs into the saved workspace (rows padded to a
+//   multiple of 128 and features to 64, zero filled) in the operand type, keeps 1 / norm and f,
+//   and zeroes the counters of the cross-block merges.
 // - forward_kernel: a block of 4 warps owns 128 anchors (32 per warp: two 16-row m-tiles) and
 //   sweeps its share of the candidates in tiles of 64: S = A B^T on tensor cores (mma.sync,
 //   operands through a 3-stage cp.async ring of 128-byte chunks, ldmatrix from swizzled shared
@@ -30,8 +43,11 @@
 //   the gradient rows G. The resident variant keeps G in registers (D <= 256) and whole tiles in
 //   shared memory (double-buffered); the streamed variant keeps G in a float32 buffer in global
 //   memory (the block's own rows, L2-resident) and streams 128-byte chunks through the ring. Each
-//   block writes its G rows (per split); the last block of a row tile sums the splits in order and
-//   projects through the normalization into the gradient, in the input's dtype.
+//   block writes its G rows (one buffer per split).
+// - finish_kernel: one warp per gradient row sums the splits' G rows in split order and projects
+//   them through the normalization into the gradient, in the input's dtype (a separate launch
+//   spreads this over the whole device; done by the last block of each row tile, it took most of a
+//   small problem's time).
 #pragma once
 
 #include <cstdint>
@@ -145,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const Params p) {
     if (p.problem.self || row >= p.rows_pad[1]) return;
   }
   const MatrixView& x = matrix == 0 ? p.problem.a : p.problem.b;
-  float inv = 0.f;
+  int exponent = 0;  // ||x|| = m 2^exponent, m in [0.5, 1); 0 for a zero or non-finite norm
   if (row < x.rows) {
     float sum = 0.f;
     for (int64_t k = lane; k < x.dim; k += 32) {
@@ -154,13 +170,17 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const Params p) {
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    inv = 1.f / fmaxf(sqrtf(sum), kNormEps);
-    if (lane == 0) p.inv_norm[matrix][row] = inv;
+    const float norm = sqrtf(sum), inv = 1.f / fmaxf(norm, kNormEps);
+    if (norm > 0.f && norm < INFINITY) frexpf(norm, &exponent);
+    if (lane == 0) {
+      p.inv_norm[matrix][row] = inv;
+      p.factor[matrix][row] = ldexpf(inv, exponent);
+    }
   }
   void* out = p.operand_out[matrix] + row * p.row_bytes;
   void* gout = p.goperand_out[matrix] + row * p.grow_bytes;
   for (int64_t k = lane; k < p.dim_pad; k += 32) {
-    const float v = row < x.rows && k < x.dim ? x.at(row, k) * inv : 0.f;
+    const float v = row < x.rows && k < x.dim ? ldexpf(x.at(row, k), -exponent) : 0.f;
     store_operand<Path::kLogits>(out, k, v);
     if constexpr (Path::kSeparateGradientRows) store_operand<Path::kGradient>(gout, k, v);
   }
@@ -188,6 +208,14 @@ struct RowState {
   float m, l, positive_sum, positive_count;
 };
 
+// Whether the forward tile of anchors [r0, r0 + kForwardRows) x candidates [c0, c0 + kCols) of a
+// direction is plain (see the file's head).
+__device__ inline bool forward_tile_plain(const Params& p, const ForwardDirection& dir, int64_t r0, int64_t c0) {
+  const int64_t r1 = r0 + kForwardRows, c1 = c0 + kCols;
+  return p.fixed_shift && r1 <= dir.anchors && c1 <= dir.candidates && p.problem.compare.all_compared(r0, r1, c0, c1) &&
+         dir.positives.none_in(r0, r1, c0, c1);
+}
+
 template <class Path>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   COUN_FAST_DYNAMIC_SHARED(smem);
@@ -213,6 +241,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   // positive keys (math.h: a compared candidate is a positive when the keys match).
   RowState state[2][2];
   int64_t row_key[2][2];
+  float row_factor[2][2];  // saved row -> unit row
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -220,7 +249,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
       const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
       state[mt][h] = {p.fixed_shift ? c2 : -INFINITY, 0.f, 0.f, 0.f};
       row_key[mt][h] = r < dir.anchors ? dir.positives.row_key(r) : 0;
+      row_factor[mt][h] = r < dir.anchors ? p.factor[dir.anchor][r] : 0.f;
     }
+  const float* candidate_factor = p.factor[dir.candidate];
+  float col_factor[8][2];  // of the current column tile's candidates (0 past the end)
 
   float acc[2][8][4];
   zero(acc);
@@ -238,11 +270,35 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   };
   auto compute = [&](int step, int stage) {
     const int t = t_begin + step / chunks, kc = step % chunks;
+    const int64_t col0 = int64_t(t) * kCols;
+    if (kc == 0)  // loaded ahead of their use at the tile's end
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
+          col_factor[nb][e] = c < dir.candidates ? candidate_factor[c] : 0.f;
+        }
     const unsigned char* q = q_smem + (p.q_resident ? kc : stage) * kForwardQBytes;
     chunk_product<Path, 2>(acc, q, 32 * warp, k_smem + stage * kTileChunkBytes, lane);
     if (kc != chunks - 1) return;
     // The S tile of candidates [t * 64, t * 64 + 64) is complete: fold it into the row states.
-    const int64_t col0 = int64_t(t) * kCols;
+    if (forward_tile_plain(p, dir, row0, col0)) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float scale = row_factor[mt][h] * c2;
+          float l = 0.f;
+#pragma unroll
+          for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) l += exp2f(fmaf(acc[mt][nb][2 * h + e] * col_factor[nb][e], scale, -c2));
+          state[mt][h].l += l;
+        }
+      zero(acc);
+      return;
+    }
     int64_t col_key[8][2];
 #pragma unroll
     for (int nb = 0; nb < 8; ++nb)
@@ -265,7 +321,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
-            const float x = acc[mt][nb][2 * h + e];
+            const float x = acc[mt][nb][2 * h + e] * col_factor[nb][e] * row_factor[mt][h];  // cosine
+            acc[mt][nb][2 * h + e] = x;
             valid[nb][e] = row_ok && c < dir.candidates && compare.compared(r, c);
             if (valid[nb][e] && row_key[mt][h] == col_key[nb][e]) {
               s.positive_sum += x;
@@ -391,26 +448,62 @@ __device__ inline float direction_scale(const Params& p, int d) {
 // positive keys: as anchors of direction as_anchor (its row key) and as candidates of direction
 // as_candidate (its column key).
 struct RowCoefficients {
+  int64_t row0;  // the block's first owner row
   int64_t r[2];
   bool ok[2];
+  float factor[2];  // saved row -> unit row
   Coefficients anchor[2];
   int64_t anchor_key[2], candidate_key[2];
 };
 
-// dL/ds of this thread's accumulator values, in place: acc holds the cosines of owner rows rc.r[h]
-// and other rows col0 + 8 nb + c_col(lane, e); pairs that are not compared get 0.
+// Whether the backward tile of owner rows [r0, r0 + kBackwardRows) x other rows [c0, c0 + kCols)
+// is plain in both directions the owner's rows take part in (see the file's head).
+__device__ inline bool backward_tile_plain(const Params& p, const Owner& owner, int64_t r0, int64_t c0) {
+  const int64_t r1 = r0 + kBackwardRows, c1 = c0 + kCols;
+  const Comparison& compare = p.problem.compare;
+  if (!p.fixed_shift || r1 > owner.rows || c1 > owner.other_rows) return false;
+  if (owner.as_anchor >= 0 && !(compare.all_compared(r0, r1, c0, c1) &&
+                                direction_positives(p, owner.as_anchor).none_in(r0, r1, c0, c1)))
+    return false;
+  return owner.as_candidate < 0 || (compare.all_compared(c0, c1, r0, r1) &&
+                                    direction_positives(p, owner.as_candidate).none_in(c0, c1, r0, r1));
+}
+
+// dL/ds of this thread's accumulator values times the other row's factor, in place (the gradient
+// product's operand: the saved other rows are scaled by 2^-e): acc holds the products of the saved
+// owner rows rc.r[h] and other rows col0 + 8 nb + c_col(lane, e); pairs that are not compared get 0.
 __device__ inline void logit_gradients(const Params& p, const Owner& owner, const RowCoefficients& rc,
                                        float scale_c, int64_t col0, int lane, float (&acc)[8][4]) {
-  const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
-  const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
   const bool has_a = owner.as_anchor >= 0, has_c = owner.as_candidate >= 0;
   const float c2 = p.c2;
+  const float* other_factor = p.factor[owner.other];
+  if (backward_tile_plain(p, owner, rc.row0, col0)) {
+    // Every pair compared in both directions, none positive, fixed shift:
+    // dL/ds_ij = E_ij (anchor coefficient of i + candidate coefficient of j).
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
+        const float f = other_factor[c];
+        const float cc = has_c ? coefficients(p, owner.as_candidate, c, scale_c).exp_coef : 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float& value = acc[nb][2 * h + e];
+          value = exp2f(fmaf(value * f, rc.factor[h] * c2, -c2)) * (rc.anchor[h].exp_coef + cc) * f;
+        }
+      }
+    return;
+  }
+  const Positives pa = has_a ? direction_positives(p, owner.as_anchor) : Positives{};
+  const Positives pc = has_c ? direction_positives(p, owner.as_candidate) : Positives{};
 #pragma unroll
   for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
       const bool col_ok = c < owner.other_rows;
+      const float f = col_ok ? other_factor[c] : 0.f;
       Coefficients cc{0.f, 0.f, 0.f};
       int64_t a_column_key = 0, c_row_key = 0;  // column c's keys in the two directions
       if (col_ok) {
@@ -431,7 +524,7 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
           value = 0.f;
           continue;
         }
-        const float x = value * c2;  // base-2 logit
+        const float x = value * f * rc.factor[h] * c2;  // base-2 logit
         float g;
         if (p.fixed_shift) {
           g = exp2f(x - c2) * ((as_anchor ? rc.anchor[h].exp_coef : 0.f) + (as_candidate ? cc.exp_coef : 0.f));
@@ -442,7 +535,7 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
         }
         if (as_anchor && rc.anchor_key[h] == a_column_key) g -= rc.anchor[h].positive;
         if (as_candidate && c_row_key == rc.candidate_key[h]) g -= cc.positive;
-        value = g;
+        value = g * f;
       }
     }
 }
@@ -450,6 +543,7 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
 __device__ inline RowCoefficients row_coefficients(const Params& p, const Owner& owner, int64_t row0,
                                                    int warp, int lane) {
   RowCoefficients rc;
+  rc.row0 = row0;
   const float scale_a = direction_scale(p, owner.as_anchor);
   const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
   const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
@@ -458,6 +552,7 @@ __device__ inline RowCoefficients row_coefficients(const Params& p, const Owner&
     const int64_t r = row0 + 16 * warp + mma::c_row(lane, 2 * h);
     rc.r[h] = r;
     rc.ok[h] = r < owner.rows;
+    rc.factor[h] = rc.ok[h] ? p.factor[owner.matrix][r] : 0.f;
     rc.anchor[h] = rc.ok[h] ? coefficients(p, owner.as_anchor, r, scale_a) : Coefficients{0.f, 0.f, 0.f};
     rc.anchor_key[h] = rc.ok[h] && owner.as_anchor >= 0 ? pa.row_key(r) : 0;
     rc.candidate_key[h] = rc.ok[h] && owner.as_candidate >= 0 ? pc.column_key(r) : 0;
@@ -567,48 +662,6 @@ __device__ inline void load_g(const float* rows, int64_t dim_pad, int64_t featur
   }
 }
 
-// The owner's gradient rows of one row tile from the G rows of every split (summed in split
-// order), projected through the normalization, in the owner's dtype: one warp per row.
-__device__ inline void finish_owner_rows(const Params& p, const Owner& owner, int o, int64_t row0) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const MatrixView& x = owner.matrix == 0 ? p.problem.a : p.problem.b;
-  const int splits = p.backward_splits;
-  const int64_t dim = x.dim, dim_pad = p.dim_pad, rows_pad = p.rows_pad[owner.matrix];
-  const float* g_rows = p.g_partial + p.g_offset[o];
-  for (int i = warp; i < kBackwardRows; i += kWarps) {
-    const int64_t r = row0 + i;
-    if (r >= owner.rows) break;
-    const float inv_norm = p.inv_norm[owner.matrix][r];
-    auto g_at = [&](int64_t k) {
-      float sum = 0.f;
-      for (int s = 0; s < splits; ++s) sum += __ldcg(g_rows + (s * rows_pad + r) * dim_pad + k);
-      return sum;
-    };
-    float dot = 0.f;
-    for (int64_t k = lane; k < dim; k += 32) dot += g_at(k) * x.at(r, k) * inv_norm;
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-    if (inv_norm >= 1.f / kNormEps) dot = 0.f;  // x / eps is linear: no projection
-    const float scale = inv_norm * p.inv_temperature;
-    for (int64_t k = lane; k < dim; k += 32)
-      store_element(p.grad[owner.matrix], r * dim + k, x.dtype,
-                    (g_at(k) - dot * x.at(r, k) * inv_norm) * scale);
-  }
-}
-
-// After a block wrote its G rows: the gradient, by this block (one split) or by the last split of
-// the row tile to finish.
-__device__ inline void finish_backward(const Params& p, const Owner& owner, int o, int row_tile) {
-  const int64_t row0 = int64_t(row_tile) * kBackwardRows;
-  if (p.backward_splits == 1) {
-    __syncthreads();  // the block's G rows are written (global writes are visible in the block)
-    finish_owner_rows(p, owner, o, row0);
-    return;
-  }
-  if (arrive_last(p.counters + backward_counter(p, o, row_tile), p.backward_splits))
-    finish_owner_rows(p, owner, o, row0);
-}
-
 // Resident variant: D <= 64 kGChunks features; G in registers; whole tiles in shared memory:
 // [owner tile: chunks][2 x other tile: chunks][F16Path: 2 x other tile, tf32 copy: gchunks].
 template <class Path, int kGChunks>
@@ -686,7 +739,6 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
   const int local_row[2] = {16 * warp + mma::c_row(lane, 0), 16 * warp + mma::c_row(lane, 2)};
   float* g_rows = p.g_partial + p.g_offset[o] + (int64_t(blockIdx.y) * p.rows_pad[owner.matrix] + row0) * p.dim_pad;
   store_g(g_rows, p.dim_pad, 0, p.dim_pad, local_row, lane, gacc);
-  finish_backward(p, owner, o, row_tile);
 }
 
 // Streamed variant, any D: the ring carries, per column tile, the logits steps (owner chunk and
@@ -766,7 +818,65 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
     for (int64_t f0 = 0; f0 < p.dim_pad; f0 += kFeaturesPerChunk)
       store_g(g_rows, p.dim_pad, f0, p.dim_pad, local_row, lane, zeros);
   }
-  finish_backward(p, owner, o, row_tile);
+}
+
+// ---- finish ----
+
+// One warp per gradient row (A's rows, then B's unless self): the row's G summed over the splits
+// in split order, projected through the normalization, dL/dx_r = (g - (g . a_r) a_r) / (tau
+// max(||x_r||, eps)), written in the input's dtype. Each lane keeps its features (float4 groups
+// lane, lane + 32, ...) in registers between the dot product and the write.
+template <class Path>
+__global__ void __launch_bounds__(kThreads) finish_kernel(const Params p) {
+  constexpr int kGroups = kMaxDim / 128;  // float4 groups per lane at the largest dimension
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int64_t r = int64_t(blockIdx.x) * kWarps + warp;
+  int o = 0;
+  if (r >= p.rows[0]) {
+    r -= p.rows[0];
+    o = 1;
+    if (p.problem.self || r >= p.rows[1]) return;
+  }
+  const int matrix = o;  // owner o's rows are matrix o's (owner_of)
+  const MatrixView& x = matrix == 0 ? p.problem.a : p.problem.b;
+  const int splits = p.backward_splits;
+  const int64_t dim = x.dim, dim_pad = p.dim_pad, split_stride = p.rows_pad[matrix] * dim_pad;
+  const float* g_row = p.g_partial + p.g_offset[o] + r * dim_pad;
+  const float inv_norm = p.inv_norm[matrix][r];
+  float4 g[kGroups], a[kGroups];
+  float dot = 0.f;
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) {
+    const int64_t k = (int64_t(i) * 32 + lane) * 4;
+    g[i] = a[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (k >= dim_pad) continue;
+    for (int s = 0; s < splits; ++s) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(g_row + s * split_stride + k));
+      g[i].x += v.x;
+      g[i].y += v.y;
+      g[i].z += v.z;
+      g[i].w += v.w;
+    }
+    a[i].x = k < dim ? x.at(r, k) * inv_norm : 0.f;
+    a[i].y = k + 1 < dim ? x.at(r, k + 1) * inv_norm : 0.f;
+    a[i].z = k + 2 < dim ? x.at(r, k + 2) * inv_norm : 0.f;
+    a[i].w = k + 3 < dim ? x.at(r, k + 3) * inv_norm : 0.f;
+    dot += g[i].x * a[i].x + g[i].y * a[i].y + g[i].z * a[i].z + g[i].w * a[i].w;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+  if (inv_norm >= 1.f / kNormEps) dot = 0.f;  // x / eps is linear: no projection
+  const float scale = inv_norm * p.inv_temperature;
+  void* grad = p.grad[matrix];
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) {
+    const int64_t k = (int64_t(i) * 32 + lane) * 4;
+    const float values[4] = {g[i].x - dot * a[i].x, g[i].y - dot * a[i].y, g[i].z - dot * a[i].z,
+                             g[i].w - dot * a[i].w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (k + j < dim) store_element(grad, r * dim + k + j, x.dtype, values[j] * scale);
+  }
 }
 
 // ---- launchers ----
@@ -810,6 +920,13 @@ int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_
   auto kernel = backward_kernel<Path>(g_chunks);
   if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
   COUN_FAST_LAUNCH(kernel, backward_grid(p), kThreads, shared_bytes, stream, p);
+  return cudaGetLastError();
+}
+
+template <class Path>
+int launch_finish(const Params& p, cudaStream_t stream) {
+  auto kernel = finish_kernel<Path>;
+  COUN_FAST_LAUNCH(kernel, finish_grid(p), kThreads, 0, stream, p);
   return cudaGetLastError();
 }
 

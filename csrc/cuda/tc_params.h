@@ -40,11 +40,12 @@ struct Params {
   int64_t grow_bytes;       // bytes of one saved gradient-operand row
   int chunks;               // row_bytes / 128
   int gchunks;              // grow_bytes / 128
-  const unsigned char* operand[2];   // normalized rows of A and B, logits operand
+  const unsigned char* operand[2];   // rows of A and B scaled by a power of two, logits operand
   const unsigned char* goperand[2];  // the same rows as the gradient product's operand
   unsigned char* operand_out[2];     // (prepare_kernel writes them)
   unsigned char* goperand_out[2];
   float* inv_norm[2];       // [rows] 1 / max(||x||, eps)
+  float* factor[2];         // [rows] saved row * factor = x / max(||x||, eps)
   float* coef;              // [T] exp(1/tau - lse) (0 without positives); forward -> backward
   float* inv_count;         // [T] 1 / count (0 without positives)
   unsigned* counters;       // [num_counters], zero between launches
@@ -73,16 +74,12 @@ struct Params {
   bool fixed_shift;
 };
 
-// Counter slots: forward merges per (direction, row tile), the forward's final reduction, then
-// backward merges per (owner, row tile).
+// Counter slots: forward merges per (direction, row tile), then the forward's final reduction.
 __host__ __device__ inline int forward_counter(const Params& p, int d, int tile) {
   return (d == 0 ? 0 : p.forward_row_tiles[0]) + tile;
 }
 __host__ __device__ inline int final_counter(const Params& p) {
   return p.forward_row_tiles[0] + p.forward_row_tiles[1];
-}
-__host__ __device__ inline int backward_counter(const Params& p, int o, int tile) {
-  return final_counter(p) + 1 + (o == 0 ? 0 : p.backward_row_tiles[0]) + tile;
 }
 
 // Launchers of the kernels of one operand path (instantiated in tc_bf16.cu, tc_f16.cu,
@@ -98,5 +95,7 @@ template <class Path>
 int launch_forward(const Params& p, int shared_bytes, cudaStream_t stream);
 template <class Path>
 int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_t stream);
+template <class Path>
+int launch_finish(const Params& p, cudaStream_t stream);
 
 }  // namespace coun_fast::tc

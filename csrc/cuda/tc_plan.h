@@ -3,9 +3,10 @@
 // emulation of the kernels (csrc/emulation).
 //
 // Saved workspace (kept from the forward to the backward), 256-byte aligned regions:
-//   normalized rows of A (and B), logits operand    rows_pad x row_bytes each
+//   rows of A (and B) scaled by 2^-e, logits operand rows_pad x row_bytes each
 //   the same rows as the gradient operand (F16Path) rows_pad x grow_bytes each
 //   1 / norm of A (and B)                            rows floats each
+//   2^e / norm of A (and B): saved row -> unit row   rows floats each
 //   coef, inv_count                                  T floats each
 //   counters                                         uint32, zero between launches
 // Forward scratch: partial row statistics of a split sweep, and the per-anchor losses of a
@@ -59,7 +60,7 @@ struct Plan {
   Params params;  // pointers are offsets until bind() adds the bases
   int64_t saved_bytes, forward_scratch_bytes, backward_scratch_bytes;
   int forward_shared, backward_shared, g_chunks;
-  int64_t operand_off[2], goperand_off[2], inv_off[2], coef_off, inv_count_off, counters_off;
+  int64_t operand_off[2], goperand_off[2], inv_off[2], factor_off[2], coef_off, inv_count_off, counters_off;
   int64_t partial_off, loss_off, g_off;
 };
 
@@ -109,8 +110,7 @@ inline Plan make_plan(const Problem& problem, const DeviceInfo& device) {
   if (plan.g_chunks > 0 && resident_shared + kBackwardStaticShared > device.shared_optin) plan.g_chunks = 0;
   plan.backward_shared = plan.g_chunks > 0 ? resident_shared : kStages * 2 * kTileChunkBytes;
 
-  p.num_counters = p.forward_row_tiles[0] + p.forward_row_tiles[1] + 1 + p.backward_row_tiles[0] +
-                   p.backward_row_tiles[1];
+  p.num_counters = p.forward_row_tiles[0] + p.forward_row_tiles[1] + 1;
   p.fixed_shift = problem.temperature >= kFixedShiftMinTemperature;
   p.inv_temperature = 1.f / problem.temperature;
   p.c2 = kLog2e / problem.temperature;
@@ -123,6 +123,7 @@ inline Plan make_plan(const Problem& problem, const DeviceInfo& device) {
                            : own     ? saved.add(p.rows_pad[i] * p.grow_bytes)
                                      : plan.goperand_off[0];
     plan.inv_off[i] = own ? saved.add(p.rows[i] * 4) : plan.inv_off[0];
+    plan.factor_off[i] = own ? saved.add(p.rows[i] * 4) : plan.factor_off[0];
   }
   plan.coef_off = saved.add(total * 4);
   plan.inv_count_off = saved.add(total * 4);
@@ -157,6 +158,7 @@ inline void bind(Plan& plan, void* saved_base, void* forward_scratch, void* back
     p.operand[i] = p.operand_out[i];
     p.goperand[i] = p.goperand_out[i];
     p.inv_norm[i] = reinterpret_cast<float*>(saved + plan.inv_off[i]);
+    p.factor[i] = reinterpret_cast<float*>(saved + plan.factor_off[i]);
   }
   p.coef = reinterpret_cast<float*>(saved + plan.coef_off);
   p.inv_count = reinterpret_cast<float*>(saved + plan.inv_count_off);
@@ -200,6 +202,10 @@ inline dim3 forward_grid(const Params& p) {
 inline dim3 backward_grid(const Params& p) {
   return dim3(static_cast<unsigned>(std::max(p.backward_row_tiles[0], p.backward_row_tiles[1])),
               static_cast<unsigned>(p.backward_splits), p.problem.self ? 1u : 2u);
+}
+inline dim3 finish_grid(const Params& p) {  // one warp per gradient row
+  const int64_t rows = p.rows[0] + (p.problem.self ? 0 : p.rows[1]);
+  return dim3(static_cast<unsigned>(std::max<int64_t>(1, ceil_div(rows, kWarps))));
 }
 
 }  // namespace coun_fast::tc

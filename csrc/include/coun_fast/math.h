@@ -126,6 +126,9 @@ struct MatrixView {
   }
 };
 
+// Whether the index ranges [a0, a1) and [c0, c1) share no index.
+COUN_FAST_HD bool ranges_disjoint(int64_t a0, int64_t a1, int64_t c0, int64_t c1) { return a1 <= c0 || c1 <= a0; }
+
 // Which candidates are the positives of an anchor. The rule is one of four; the three structured
 // rules need no index tensor (the callers' common cases), the index and label rules read device or
 // host memory.
@@ -189,6 +192,20 @@ struct Positives {
            (rule == PositiveRule::kIndex && !transposed);
   }
 
+  // Whether no candidate in [c0, c1) is a positive of an anchor in [a0, a1). Conservative: false
+  // whenever the rule cannot tell without reading keys (index and label rules). Kernels skip the
+  // key comparisons of a tile of which this is true.
+  COUN_FAST_HD bool none_in(int64_t a0, int64_t a1, int64_t c0, int64_t c1) const {
+    switch (rule) {
+      case PositiveRule::kDiagonal:
+        return ranges_disjoint(a0, a1, c0, c1);
+      case PositiveRule::kPartner:  // keys of [a0, a1) lie in [a0 + half, a1 + half) or [a0 - half, a1 - half)
+        return ranges_disjoint(a0 + half, a1 + half, c0, c1) && ranges_disjoint(a0 - half, a1 - half, c0, c1);
+      default:
+        return false;
+    }
+  }
+
   // The positives of the transposed direction (candidates as anchors against the anchors).
   COUN_FAST_HD Positives reversed() const {
     Positives r = *this;
@@ -218,6 +235,19 @@ struct Comparison {
         return anchor != candidate;
       case Compare::kPairedPrefix:
         return candidate >= pairs || candidate == anchor;
+      default:
+        return true;
+    }
+  }
+
+  // Whether every anchor in [a0, a1) is compared with every candidate in [c0, c1) (conservative:
+  // may be false when they all are). Kernels skip the comparisons of a tile of which this is true.
+  COUN_FAST_HD bool all_compared(int64_t a0, int64_t a1, int64_t c0, int64_t c1) const {
+    switch (mode) {
+      case Compare::kExcludeSelf:
+        return ranges_disjoint(a0, a1, c0, c1);
+      case Compare::kPairedPrefix:
+        return c0 >= pairs;
       default:
         return true;
     }
