@@ -38,13 +38,14 @@ def loss_and_grads(name: str, a: torch.Tensor, b: torch.Tensor, backend: str = "
     return (loss.detach(), *torch.autograd.grad(loss, (a, b)))
 
 
-def test_tensor_core_path_is_taken_only_when_switched_on():
+def test_tensor_core_path_is_the_default_and_can_be_switched_off():
     a, b = leaves(40, 24, torch.bfloat16)
     args = (a.detach(), b.detach(), 0.1, RULE_DIAGONAL, None, None, None, False, 0, True, REDUCTIONS["mean"])
-    assert backends.cuda_path(torch.bfloat16, a.device) == PATH_EXACT
-    with backends.tensor_cores(True):
-        assert backends.cuda_path(torch.bfloat16, a.device) == PATH_TENSOR_CORES
-        assert backends.cuda_path(torch.float32, a.device) == PATH_EXACT  # TF32 not allowed (conftest)
+    sm80 = torch.cuda.get_device_capability(a.device) >= (8, 0)
+    assert backends.cuda_path(torch.bfloat16, a.device) == (PATH_TENSOR_CORES if sm80 else PATH_EXACT)
+    assert backends.cuda_path(torch.float32, a.device) == PATH_EXACT  # TF32 not allowed (conftest)
+    with backends.tensor_cores(False):
+        assert backends.cuda_path(torch.bfloat16, a.device) == PATH_EXACT
     # The tensor-core path keeps the normalized rows for the backward; the exact path keeps nothing.
     assert contrastive_forward(*args, PATH_TENSOR_CORES)[2].numel() > 0
     assert contrastive_forward(*args, PATH_EXACT)[2].numel() == 0

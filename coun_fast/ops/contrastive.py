@@ -162,10 +162,13 @@ class _ContrastiveLoss(torch.autograd.Function):
         ctx.save_for_backward(anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved)
         ctx.options = (temperature, rule, exclude_self, paired, symmetric, reduction, path, problem)
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the statistics on every backward
         return out, stats
 
     @staticmethod
     def backward(ctx, grad_out, _grad_stats):
+        if grad_out is None:  # only the statistics were used: nothing reaches the features
+            return (None,) * 12
         anchors, candidates, positive_index, anchor_labels, candidate_labels, stats, saved = ctx.saved_tensors
         temperature, rule, exclude_self, paired, symmetric, reduction, path, problem = ctx.options
         grad_anchors, grad_candidates = backward_impl(
