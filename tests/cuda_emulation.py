@@ -94,12 +94,11 @@ def make_call(anchors, candidates, temperature, rule, positive_index, anchor_lab
 
 
 def plan(call: EmuCall) -> dict:
-    """Workspace sizes of a call and, for the tensor-core path, its splits and backward variant
-    (g_chunks; g_shared: the streamed variant's G rows in shared memory)."""
-    sizes = (ctypes.c_int64 * 7)()
+    """Workspace sizes of a call and, for the tensor-core path, its splits and backward variant."""
+    sizes = (ctypes.c_int64 * 6)()
     build().emu_workspace(ctypes.byref(call), sizes)
     return dict(zip(("saved", "forward_scratch", "backward_scratch", "forward_splits", "backward_splits",
-                     "g_chunks", "g_shared"), list(sizes)))
+                     "g_chunks"), list(sizes)))
 
 
 def _bytes(count: int) -> torch.Tensor:

@@ -630,10 +630,10 @@ struct GradientOperand<Operand::kTf32> {
   }
 };
 
-// Writes this thread's G values of feature blocks [0, kBlocks) starting at feature `feature0` for
-// owner rows local_row[h] into a float32 buffer (global or shared) of rows `stride` floats apart.
+// Writes (or adds) this thread's G values of feature blocks [0, kBlocks) starting at feature
+// `feature0` for owner rows local_row[h] into a float32 buffer of rows `dim_pad` apart.
 template <int kBlocks>
-__device__ inline void store_g(float* rows, int64_t stride, int64_t feature0, int64_t limit,
+__device__ inline void store_g(float* rows, int64_t dim_pad, int64_t feature0, int64_t limit,
                                const int (&local_row)[2], int lane, const float (&gacc)[kBlocks][4]) {
 #pragma unroll
   for (int fb = 0; fb < kBlocks; ++fb) {
@@ -641,13 +641,13 @@ __device__ inline void store_g(float* rows, int64_t stride, int64_t feature0, in
     if (f >= limit) continue;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      *reinterpret_cast<float2*>(rows + local_row[h] * stride + f) =
+      *reinterpret_cast<float2*>(rows + local_row[h] * dim_pad + f) =
           make_float2(gacc[fb][2 * h], gacc[fb][2 * h + 1]);
   }
 }
 
 template <int kBlocks>
-__device__ inline void load_g(const float* rows, int64_t stride, int64_t feature0, int64_t limit,
+__device__ inline void load_g(const float* rows, int64_t dim_pad, int64_t feature0, int64_t limit,
                               const int (&local_row)[2], int lane, float (&gacc)[kBlocks][4]) {
 #pragma unroll
   for (int fb = 0; fb < kBlocks; ++fb) {
@@ -655,7 +655,7 @@ __device__ inline void load_g(const float* rows, int64_t stride, int64_t feature
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float2 v = make_float2(0.f, 0.f);
-      if (f < limit) v = *reinterpret_cast<const float2*>(rows + local_row[h] * stride + f);
+      if (f < limit) v = *reinterpret_cast<const float2*>(rows + local_row[h] * dim_pad + f);
       gacc[fb][2 * h] = v.x;
       gacc[fb][2 * h + 1] = v.y;
     }
@@ -743,10 +743,8 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
 
 // Streamed variant, any D: the ring carries, per column tile, the logits steps (owner chunk and
 // other chunk) and then the gradient steps (one chunk of the other tile's gradient operand); G
-// lives in float32 rows, one chunk of features at a time in registers: in shared memory after the
-// ring when they fit (p.g_shared: D <= 640 on a GPU with 227 KB per block; rows kGSharedPad floats
-// longer than D, so that the 8 rows of an accumulator fragment fall in different banks), copied
-// to the block's rows of g_partial at the end, else in those global rows themselves.
+// lives in the block's float32 rows in global memory, one chunk of features at a time in
+// registers.
 template <class Path>
 __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Params p) {
   COUN_FAST_DYNAMIC_SHARED(smem);
@@ -775,9 +773,7 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
   constexpr int kBlocks = GOp::kBlocksPerChunk;
   constexpr int kFeaturesPerChunk = 8 * kBlocks;
   const int local_row[2] = {16 * warp + mma::c_row(lane, 0), 16 * warp + mma::c_row(lane, 2)};
-  float* g_out = p.g_partial + p.g_offset[o] + (int64_t(blockIdx.y) * p.rows_pad[owner.matrix] + row0) * p.dim_pad;
-  float* g_rows = p.g_shared ? reinterpret_cast<float*>(smem + kStages * 2 * kTileChunkBytes) : g_out;
-  const int64_t g_stride = p.g_shared ? p.dim_pad + kGSharedPad : p.dim_pad;
+  float* g_rows = p.g_partial + p.g_offset[o] + (int64_t(blockIdx.y) * p.rows_pad[owner.matrix] + row0) * p.dim_pad;
 
   float acc[1][8][4];
   GOp ds;
@@ -811,23 +807,16 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
 #pragma unroll
         for (int i = 0; i < 4; ++i) gacc[fb][i] = 0.f;
     } else {
-      load_g(g_rows, g_stride, feature0, p.dim_pad, local_row, lane, gacc);
+      load_g(g_rows, p.dim_pad, feature0, p.dim_pad, local_row, lane, gacc);
     }
     ds.product(gacc, 0, k_stage(stage), lane);
-    store_g(g_rows, g_stride, feature0, p.dim_pad, local_row, lane, gacc);
+    store_g(g_rows, p.dim_pad, feature0, p.dim_pad, local_row, lane, gacc);
   };
   run_ring(max(0, t_end - t_begin) * steps_per_tile, load, compute);
   if (t_begin >= t_end) {  // an empty split: its G rows are zero
     float zeros[kBlocks][4] = {};
     for (int64_t f0 = 0; f0 < p.dim_pad; f0 += kFeaturesPerChunk)
-      store_g(g_rows, g_stride, f0, p.dim_pad, local_row, lane, zeros);
-  }
-  if (!p.g_shared) return;
-  __syncthreads();  // every warp's G rows are in shared memory
-  const int64_t quads = p.dim_pad / 4;
-  for (int64_t i = threadIdx.x; i < kBackwardRows * quads; i += kThreads) {
-    const int64_t row = i / quads, q = i % quads;
-    reinterpret_cast<float4*>(g_out + row * p.dim_pad)[q] = reinterpret_cast<const float4*>(g_rows + row * g_stride)[q];
+      store_g(g_rows, p.dim_pad, f0, p.dim_pad, local_row, lane, zeros);
   }
 }
 

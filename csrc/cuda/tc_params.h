@@ -22,7 +22,6 @@ constexpr int kStages = 3;             // depth of the cp.async ring
 constexpr int kChunkBytes = mma::kRowBytes;        // one chunk row: 128 bytes of features
 constexpr int kForwardQBytes = kForwardRows * kChunkBytes;  // 16 KB: one chunk of 128 rows
 constexpr int kTileChunkBytes = kCols * kChunkBytes;        // 8 KB: one chunk of 64 rows
-constexpr int kGSharedPad = 8;         // floats of padding per G row in shared memory
 // Static shared memory a kernel may hold beside its dynamic bytes: reduce.cuh's 4 KB of partial
 // sums and arrive_last's flag (the backward kernels hold only the flag: kBackwardStaticShared).
 constexpr int kStaticSharedReserve = 8 * 1024;
@@ -65,7 +64,6 @@ struct Params {
   int backward_splits;
   int backward_tiles_per_split[2];  // per owner
   int backward_row_tiles[2];
-  bool g_shared;            // the streamed backward keeps its G rows in shared memory
   float* g_partial;         // owner o, split s: rows [g_offset[o] + s * rows_pad[o], ...) x dim_pad
   int64_t g_offset[2];
   const float* grad_out;

@@ -95,8 +95,7 @@ inline Plan make_plan(const Problem& problem, const DeviceInfo& device) {
   p.q_resident = p.chunks * kForwardQBytes <= 64 * 1024;
   plan.forward_shared = (p.q_resident ? p.chunks : kStages) * kForwardQBytes + kStages * kTileChunkBytes;
 
-  // Backward: 64 owner rows per block; G in registers when D <= 256 and the tiles fit, else streamed
-  // with G in shared memory when it fits (D <= 640 with 227 KB per block), else in global memory.
+  // Backward: 64 owner rows per block; G in registers when D <= 256 and the tiles fit.
   p.backward_row_tiles[0] = static_cast<int>(ceil_div(p.rows[0], kBackwardRows));
   p.backward_row_tiles[1] = self ? 0 : static_cast<int>(ceil_div(p.rows[1], kBackwardRows));
   const int64_t backward_col_tiles[2] = {ceil_div(p.rows[1], kCols), ceil_div(p.rows[0], kCols)};
@@ -109,11 +108,7 @@ inline Plan make_plan(const Problem& problem, const DeviceInfo& device) {
   plan.g_chunks = p.dim_pad <= 128 ? 2 : (p.dim_pad <= 256 ? 4 : 0);
   const int resident_shared = 3 * p.chunks * kTileChunkBytes + (separate ? 2 * p.gchunks * kTileChunkBytes : 0);
   if (plan.g_chunks > 0 && resident_shared + kBackwardStaticShared > device.shared_optin) plan.g_chunks = 0;
-  const int ring_shared = kStages * 2 * kTileChunkBytes;
-  const int64_t g_shared_bytes = int64_t(kBackwardRows) * (p.dim_pad + kGSharedPad) * 4;
-  p.g_shared = plan.g_chunks == 0 && ring_shared + g_shared_bytes + kBackwardStaticShared <= device.shared_optin;
-  plan.backward_shared = plan.g_chunks > 0 ? resident_shared
-                         : ring_shared + (p.g_shared ? static_cast<int>(g_shared_bytes) : 0);
+  plan.backward_shared = plan.g_chunks > 0 ? resident_shared : kStages * 2 * kTileChunkBytes;
 
   p.num_counters = p.forward_row_tiles[0] + p.forward_row_tiles[1] + 1;
   p.fixed_shift = problem.temperature >= kFixedShiftMinTemperature;

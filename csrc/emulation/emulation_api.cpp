@@ -65,8 +65,7 @@ CudaLaunch launch_of(const EmuCall& call, void* saved, void* scratch) {
 extern "C" {
 
 // sizes[0..2]: saved, forward scratch, backward scratch bytes; for the tensor-core path also
-// sizes[3..6]: forward splits, backward splits, backward variant (g_chunks), and whether the
-// streamed backward keeps G in shared memory.
+// sizes[3..5]: forward splits, backward splits, backward variant (g_chunks).
 void emu_workspace(const EmuCall* call, int64_t* sizes) {
   const Problem problem = problem_of(*call);
   const CudaWorkspace w = cuda_workspace(problem, static_cast<CudaPath>(call->path), call->device);
@@ -82,7 +81,6 @@ void emu_workspace(const EmuCall* call, int64_t* sizes) {
   sizes[3] = plan.params.forward_splits;
   sizes[4] = plan.params.backward_splits;
   sizes[5] = plan.g_chunks;
-  sizes[6] = plan.params.g_shared;
 }
 
 int emu_forward(const EmuCall* call, float* out, float* stats, void* saved, void* scratch) {
