@@ -21,11 +21,12 @@ from helpers import rank_of_group  # noqa: E402
 def main() -> None:
     with rank_of_group(sys.argv[1:]) as (rank, _, directory):
         results = {}
-        train = data().train
+        splits = data()
+        train = splits.train
         for name in ("coun", "ft", "coun_rank", "ga", "l1_sparse", "neggrad_plus"):
             results[name] = run(name, train)
         for name in METHODS:
-            results[name] = run_method(name, train)
+            results[name] = run_method(name, splits)
         # a run that one process stopped after its first epoch, resumed here by the ranks
         results["resumed_here"] = run("coun", train, run_dir=directory / "stopped_in_one", resume=True)
         # the other way: stopped here after the first epoch (the test resumes it in one process)
