@@ -97,15 +97,26 @@ METHODS = {
 (method, hyperparameters)."""
 
 
-def run_method(name: str, splits) -> dict:
+THREE_RANKS = {"rl_forget_pass": {}, "salun": {}, "scrub": {"forget_batch_size": 6}, "ssd": {}, "cu": {},
+               "bad_teacher": {"retain_fraction": 1 / 3}}
+"""Runs of :data:`METHODS` that 3 ranks repeat with :data:`THREE_RANKS_CONFIG` (hyperparameters
+changed so): the last global batches of 6 rows (the loop's, RL's forget pass, CU's last forget batch,
+whose 6 retain rows are all on rank 0), SSD's 2 forget batches on ranks 0 and 1 alone. Every last
+batch splits evenly over the 3 ranks (Bad Teacher's loop: 24 forget + 24 retain samples): a step
+over uneven shares averages the ranks' means, not the one-process mean (README, Several GPUs)."""
+THREE_RANKS_CONFIG = CONFIG.replace(batch_size=18)
+
+
+def run_method(name: str, splits, config: TrainConfig = CONFIG, changes: dict | None = None) -> dict:
     """Unlearn a random quarter of ``splits.train`` from :func:`initial_model` with run ``name`` of
-    :data:`METHODS`; the final weights and, under ``"images"``, the images its cost counts."""
+    :data:`METHODS` (its hyperparameters updated with ``changes``) under ``config``; the final
+    weights and, under ``"images"``, the images its cost counts."""
     from coun_fast.data.splits import random_split
     from coun_fast.unlearn import unlearn
 
     method, hparams = METHODS[name]
-    result = unlearn(method, initial_model(), splits.train, random_split(len(splits.train), 0.25, seed=0), CONFIG,
-                     hparams=hparams, test=splits.test)
+    result = unlearn(method, initial_model(), splits.train, random_split(len(splits.train), 0.25, seed=0), config,
+                     hparams={**hparams, **(changes or {})}, test=splits.test)
     weights = {key: value.detach().clone() for key, value in result.model.state_dict().items()}
     return {**weights, "images": torch.tensor([result.train.trained_images, result.train.extra_forward_images])}
 

@@ -38,8 +38,8 @@ import torch.distributed as dist
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.unlearn import METHODS as REGISTRY
 from coun_fast.workflow import load_run
-from distributed_training_cases import (CONFIG, METHODS, WORKFLOW_CONFIG, Stopped, data, experiment,
-                                        experiment_file, prepare_workflow, run, run_method)
+from distributed_training_cases import (CONFIG, METHODS, THREE_RANKS, THREE_RANKS_CONFIG, WORKFLOW_CONFIG, Stopped,
+                                        data, experiment, experiment_file, prepare_workflow, run, run_method)
 from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
@@ -142,6 +142,16 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(ranks, one_process
     _, results = ranks
     for rank, result in enumerate(results):
         _assert_same_weights(f"{name} on rank {rank}", result[name], one_process[name])
+
+
+def test_three_ranks_train_as_one_process(tmp_path, one_thread):
+    """The methods with side passes, 3 ranks against one process, global batch 18 (uneven last batches)."""
+    splits = data()
+    results = run_ranks(WORKER, 3, tmp_path, "three_ranks", timeout_s=300)
+    for name, changes in THREE_RANKS.items():
+        expected = run_method(name, splits, THREE_RANKS_CONFIG, changes)
+        for rank, result in enumerate(results):
+            _assert_same_weights(f"{name} on rank {rank} of 3", result[name], expected)
 
 
 def test_rank_scope_is_another_loss(ranks, one_process):
