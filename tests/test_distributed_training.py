@@ -40,7 +40,7 @@ from coun_fast.unlearn import METHODS as REGISTRY
 from coun_fast.workflow import load_run
 from distributed_training_cases import (CONFIG, METHODS, THREE_RANKS, THREE_RANKS_CONFIG, WORKFLOW_CONFIG, Stopped,
                                         data, experiment, experiment_file, prepare_workflow, run, run_method)
-from helpers import assert_close_verbose, run_ranks
+from helpers import assert_close_verbose, run_ranks, spawn_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
@@ -152,6 +152,24 @@ def test_three_ranks_train_as_one_process(tmp_path, one_thread):
         expected = run_method(name, splits, THREE_RANKS_CONFIG, changes)
         for rank, result in enumerate(results):
             _assert_same_weights(f"{name} on rank {rank} of 3", result[name], expected)
+
+
+FAILURE_WORKER = Path(__file__).resolve().parent / "distributed_failure_worker.py"
+
+
+@pytest.mark.parametrize("case, failing, message, others", [
+    ("evaluation", 0, "No space left on device (injected)", "rank 0 failed to evaluate epoch 1: No space left"),
+    ("checkpoint", 0, "checkpoint.pt", "rank 0 failed to write the checkpoint"),
+    ("step", 1, "rank 1 fails in its third step", "Connection closed by peer"),
+])
+def test_a_failure_on_one_rank_ends_every_rank(tmp_path, case, failing, message, others):
+    """One rank raises mid-run (rank 0 in its work alone, or rank 1 in a step while rank 0 waits in a
+    collective): every rank exits with an error within the time limit instead of waiting for ever."""
+    ended = spawn_ranks(FAILURE_WORKER, 2, tmp_path, case, timeout_s=120)
+    for rank, (code, output) in enumerate(ended):
+        assert not output.startswith("(killed"), f"rank {rank} hung:\n{output}"
+        assert code != 0 and "finished without an error" not in output, f"rank {rank}:\n{output}"
+        assert (message if rank == failing else others) in output, f"rank {rank}:\n{output}"
 
 
 def test_rank_scope_is_another_loss(ranks, one_process):
