@@ -26,8 +26,8 @@ from coun_fast.unlearn import (  # noqa: F401  (importing a method's module regi
     ssd,
 )
 from coun_fast.unlearn.base import (METHODS, PROTOCOLS, BatchStream, ForgetData, Method, RetainData, UnlearnResult,
-                                    check_distributed_method, check_global_batches, get_method, hyperparameters, method_config,
-                                    non_negative, positive)
+                                    check_distributed_method, check_global_batches, get_method, hyperparameters,
+                                    method_config, non_negative, positive)
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, check_cl_under_ranks, split_name
 
 

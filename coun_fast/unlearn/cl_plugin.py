@@ -64,8 +64,8 @@ class WithCL:
     term is computed on a two-view retain batch drawn from ``retain_stream`` each step.
     """
 
-    HOOKS = ("start_epoch", "start_epoch_synchronized", "before_step", "after_step", "should_stop", "retain_rows", "shuffle",
-             "steps_per_batch")
+    HOOKS = ("start_epoch", "start_epoch_synchronized", "before_step", "after_step", "should_stop", "retain_rows",
+             "shuffle", "steps_per_batch")
 
     def __init__(self, base, lam: float, temperature: float, *, loop: str = "retain", retain_stream=None) -> None:
         if base.recipe not in ("train", "eval"):
