@@ -18,7 +18,8 @@ its meaning among the gathered candidates. Ranks may hold different numbers of r
 The second part of the module serves a training run under ``torchrun``: joining the process group
 that the environment describes (:func:`init_from_env`), which rank writes files (:func:`is_main`),
 the few collectives of the training loop (:func:`barrier`, :func:`broadcast_object`,
-:func:`on_main`, :func:`sum_over_ranks`) and BatchNorm over the ranks' global batch
+:func:`on_main`, :func:`sum_over_ranks`), of the methods' side passes (:func:`sum_tensors_over_ranks`,
+:func:`counts_of_ranks`, :func:`broadcast_module`) and BatchNorm over the ranks' global batch
 (:class:`CpuSyncBatchNorm`, :func:`convert_sync_batchnorm`).
 """
 

@@ -403,5 +403,6 @@ __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
     "check_distributed_method", "check_global_batches", "distributed_method_names", "extra_steps", "forget_stream",
-    "fraction", "get_method", "hyperparameters", "is_member", "method_config", "non_negative", "one_of", "positive", "register", "run_loader", "this_rank_batches", "whole",
+    "fraction", "get_method", "hyperparameters", "is_member", "method_config", "non_negative", "one_of", "positive",
+    "register", "run_loader", "this_rank_batches", "whole",
 ]
