@@ -18,7 +18,8 @@ its meaning among the gathered candidates. Ranks may hold different numbers of r
 The second part of the module serves a training run under ``torchrun``: joining the process group
 that the environment describes (:func:`init_from_env`), which rank writes files (:func:`is_main`),
 the few collectives of the training loop (:func:`barrier`, :func:`broadcast_object`,
-:func:`on_main`, :func:`sum_over_ranks`) and BatchNorm over the ranks' global batch
+:func:`on_main`, :func:`sum_over_ranks`), of the methods' side passes (:func:`sum_tensors_over_ranks`,
+:func:`counts_of_ranks`, :func:`broadcast_module`) and BatchNorm over the ranks' global batch
 (:class:`CpuSyncBatchNorm`, :func:`convert_sync_batchnorm`).
 """
 
@@ -51,6 +52,18 @@ def _row_counts(rows: int, device: torch.device) -> list[int]:
     counts = [torch.empty_like(mine) for _ in range(size)]
     dist.all_gather(counts, mine)
     return [int(c.item()) for c in counts]
+
+
+def counts_of_ranks(counts: list[int], device: torch.device) -> list[list[int]]:
+    """Every rank's ``counts`` (a few whole numbers, the same length on every rank), in rank order
+    (one small all-gather; a host synchronization); ``[counts]`` outside a distributed job."""
+    if not active():
+        return [list(counts)]
+    _, size = world()
+    mine = torch.tensor(counts, dtype=torch.int64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(parts, mine)
+    return [part.tolist() for part in parts]
 
 
 def _gather_rows(x: Tensor, counts: list[int]) -> list[Tensor]:
@@ -110,6 +123,33 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     x = x.detach().clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def sum_tensors_over_ranks(tensors: list[Tensor]) -> list[Tensor]:
+    """Each of ``tensors`` summed over the ranks (new, detached tensors of the same shapes and
+    dtypes), in one all-reduce of their flattened concatenation (per dtype); the tensors themselves
+    outside a distributed job. Every rank receives the same bits: sums over a data set that the
+    ranks split between them (SalUn's saliency, SSD's importances)."""
+    if not active():
+        return tensors
+    out: list[Tensor | None] = [None] * len(tensors)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        chosen = [i for i, t in enumerate(tensors) if t.dtype == dtype]
+        flat = all_reduce_sum(torch.cat([tensors[i].detach().reshape(-1) for i in chosen]))
+        for i, part in zip(chosen, flat.split([tensors[i].numel() for i in chosen])):
+            out[i] = part.view_as(tensors[i])
+    return out
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:
+    """``module``'s parameters and buffers replaced in place by those of rank ``src`` (one broadcast
+    per tensor), so every rank holds the same weights (e.g. a randomly initialised teacher); nothing
+    outside a distributed job. Returns ``module``."""
+    if active():
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=src)
+    return module
 
 
 def reduce_rows(rows: Tensor, valid: Tensor, reduction: str) -> Tensor:

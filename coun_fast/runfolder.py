@@ -286,7 +286,8 @@ def staged_by_main(target: str | os.PathLike, **options) -> Iterator[Path]:
     """:func:`staged` (with its ``options``) on rank 0 of a distributed run; every rank gets the
     working folder's path once rank 0 has prepared it (a refusal there is raised on every rank),
     only rank 0 writes into it, and after the block every rank waits until rank 0 has committed
-    it. Outside a distributed job, :func:`staged` itself."""
+    it (a failure to commit is raised on every rank). Outside a distributed job, :func:`staged`
+    itself."""
     if not distributed.active():
         with staged(target, **options) as work:
             yield work
@@ -295,7 +296,7 @@ def staged_by_main(target: str | os.PathLike, **options) -> Iterator[Path]:
         work = distributed.on_main(lambda: stack.enter_context(staged(target, **options)),
                                    f"prepare the run folder {str(target)!r}")
         yield work
-    distributed.barrier()
+        distributed.on_main(stack.close, f"commit the run folder {str(target)!r}")
 
 
 __all__ = ["CHECKPOINT", "FolderBusy", "OUTPUT_NAMES", "RunFolderError", "absolute", "check_target",

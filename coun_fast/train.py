@@ -24,10 +24,12 @@ for any loss that is a mean over the batch computed across ranks (CoUn's ``cl_sc
 BatchNorm layers normalize over each rank's rows unless ``sync_batchnorm=True``. The epoch's
 metrics are summed over the ranks once per epoch; ``on_epoch_end`` (evaluation) runs on rank 0
 while the others wait; rank 0 alone writes the checkpoint (the state of the run is global, so a
-run may resume with another K). Objectives with a ``start_epoch`` hook (passes beside the loop)
-are refused, those passes would not be synchronized, unless the hook only sets values for the
-epoch (``start_epoch_sets_only``). The step is eager (a CUDA-graph step under DDP
-has not been verified).
+run may resume with another K). A method's stopping rule (``should_stop``) runs on rank 0 too,
+its decision sent to every rank; when any of this work of rank 0 fails, the other ranks raise
+instead of waiting. Objectives with a ``start_epoch`` hook are refused unless they declare
+``start_epoch_synchronized`` (the hook only sets values for the epoch, or its passes step through
+:func:`forward_loss` on each rank's rows of global batches, so DDP averages their gradients too).
+The step is eager (a CUDA-graph step under DDP has not been verified).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import dataclasses
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
@@ -212,9 +215,13 @@ class Objective(Protocol):
     to restore weights a mask froze, whatever weight decay and momentum did);
     ``should_stop(epoch, row) -> bool`` after each epoch's history row (a method's stopping rule;
     the run ends after that epoch). Under ``torchrun`` a ``start_epoch`` hook is refused (its
-    passes would not be synchronized across ranks) unless the objective sets
-    ``start_epoch_sets_only = True``: the hook only sets values for the epoch (e.g. a penalty
-    weight) and neither trains nor reads data.
+    passes could leave the ranks apart) unless the objective sets ``start_epoch_synchronized =
+    True``: the hook only sets values for the epoch (e.g. a penalty weight), or every step it takes
+    computes its loss with :func:`forward_loss` (``model`` is then the DistributedDataParallel
+    module of the run, which averages the step's gradients over the ranks; :func:`plain_model` is
+    the model itself) on this rank's rows of global batches (a loader with ``ranks``), the same
+    number of steps on every rank. ``should_stop`` runs on rank 0 alone; its decision (and the
+    values it put in the row) reach every rank.
 
     Optional loop settings: ``shuffle`` (default True; False serves the indices in their order every
     epoch) and ``steps_per_batch`` (default 1; k > 1 takes k optimizer steps on each batch in a row,
@@ -466,7 +473,7 @@ def fit(
     rank, world_size = distributed.world()
     if world_size > 1:
         check_distributed(config)
-        if getattr(objective, "start_epoch", None) is not None and not getattr(objective, "start_epoch_sets_only",
+        if getattr(objective, "start_epoch", None) is not None and not getattr(objective, "start_epoch_synchronized",
                                                                                False):
             raise ValueError(f"{type(objective).__name__} runs passes beside its loop (start_epoch), which are not "
                              "synchronized across ranks: it is not supported under torchrun")
@@ -525,8 +532,8 @@ def fit(
         step_model = _compiled(model) if config.compile else model
         autocast = precision_autocast(config, device)
         if world_size > 1:
-            step = make_step(_ddp(step_model, objective, device), _ThroughDDP(objective), optimizer, autocast,
-                             cuda_graph=False, device=device)
+            step_model = _ddp(step_model, objective, device)  # start_epoch's passes step through it too
+            step = make_step(step_model, _ThroughDDP(objective), optimizer, autocast, cuda_graph=False, device=device)
         else:
             step = make_step(step_model, objective, optimizer, autocast, cuda_graph=cuda_graph, device=device)
         step.trained_model = model
@@ -572,47 +579,82 @@ def fit(
             extra += meter.samples * objective.extra_forward_views + int(side["forward"])
             row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds,
                    "images_per_s": meter.samples / seconds}
+            # Evaluation, the stopping rule and the checkpoint: rank 0's work, which the other ranks wait
+            # for; they raise when it fails there (distributed.on_main) instead of waiting for ever.
             if on_epoch_end is not None:
-                if main:  # evaluation on rank 0; the others wait for it
-                    model.eval()
-                    row.update(on_epoch_end(model, epoch))
-                distributed.barrier()
+                row.update(distributed.on_main(partial(_evaluated, on_epoch_end, model, epoch),
+                                               f"evaluate epoch {epoch + 1}"))
             history.append(row)
             should_stop = getattr(objective, "should_stop", None)
-            stop = bool(should_stop is not None and should_stop(epoch, row))
-            stop = bool(distributed.broadcast_object(stop)) if should_stop is not None else stop
+            stop = False
+            if should_stop is not None:
+                stop, decided = distributed.on_main(partial(_decided, should_stop, epoch, row),
+                                                    f"apply the stopping rule after epoch {epoch + 1}")
+                row.update(decided)
             if stop:
                 row["stopped"] = "the method's stopping rule"
-            if path is not None and main:
-                checkpoint.save(path, {
+            if path is not None:
+                distributed.on_main(lambda: checkpoint.save(path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
                     "history": history, "seconds": spent, "trained_images": trained, "extra_forward_images": extra,
                     "record": record or {}, "environment": checkpoint.environment(device), "world_size": world_size,
-                })
+                }), f"write the checkpoint {str(path)!r}")
             if stop:
                 break
         if bar is not None:
             bar.close()
     finally:
-        step = None  # releases DistributedDataParallel (and its gradient hooks on the model's parameters)
+        step = step_model = None  # releases DistributedDataParallel (and its gradient hooks on the parameters)
         restore_batchnorm()
     model.eval()
     return TrainResult(history, spent, trained, extra, resumed_from)
 
 
+def _evaluated(on_epoch_end: Callable[[nn.Module, int], dict], model: nn.Module, epoch: int) -> dict:
+    model.eval()
+    return on_epoch_end(model, epoch)
+
+
+def _decided(should_stop: Callable[[int, dict], bool], epoch: int, row: dict) -> tuple[bool, dict]:
+    """``(stop, row)``: the stopping rule's decision and the row with the values it added."""
+    return bool(should_stop(epoch, row)), row
+
+
 class _ObjectiveForward(nn.Module):
     """The model and an objective as one module whose ``forward(batch)`` is the objective's whole
     forward (every view, ``forward_features``/``forward_head`` calls and the loss), so that
-    DistributedDataParallel sees one forward per backward whatever the objective calls."""
+    DistributedDataParallel sees one forward per backward whatever the objective calls;
+    ``forward(batch, loss)`` runs ``loss(model, batch)`` instead (a pass beside the loop)."""
 
     def __init__(self, model: nn.Module, objective) -> None:
         super().__init__()
         self.model = model
         object.__setattr__(self, "objective", objective)  # not a submodule: DDP synchronizes the model only
 
-    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.objective(self.model, batch)
+    def forward(self, batch: Batch, loss: Callable | None = None):
+        return (self.objective if loss is None else loss)(self.model, batch)
+
+
+def forward_loss(model: nn.Module, loss: Callable[[nn.Module, Batch], Tensor], batch: Batch) -> Tensor:
+    """``loss(model, batch)``, where ``model`` is what :func:`fit` hands an objective's
+    ``start_epoch``: under ``torchrun``, the run's DistributedDataParallel module, through whose
+    forward the loss is computed, so that the backward pass averages the gradients over the ranks
+    (every rank must then take the step, on its rows of the same global batch); the model itself
+    in one process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return model(batch, loss)
+    return loss(model, batch)
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """The model itself, whether ``model`` is it or the DistributedDataParallel module that
+    :func:`fit` hands ``start_epoch`` under ``torchrun`` (see :func:`forward_loss`)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module.model if isinstance(model, DistributedDataParallel) else model
 
 
 def _ddp(model: nn.Module, objective, device: torch.device) -> nn.Module:

@@ -116,13 +116,17 @@ class Run:
 # -- model files -----------------------------------------------------------------------------------
 def save_run(folder: str | Path, model: nn.Module, record: dict) -> Run:
     """Write ``folder/model.pt`` (weights on the CPU, architecture, record as plain values)
-    atomically; in a distributed run, rank 0 writes it and the others return the same run."""
+    atomically; in a distributed run (every rank calls it), rank 0 writes it and the others return
+    the same run (they raise rank 0's error when it fails)."""
     folder = Path(folder)
     record = plain(record)
-    if distributed.is_main():
+
+    def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         checkpoint.save(folder / MODEL_FILE, {"model": state, "build_args": model_config(model), "record": record})
+
+    distributed.on_main(write, f"write {str(folder / MODEL_FILE)!r}")
     return Run(model, record, folder)
 
 
@@ -229,8 +233,7 @@ class OriginalStep(_Step):
     def run(self, work: Path, folder: Path, *, resume: bool = False) -> Run:
         """Train (continuing ``work``'s checkpoint with ``resume``) and write ``work/model.pt``;
         the returned run names ``folder``, where ``work`` is about to be moved."""
-        if distributed.is_main():
-            Path(work).mkdir(parents=True, exist_ok=True)
+        distributed.on_main(lambda: Path(work).mkdir(parents=True, exist_ok=True), f"create {str(work)!r}")
         norm = self.splits.train.normalization
         result = fit(self.model, self.splits.train, CrossEntropy(), self.config, normalization=norm, run_dir=work,
                      resume=resume, record=self.identity, description="original")
@@ -303,9 +306,8 @@ class UnlearningStep(_Step):
         """Unlearn (continuing ``work``'s checkpoint with ``resume``); write ``work/split.npz`` and
         ``work/model.pt``; the returned run names ``folder``, where ``work`` is about to be moved."""
         original = self.original
-        if distributed.is_main():
-            Path(work).mkdir(parents=True, exist_ok=True)
-            self.split.save(work / SPLIT_FILE)
+        distributed.on_main(lambda: Path(work).mkdir(parents=True, exist_ok=True) or self.split.save(work / SPLIT_FILE),
+                            f"write {str(Path(work) / SPLIT_FILE)!r}")
         result = unlearn(self.method, original.model, self.splits.train, self.split, self.config,
                          normalization=original.normalization, hparams=self.hparams, test=self.splits.test,
                          run_dir=work, resume=resume, on_epoch_end=on_epoch_end, record=self.identity)

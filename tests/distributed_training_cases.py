@@ -81,18 +81,44 @@ def objective(name: str, train):
     raise KeyError(name)
 
 
-METHODS = ("retrain", "not", "boundary_shrink", "ft+cl", "ga+cl")
-"""Methods run through :func:`coun_fast.unlearn.unlearn` (their plan prepares the model)."""
+METHODS = {
+    "retrain": ("retrain", {}), "not": ("not", {}), "boundary_shrink": ("boundary_shrink", {}),
+    "ft+cl": ("ft+cl", {}), "ga+cl": ("ga+cl", {}),
+    # their side streams reduced over the ranks: relabelled forget rows (a mixed loop; a forget pass
+    # through DDP), a saliency pass split by batches and its mask, max steps, teachers, SSD's
+    # importances split by batches, CU's gathered retain batch (its last forget batch of 8 rows
+    # keeps 8 retain rows, all on rank 0 of 2) and its stopping rule on rank 0
+    "rl": ("rl", {}), "rl_forget_pass": ("rl", {"variant": "forget_then_retain"}),
+    "salun": ("salun", {"variant": "forget_then_retain"}), "salun_union": ("salun", {"threshold": 0.3}),
+    "bad_teacher": ("bad_teacher", {}), "scrub": ("scrub", {"msteps": 1, "forget_batch_size": 8}),
+    "ssd": ("ssd", {"importance_batch_size": 16, "alpha": 1.0}), "cu": ("cu", {}),
+}
+"""Runs through :func:`coun_fast.unlearn.unlearn` (their plan prepares the model): name ->
+(method, hyperparameters)."""
 
 
-def run_method(name: str, train) -> dict:
-    """Unlearn a random quarter of ``train`` from :func:`initial_model` with method ``name``; the
-    final weights."""
+THREE_RANKS = {"rl_forget_pass": {}, "salun": {}, "scrub": {"forget_batch_size": 6}, "ssd": {}, "cu": {},
+               "bad_teacher": {"retain_fraction": 1 / 3}}
+"""Runs of :data:`METHODS` that 3 ranks repeat with :data:`THREE_RANKS_CONFIG` (hyperparameters
+changed so): the last global batches of 6 rows (the loop's, RL's forget pass, CU's last forget batch,
+whose 6 retain rows are all on rank 0), SSD's 2 forget batches on ranks 0 and 1 alone. Every last
+batch splits evenly over the 3 ranks (Bad Teacher's loop: 24 forget + 24 retain samples): a step
+over uneven shares averages the ranks' means, not the one-process mean (README, Several GPUs)."""
+THREE_RANKS_CONFIG = CONFIG.replace(batch_size=18)
+
+
+def run_method(name: str, splits, config: TrainConfig = CONFIG, changes: dict | None = None) -> dict:
+    """Unlearn a random quarter of ``splits.train`` from :func:`initial_model` with run ``name`` of
+    :data:`METHODS` (its hyperparameters updated with ``changes``) under ``config``; the final
+    weights and, under ``"images"``, the images its cost counts."""
     from coun_fast.data.splits import random_split
     from coun_fast.unlearn import unlearn
 
-    result = unlearn(name, initial_model(), train, random_split(len(train), 0.25, seed=0), CONFIG)
-    return {key: value.detach().clone() for key, value in result.model.state_dict().items()}
+    method, hparams = METHODS[name]
+    result = unlearn(method, initial_model(), splits.train, random_split(len(splits.train), 0.25, seed=0), config,
+                     hparams={**hparams, **(changes or {})}, test=splits.test)
+    weights = {key: value.detach().clone() for key, value in result.model.state_dict().items()}
+    return {**weights, "images": torch.tensor([result.train.trained_images, result.train.extra_forward_images])}
 
 
 def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epochs: int | None = None) -> dict:
@@ -168,26 +194,44 @@ def experiment_file(output: Path, cache: Path, **changes) -> dict:
 
 def errors(train, directory: Path) -> dict[str, str]:
     """What a distributed run must refuse, each error's message (or "no error"); the refused
-    experiments would write into ``directory/refused`` and ``directory/refused_cache``."""
+    experiments would write into ``directory/refused`` and ``directory/refused_cache``. SalUn and
+    SCRUB stand for a method not verified under DDP (every registered method is, now) with their
+    registry entries marked so while the refusals run."""
+    import dataclasses
+
+    from coun_fast.data.splits import random_split
     from coun_fast.experiment import run_experiment
     from coun_fast.step import graph_unsupported
-    from coun_fast.unlearn import resolve_hparams
+    from coun_fast.unlearn import METHODS as REGISTRY
+    from coun_fast.unlearn import resolve_hparams, unlearn
 
     class WithPass(CoUnObjective):
         def start_epoch(self, model, optimizer, epoch):
             pass
 
     found = {}
+    split = random_split(len(train), 0.25, seed=0)
+    registered = {name: REGISTRY[name] for name in ("salun", "scrub")}
+    unverified = {name: dataclasses.replace(method, distributed=False) for name, method in registered.items()}
     for case, attempt in {
         "indivisible_batch": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(batch_size=15)),
-        "salun": lambda: resolve_hparams("salun"),
+        "salun": lambda: REGISTRY.update(unverified) or resolve_hparams("salun"),
         "salun+cl": lambda: resolve_hparams("salun+cl"),
-        "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
-        "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
-        "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
         "experiment_methods": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache",
             methods=["ft", "salun", {"name": "scrub", "label": "SCRUB"}, "ga+cl"]), progress=False, log=None),
+        "registry_restored": lambda: REGISTRY.update(registered),
+        "scrub_forget_batch": lambda: resolve_hparams("scrub", {"forget_batch_size": 7}),
+        "mixed_cl": lambda: unlearn("salun+cl", initial_model(), train, split, CONFIG),
+        "bad_teacher_cl": lambda: unlearn("bad_teacher+cl", initial_model(), train, split, CONFIG),
+        "experiment_forget_batch": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache",
+            methods=["ft", {"name": "scrub", "hparams": {"forget_batch_size": 9}}]), progress=False, log=None),
+        "experiment_mixed_cl": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache", methods=["ft", "rl+cl"]), progress=False, log=None),
+        "cl_scope": lambda: resolve_hparams("coun", {"cl_scope": "node"}),
+        "start_epoch": lambda: fit(initial_model(), train, WithPass(), CONFIG),
+        "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
         "experiment_batch": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache", unlearn={"batch_size": 15}), progress=False, log=None),
         "experiment_sweep": lambda: run_experiment(experiment(

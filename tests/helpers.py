@@ -262,6 +262,17 @@ def run_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: 
     group whose rendezvous file is in ``directory``), at most ``timeout_s`` seconds each; assert
     that every rank exits with 0 (showing its output otherwise) and return what each saved in
     ``directory/rank{RANK}.pt``."""
+    ended = spawn_ranks(worker, world, directory, *args, timeout_s=timeout_s)
+    for rank, (code, output) in enumerate(ended):
+        assert code == 0, f"rank {rank} failed:\n{output}"
+    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+
+
+def spawn_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: float = 240
+                ) -> list[tuple[int, str]]:
+    """:func:`run_ranks`'s processes, whatever they end with: ``(exit code, output)`` of each rank
+    (a rank still running after ``timeout_s`` seconds is killed, its output then begins with
+    "(killed after ...)")."""
     processes = [subprocess.Popen([sys.executable, str(worker), str(rank), str(world), str(directory), *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for rank in range(world)]
@@ -277,6 +288,4 @@ def run_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: 
         for process in processes:
             process.kill()
             process.wait()
-    for rank, (process, output) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output}"
-    return [torch.load(directory / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
+    return [(process.returncode, output) for process, output in zip(processes, outputs)]

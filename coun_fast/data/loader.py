@@ -198,10 +198,13 @@ class AugmentedLoader:
             return self.indices
         return self.indices[np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.indices))]
 
-    def jobs(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, list]]:
-        """(sample indices, per-view parameters) of the batches of ``epoch`` from step ``start`` on."""
+    def jobs(self, epoch: int, start: int = 0, every: int = 1) -> Iterator[tuple[np.ndarray, list]]:
+        """(sample indices, per-view parameters) of the batches of ``epoch`` at steps ``start``,
+        ``start + every``, ... (``every`` > 1: a share of whole batches, see :meth:`iterate`)."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1; got {every!r}")
         order = self.order(epoch)
-        for step in range(start, len(self)):
+        for step in range(start, len(self), every):
             chunk = order[step * self.batch_size : (step + 1) * self.batch_size]
             sizes = self.dataset.sizes[chunk] if self.streaming else self.image_size
             params = sample_params(self.recipe, batch_rng(self.seed, epoch, step), len(chunk), sizes, self.image_size)
@@ -211,9 +214,14 @@ class AugmentedLoader:
                 chunk, params = chunk[lo:hi], [ViewParams(*(part[lo:hi] for part in view)) for view in params]
             yield chunk, params
 
-    def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``."""
-        jobs = self.jobs(epoch, start)
+    def iterate(self, epoch: int, start: int = 0, every: int = 1) -> Iterator[Batch]:
+        """The batches of ``epoch`` from step ``start`` on (for resuming); does not change ``self.epoch``.
+
+        ``every`` = k > 1 serves steps ``start``, ``start + k``, ... only, each exactly the batch of
+        that step (the others are neither drawn nor augmented): with ``start`` = rank and ``every``
+        = K, the K ranks of a distributed pass split the epoch's whole batches between them (a pass
+        whose result is a sum over batches, e.g. of squared batch gradients)."""
+        jobs = self.jobs(epoch, start, every)
         stream = getattr(self.augmenter, "stream", None)
         results = stream(jobs) if stream is not None else ((c, self.augmenter.views(c, p)) for c, p in jobs)
         for chunk, views in results:

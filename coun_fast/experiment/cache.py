@@ -86,8 +86,9 @@ def _reuse_or_make(folder: Path, described: dict, prepare: Callable[[], object],
         if _finished_entry(folder):  # finished by another process meanwhile
             return load_run(folder, device=device), True
         with staged_by_main(folder, overwrite=True, resume="auto", belongs=step.belongs, lock=False) as work:
-            if distributed.is_main():
-                write_text_atomic(work / "key.json", json.dumps(described, indent=2, default=str))
+            text = json.dumps(described, indent=2, default=str)
+            distributed.on_main(lambda: write_text_atomic(work / "key.json", text),
+                                f"write the cache entry's key {str(work / 'key.json')!r}")
             run = step.run(work, folder, resume=True)
     if not distributed.is_main():  # rank 0's weights and buffers (BatchNorm statistics are each rank's own)
         run = load_run(folder, device=device)

@@ -9,7 +9,8 @@ forgotten and the retained classes) for every seed, and the output and cache fol
 writable, not in use by another run). ``coun-fast run --check`` runs it;
 :func:`coun_fast.experiment.run_experiment` runs it first. Under ``torchrun`` (several ranks),
 :func:`check_distributed_experiment` adds what such a run refuses: methods not verified under
-DDP, a sweep, a sequential scenario, a device with a GPU index (or the CPU in an NCCL group), and
+DDP, a global batch hyperparameter or a ``+cl`` form of mixed batches it cannot run, a sweep, a
+sequential scenario, a device with a GPU index (or the CPU in an NCCL group), and
 batch sizes that the number of ranks does not divide.
 """
 
@@ -28,9 +29,9 @@ from coun_fast.files import check_writable_location, describe_os_error
 from coun_fast.models import build
 from coun_fast.runfolder import is_busy
 from coun_fast.train import check_runnable, parse_device, resolve_device
-from coun_fast.unlearn import METHODS
-from coun_fast.unlearn.base import distributed_method_names
-from coun_fast.unlearn.cl_plugin import split_name
+from coun_fast.unlearn import METHODS, resolve_hparams
+from coun_fast.unlearn.base import check_global_batches, distributed_method_names
+from coun_fast.unlearn.cl_plugin import check_cl_under_ranks, split_name
 from coun_fast.workflow import check_fits
 
 
@@ -95,9 +96,11 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
     """Raise :class:`ConfigError`, naming the key, when ``config`` asks for what the runner does not
     do under torchrun with ``ranks`` ranks (default: the running process group's size; nothing for
     one rank): a method that is not verified under DDP (:attr:`coun_fast.unlearn.base.Method.distributed`;
-    all of them named in one error), an enabled sweep, a sequential scenario, a device with a GPU
-    index (each rank trains on its own GPU, cuda:LOCAL_RANK), a CPU device in a running NCCL group,
-    or a section whose (global) batch size ``ranks`` does not divide."""
+    all of them named in one error), a method's global batch hyperparameter that ``ranks`` does not
+    divide (SCRUB's ``forget_batch_size``), a ``+cl`` form whose batches mix retain and forget rows
+    (:func:`coun_fast.unlearn.cl_plugin.check_cl_under_ranks`), an enabled sweep, a sequential
+    scenario, a device with a GPU index (each rank trains on its own GPU, cuda:LOCAL_RANK), a CPU
+    device in a running NCCL group, or a section whose (global) batch size ``ranks`` does not divide."""
     ranks = distributed.world()[1] if ranks is None else ranks
     if ranks == 1:
         return
@@ -107,6 +110,14 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
         raise ConfigError(f"methods: {', '.join(refused)} not yet supported under torchrun ({ranks} ranks); methods "
                           f"that are: {supported} (and their +cl forms); leave the others out (--methods) or run "
                           "the experiment in one process")
+    for i, spec in enumerate(config.methods):
+        method = METHODS[split_name(spec.name)[0]]
+        values = resolve_hparams(spec.name, dict(spec.hparams), check_ranks=False)
+        try:
+            check_global_batches(method, values, ranks)
+            check_cl_under_ranks(method, spec.name, values, config.data.dataset, ranks)
+        except ValueError as error:
+            raise ConfigError(f"methods[{i}] ({spec.name}): {error}") from None
     if config.sweep is not None and config.sweep.enabled:
         raise ConfigError(f"sweep: the hyperparameter sweep is not yet supported under torchrun ({ranks} ranks); run "
                           "it in one process, then the seeds under torchrun with the chosen values in the file")

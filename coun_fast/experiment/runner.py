@@ -316,8 +316,7 @@ class Runner:
 
         # the experiment's lock covers its folders; a stale folder of another key is replaced
         with staged_by_main(folder, overwrite=True, resume="auto", belongs=belongs, lock=False) as work:
-            if distributed.is_main():
-                write_text_atomic(work / RUN_KEY_FILE, key)
+            distributed.on_main(lambda: write_text_atomic(work / RUN_KEY_FILE, key), f"write {RUN_KEY_FILE!r}")
             run = step.run(work, folder, resume=True, on_epoch_end=curve)
 
             def evaluate() -> dict:

@@ -26,9 +26,9 @@ from coun_fast.unlearn import (  # noqa: F401  (importing a method's module regi
     ssd,
 )
 from coun_fast.unlearn.base import (METHODS, PROTOCOLS, BatchStream, ForgetData, Method, RetainData, UnlearnResult,
-                                    check_distributed_method, get_method, hyperparameters, method_config,
-                                    non_negative, positive)
-from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, split_name
+                                    check_distributed_method, check_global_batches, get_method, hyperparameters,
+                                    method_config, non_negative, positive)
+from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, SUFFIX, WithCL, check_cl_under_ranks, split_name
 
 
 def method_names() -> list[str]:
@@ -48,6 +48,8 @@ def _resolved(method: str, hparams: dict | None, check_ranks: bool = True) -> tu
     given = dict(hparams or {})
     cl_given = {key: given.pop(key, default) for key, default in CL_DEFAULTS.items()} if with_cl else {}
     values = hyperparameters(spec, given)
+    if check_ranks:
+        check_global_batches(spec, values)
     cl_values = {"cl_lam": non_negative(cl_given["cl_lam"], "cl_lam"),
                  "cl_temperature": positive(cl_given["cl_temperature"], "cl_temperature")} if with_cl else {}
     return spec, with_cl, values, cl_values
@@ -95,6 +97,7 @@ def unlearn(
                             f"ImageDataset.from_torch(dataset), arrays with ImageDataset.from_arrays(images, labels); "
                             f"got {type(data).__name__}")
     spec, with_cl, values, cl_values = _resolved(method, hparams)
+    check_cl_under_ranks(spec, method, values, train.name)
     norm = train.normalization if normalization is None else normalization
     retain = np.asarray(split.retain)
     if spec.uses_forget:

@@ -24,6 +24,10 @@ Hyperparameters: ``temperature`` T (default 1, theirs and the CoUn protocol's), 
 ``augment``. Optimiser: the run's (the CoUn paper re-ran Bad Teacher under its protocol: SGD, 50
 epochs, cosine, lr in [0.01, 0.1]); ``protocol="authors"`` gives theirs (notebook
 ``CIFARSuper20_Rocket_Unlearn.ipynb``, cell 15: Adam at lr 1e-4, 1 epoch, batch 256).
+
+Under ``torchrun`` the loss is a mean over the rows of the batch and each teacher acts on each row
+alone (eval mode), so the K ranks' rows of a global batch give the one-process step; every rank
+distils rank 0's incompetent teacher (broadcast once).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.loader import Batch
 from coun_fast.models import rebuild
 from coun_fast.train import TrainConfig
@@ -110,7 +115,7 @@ def plan_bad_teacher(original: nn.Module, data: ForgetData, config: TrainConfig,
         raise ValueError("bad_teacher needs a non-empty forget set")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        incompetent = freeze(rebuild(original), config)
+        incompetent = distributed.broadcast_module(freeze(rebuild(original), config))
     objective = BadTeacherObjective(frozen_copy(original, config), incompetent, np.array(data.forget), temperature,
                                     hparams["kl_reduction"], recipe)
     indices = np.concatenate([np.asarray(data.forget), subset])
@@ -127,6 +132,7 @@ register(Method(
             "augment": boolean},
     protocol={"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "epochs": 1, "batch_size": 256,
               "schedule": "constant"},
+    distributed=True, mixes_rows=lambda hparams, dataset_name: True,
     protocol_source="vikram2000b/bad-teaching-unlearning CIFARSuper20_Rocket_Unlearn.ipynb cell 15 "
                     "(torch.optim.Adam(lr=0.0001), epochs=1, batch_size=256)",
 ))

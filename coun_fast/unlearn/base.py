@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from coun_fast import distributed
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.recipes import Normalization
-from coun_fast.train import TrainConfig, TrainResult
+from coun_fast.train import TrainConfig, TrainResult, forward_loss, plain_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +113,21 @@ class Method:
             ``protocol="authors"``. By default every method trains under the run's own
             configuration (the CoUn protocol, under which the CoUn paper re-ran its baselines).
         protocol_source: where ``protocol`` comes from (repository, file, lines).
-        distributed: whether the method is correct under ``torchrun`` (several ranks): it trains
-            in the loop of :func:`coun_fast.train.fit` alone, its side batches (if any) come from a
-            :class:`BatchStream` (whose global batches the ranks share, as the loop's), and it has
-            no passes, teachers or importances that would need their own reduction over the ranks
-            (checked for each such method against one process). Other methods are refused in a
+        distributed: whether the method is correct under ``torchrun`` (several ranks), checked for
+            each such method against one process: its loop and side batches are global batches
+            whose rows the ranks share (:class:`BatchStream`, :func:`run_loader` with ``ranks``),
+            its passes beside the loop step through DistributedDataParallel
+            (:func:`extra_steps`), its sums over a data set are split by whole batches and summed
+            over the ranks (:func:`this_rank_batches`), and whatever else it draws (random
+            labels, a random teacher) is the same on every rank. Other methods are refused in a
             distributed run (:func:`check_distributed_method`).
+        global_batches: hyperparameters that are batch sizes of passes whose batches the ranks
+            share (global batches, as ``batch_size``): under ``torchrun`` they must be divisible
+            by the number of ranks (:func:`check_global_batches`).
+        mixes_rows: ``(hparams, dataset name) -> bool``: whether the method's loop mixes retain
+            and forget rows in one batch (a "mixed" :class:`Plan`) for these checked
+            hyperparameters on that data set; None when it never does. (The CL plug-in on such a
+            loop does not run under ``torchrun`` yet: refused before any work.)
     """
 
     name: str
@@ -132,6 +141,8 @@ class Method:
     protocol: dict = dataclasses.field(default_factory=dict)
     protocol_source: str = ""
     distributed: bool = False
+    global_batches: tuple[str, ...] = ()
+    mixes_rows: Callable[[dict, str], bool] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -178,6 +189,16 @@ def check_distributed_method(method: Method, name: str) -> None:
         supported = ", ".join(distributed_method_names())
         raise ValueError(f"method {name!r} is not yet supported under torchrun (several ranks); methods that are: "
                          f"{supported} (and their +cl forms); run {name!r} in one process")
+
+
+def check_global_batches(method: Method, values: dict, ranks: int | None = None) -> None:
+    """ValueError naming the hyperparameter when one of ``method.global_batches`` in ``values`` is
+    not divisible by ``ranks`` (default: the running process group's size; nothing for one rank)."""
+    ranks = distributed.world()[1] if ranks is None else ranks
+    for name in method.global_batches if ranks > 1 else ():
+        if values[name] % ranks:
+            raise ValueError(f"{name} {values[name]} is a global batch (all ranks together) and must be divisible by "
+                             f"the number of ranks K={ranks}; choose a multiple of {ranks}")
 
 
 OPTML_PROTOCOL = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256,
@@ -287,21 +308,39 @@ class BatchStream:
         return batch
 
 
+def this_rank_batches(loader, epoch: int = 0):
+    """The batches of ``loader``'s ``epoch`` that this rank takes in a pass whose result is a sum
+    over the batches (SalUn's saliency, SSD's importances): steps rank, rank + K, ... of a loader
+    built for one process (``ranks=(0, 1)``), each the whole one-process batch, so a sum over them
+    summed over the ranks (:func:`coun_fast.distributed.sum_tensors_over_ranks`) is the one-process
+    sum; every batch outside a distributed job."""
+    rank, size = distributed.world()
+    return loader.iterate(epoch, start=rank, every=size)
+
+
 def extra_steps(objective, model: nn.Module, optimizer: torch.optim.Optimizer, batches, loss: Callable) -> int:
     """One optimizer step per batch of ``batches`` minimising ``loss(model, batch)``, with
     ``objective``'s ``before_step(model)`` and ``after_step(model, optimizer)`` hooks when it has
-    them (a pass a method runs beside its loop, from ``start_epoch``); returns the images trained."""
+    them (a pass a method runs beside its loop, from ``start_epoch``); returns the images trained.
+
+    ``model`` is what :func:`coun_fast.train.fit` hands ``start_epoch``: under ``torchrun`` the
+    run's DistributedDataParallel module, through which each loss is computed
+    (:func:`coun_fast.train.forward_loss`), so the ranks' gradients are averaged as in the loop;
+    ``batches`` must then be this rank's rows of global batches (:func:`run_loader` with
+    ``ranks=distributed.world()``), so every rank takes the same number of steps. Counts this
+    rank's images (:func:`coun_fast.train.fit` sums the counts over the ranks)."""
     before, after = getattr(objective, "before_step", None), getattr(objective, "after_step", None)
+    plain = plain_model(model)
     images = 0
     for batch in batches:
-        value = loss(model, batch)
+        value = forward_loss(model, loss, batch)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         if before is not None:
-            before(model)
+            before(plain)
         optimizer.step()
         if after is not None:
-            after(model, optimizer)
+            after(plain, optimizer)
         images += len(batch.labels)
     return images
 
@@ -363,7 +402,7 @@ def whole(value: object, name: str, minimum: int = 0) -> int:
 __all__ = [
     "LOOPS", "OPTML_PROTOCOL", "OPTML_SOURCE", "PROTOCOLS", "BatchStream", "ForgetData", "METHODS", "Method", "Plan",
     "RetainData", "TrainConfig", "UnlearnResult", "accuracy_on", "at_least_one", "augment_recipe", "boolean", "choice",
-    "check_distributed_method", "distributed_method_names", "extra_steps", "forget_stream", "fraction", "get_method",
-    "hyperparameters", "is_member", "method_config",
-    "non_negative", "one_of", "positive", "register", "run_loader", "whole",
+    "check_distributed_method", "check_global_batches", "distributed_method_names", "extra_steps", "forget_stream",
+    "fraction", "get_method", "hyperparameters", "is_member", "method_config", "non_negative", "one_of", "positive",
+    "register", "run_loader", "this_rank_batches", "whole",
 ]

@@ -15,7 +15,8 @@ needs two augmented views, so with ``+cl`` the method's objective sees view 1 (a
 
 Under ``torchrun`` the term is CoUn's ``cl_scope="global"``: each rank's anchors against the
 candidates of all ranks (``gather_distributed=True``), the one-process term of the global batch. A
-"mixed" loop is refused there (a rank whose batch holds no retain row would skip the gather).
+"mixed" loop is refused there, before any work (:func:`check_cl_under_ranks`): a rank whose
+batch holds no retain row would have no anchors for the gathered term.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ class WithCL:
     term is computed on a two-view retain batch drawn from ``retain_stream`` each step.
     """
 
-    HOOKS = ("start_epoch", "start_epoch_sets_only", "before_step", "after_step", "should_stop", "retain_rows", "shuffle",
-             "steps_per_batch")
+    HOOKS = ("start_epoch", "start_epoch_synchronized", "before_step", "after_step", "should_stop", "retain_rows",
+             "shuffle", "steps_per_batch")
 
     def __init__(self, base, lam: float, temperature: float, *, loop: str = "retain", retain_stream=None) -> None:
         if base.recipe not in ("train", "eval"):
             raise ValueError(f"the CL plug-in adds views of 'train' batches; this method's batches use {base.recipe!r}")
-        if loop == "mixed" and distributed.active():
+        if loop == "mixed" and distributed.active():  # check_cl_under_ranks refuses it before any work
             raise ValueError("the CL plug-in on a loop that mixes retain and forget rows is not yet supported under "
                              "torchrun")
         if loop == "forget" and retain_stream is None:
@@ -124,6 +125,20 @@ class WithCL:
     def _add(self, loss: Tensor, parts: dict, f1: Tensor, f2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         cl = cross_view_info_nce(f1, f2, self.temperature, gather_distributed=True)
         return loss + self.lam * cl, {**parts, "cl": cl.detach()}
+
+
+def check_cl_under_ranks(method, name: str, hparams: dict, dataset_name: str, ranks: int | None = None) -> None:
+    """ValueError when the run has several ranks (``ranks``, default the running process group's
+    size), ``name`` is a ``+cl`` form and ``method`` (a :class:`~coun_fast.unlearn.base.Method`)
+    with ``hparams`` mixes retain and forget rows in its batches on the data set named
+    ``dataset_name``."""
+    ranks = distributed.world()[1] if ranks is None else ranks
+    if not (ranks > 1 and split_name(name)[1] and method.mixes_rows is not None):
+        return
+    if method.mixes_rows(hparams, dataset_name):
+        raise ValueError(f"{name!r} under torchrun (several ranks) is not yet supported: its batches mix retain and "
+                         f"forget rows on {dataset_name!r} (the CL plug-in's term there is not gathered across "
+                         f"ranks); run {split_name(name)[0]!r} without +cl, or in one process")
 
 
 def split_name(name: str) -> tuple[str, bool]:

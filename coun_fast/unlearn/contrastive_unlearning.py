@@ -49,6 +49,17 @@ Hyperparameters: ``scale`` (lambda_UL, their ``CT_ratio``; default 3, theirs; Co
 ``push_weight``, ``batches``, ``augment``. Optimiser: the run's (the CoUn paper re-ran CU under its
 protocol); ``protocol="authors"`` gives theirs (L19: SGD at lr 1e-3, momentum 0.9, no weight decay,
 no schedule; the README's sample-unlearning run: batch 128, at most 30 epochs).
+
+Under ``torchrun`` the K ranks compute the one-process step: each rank holds its rows of the global
+forget batch (the anchors) and of the global retain batch, cut to the global forget batch's size
+as one process cuts it (the rows of global position < M); the retain embeddings and labels are
+all-gathered with their gradient (:func:`coun_fast.distributed.gather_own_first`), so every anchor
+meets the whole retain batch (P(i), N(i), the row maximum and w_i as in one process), and both
+means (over the anchors, over the retain rows' CE) are taken over all ranks
+(:func:`coun_fast.distributed.reduce_rows`, whose gradient convention DDP's average turns into the
+one-process gradient). With ``--sync-batchnorm`` the one forward's batch statistics are those of
+the whole mixed batch, as in one process. The stopping rule is evaluated on rank 0 (the training
+loop sends its decision to every rank).
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data import class_test_subsets
 from coun_fast.data.loader import Batch
 from coun_fast.train import TrainConfig
@@ -72,8 +84,8 @@ BATCHES = ("authors", "shuffled")
 
 
 def contrastive_unlearning_loss(z_forget: Tensor, y_forget: Tensor, z_retain: Tensor, y_retain: Tensor,
-                                temperature: float, push_weight: str = "batch", *, normalize: bool = True
-                                ) -> tuple[Tensor, Tensor]:
+                                temperature: float, push_weight: str = "batch", *, normalize: bool = True,
+                                gather_distributed: bool = False) -> tuple[Tensor, Tensor]:
     """``mean_i L_UL(i)`` over the forget anchors that have at least one other-class retain sample.
 
     Args:
@@ -82,13 +94,19 @@ def contrastive_unlearning_loss(z_forget: Tensor, y_forget: Tensor, z_retain: Te
         y_forget, y_retain: their labels.
         temperature: tau > 0.
         push_weight: ``"batch"`` (w_i = B / |N(i)|, the authors' code) or ``"one"`` (the paper's).
+        gather_distributed: in a distributed job, this rank's anchors against the retain rows of
+            all ranks (gathered with gradient), the mean taken over all ranks' anchors: the value
+            is the one-process loss of the concatenated batches, the gradient reaching this rank's
+            inputs K times its one-process part (the convention of :mod:`coun_fast.distributed`).
 
     Returns:
         ``(loss, used)``: the scalar loss (0 when no anchor is usable) and the (M,) bool mask of
-        the anchors in the mean.
+        this rank's anchors in the mean.
     """
     temperature = positive(temperature, "temperature")
     push_weight = choice(push_weight, "push_weight", PUSH_WEIGHTS)
+    if gather_distributed:
+        z_retain, y_retain, _ = distributed.gather_own_first(z_retain, y_retain)
     dtype = torch.float64 if z_forget.dtype == torch.float64 else torch.float32
     zf, zr = z_forget.to(dtype), z_retain.to(dtype)
     if normalize:
@@ -103,8 +121,21 @@ def contrastive_unlearning_loss(z_forget: Tensor, y_forget: Tensor, z_retain: Te
     denominator = ((logits.exp() + 1e-20) * same).sum(1) + (~same.any(1)).to(dtype)  # 1 where P(i) is empty
     weight = len(y_retain) / n_other.clamp(min=1).to(dtype) if push_weight == "batch" else 1.0
     per_anchor = -pull + weight * denominator.log()
-    loss = (per_anchor * used).sum() / used.sum().clamp(min=1)
-    return loss, used
+    if gather_distributed:
+        return distributed.reduce_rows(per_anchor * used, used, "mean"), used
+    return (per_anchor * used).sum() / used.sum().clamp(min=1), used
+
+
+def retain_rows_kept(forget_rows: int, retain_rows: int, device: torch.device) -> int:
+    """How many of this rank's ``retain_rows`` rows a step keeps: one process cuts the retain batch
+    to the forget batch's size M; under ``torchrun`` the rows of global position < M (the global M,
+    this rank's rows counted from its place in the global retain batch; one small all-gather)."""
+    if not distributed.active():
+        return min(forget_rows, retain_rows)
+    counts = distributed.counts_of_ranks([forget_rows, retain_rows], device)
+    rank, _ = distributed.world()
+    start = sum(retain for _, retain in counts[:rank])
+    return max(0, min(retain_rows, sum(forget for forget, _ in counts) - start))
 
 
 def percentage_or_none(value: object, name: str) -> float | None:
@@ -158,13 +189,19 @@ class ContrastiveUnlearningObjective:
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         m = len(batch.labels)
         retain = self.retain_stream.next()
-        x_r, y_r = retain.inputs[:m], retain.labels[:m]
+        kept = retain_rows_kept(m, len(retain.labels), batch.labels.device)
+        x_r, y_r = retain.inputs[:kept], retain.labels[:kept]
         self.side_trained_images += len(y_r)
         features = model.forward_features(torch.cat([batch.inputs, x_r]))
         logits = model.forward_head(features)
+        spread = distributed.active()
         ul, used = contrastive_unlearning_loss(features[:m], batch.labels, features[m:], y_r, self.temperature,
-                                               self.push_weight, normalize=self.normalize)
-        ce = F.cross_entropy(logits[m:], y_r)
+                                               self.push_weight, normalize=self.normalize, gather_distributed=spread)
+        if spread:  # the mean over all ranks' retain rows
+            ce = distributed.reduce_rows(F.cross_entropy(logits[m:], y_r, reduction="none"),
+                                         torch.ones_like(y_r, dtype=torch.bool), "mean")
+        else:
+            ce = F.cross_entropy(logits[m:], y_r)
         parts = {"ul": ul.detach(), "ce": ce.detach(), "anchors": used.float().mean(), "logits": logits[:m].detach()}
         return self.scale * ul + ce, parts
 
@@ -237,4 +274,5 @@ register(Method(
                     "no weight decay, no scheduler), core/args/parse.py L73, L76 (lr 1e-3, momentum 0.9), "
                     "README.md (sample unlearning: "
                     "--batch_size 128 --unlearn_epoch 30)",
+    distributed=True,
 ))

@@ -40,7 +40,7 @@ class L1SparseObjective:
 
     recipe = "train"
     extra_forward_views = 0
-    start_epoch_sets_only = True  # start_epoch sets gamma_t: the run may use several ranks
+    start_epoch_synchronized = True  # start_epoch only sets gamma_t: the run may use several ranks
 
     def __init__(self, gamma: float, l1_epochs: int) -> None:
         self.gamma = non_negative(gamma, "gamma")

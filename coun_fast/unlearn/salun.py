@@ -25,6 +25,12 @@ As the authors' code (OPTML-Group/Unlearn-Saliency, ``Classification/generate_ma
 Cost: the saliency pass (forward + backward over the forget set) is counted as trained images
 (``Plan.prepared_images``), its time in the method's seconds.
 
+Under ``torchrun`` the saliency pass is split by whole batches (rank r takes batches r, r + K, ...
+of the one-process pass, :func:`coun_fast.unlearn.base.this_rank_batches`) and the ranks' sums are
+added up (one all-reduce), so every rank holds the one-process g and the same mask; the RL steps
+then run as RL's do under torchrun (:mod:`coun_fast.unlearn.random_labels`), DDP averaging the
+gradients before the mask is applied.
+
 Hyperparameters: ``threshold`` in (0, 1], default 0.5 (the README's ``with_0.5.pt``); CoUn's
 search range [0.1, 1.0]; threshold = 1 is plain RL. ``variant`` as RL's; ``mask`` (above).
 Optimiser: the run's (the CoUn protocol: SGD, momentum 0.9, weight decay 5e-4, 50 epochs, cosine to
@@ -43,26 +49,28 @@ from torch import Tensor, nn
 
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.train import TrainConfig, resolve_device
+from coun_fast.distributed import sum_tensors_over_ranks
 from coun_fast.unlearn.base import (OPTML_PROTOCOL, OPTML_SOURCE, ForgetData, Method, Plan, choice, fraction, one_of,
-                                    register, run_loader)
-from coun_fast.unlearn.random_labels import VARIANTS, RandomLabelObjective, random_label_plan
+                                    register, run_loader, this_rank_batches)
+from coun_fast.unlearn.random_labels import VARIANTS, RandomLabelObjective, mixes_rows, random_label_plan
 
 MASKS = ("hard", "leaky")
 
 
 def saliency(model: nn.Module, loader: AugmentedLoader) -> list[Tensor]:
-    """|sum over ``loader``'s batches of grad CE| per parameter of ``model`` (put in eval mode;
-    ``.grad`` is left untouched)."""
+    """|sum over ``loader``'s batches (of its first epoch) of grad CE| per parameter of ``model``
+    (put in eval mode; ``.grad`` is left untouched). Under ``torchrun``, each rank takes its share
+    of whole batches and the sums are added up over the ranks (the same result on every rank)."""
     model.eval()
     params = list(model.parameters())
     total = [torch.zeros_like(p) for p in params]
-    for batch in loader:
+    for batch in this_rank_batches(loader):
         loss = F.cross_entropy(model(batch.inputs), batch.labels)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for acc, grad in zip(total, grads):
             if grad is not None:
                 acc.add_(grad)
-    return [g.abs() for g in total]
+    return [g.abs() for g in sum_tensors_over_ranks(total)]
 
 
 def top_fraction_mask(scores: list[Tensor], threshold: float) -> list[Tensor]:
@@ -82,8 +90,8 @@ class SalUnObjective(RandomLabelObjective):
     ``mask_mode`` is ``hard``."""
 
     def __init__(self, forget: np.ndarray, num_classes: int, mask: list[Tensor], theta0: list[Tensor],
-                 mask_mode: str = "hard", forget_loader: AugmentedLoader | None = None) -> None:
-        super().__init__(forget, num_classes, forget_loader)
+                 mask_mode: str = "hard", forget_loader: AugmentedLoader | None = None, seed: int = 0) -> None:
+        super().__init__(forget, num_classes, forget_loader, seed)
         self.mask = mask
         self.theta0 = theta0
         self.mask_mode = choice(mask_mode, "mask", MASKS)
@@ -136,4 +144,5 @@ register(Method(
     protocol={**OPTML_PROTOCOL, "lr": 0.013},
     protocol_source="OPTML-Group/Unlearn-Saliency Classification/README.md (SalUn on CIFAR-10: --unlearn_epochs 10 "
                     "--unlearn_lr 0.013); " + OPTML_SOURCE,
+    distributed=True, mixes_rows=mixes_rows,
 ))

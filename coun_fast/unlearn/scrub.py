@@ -28,6 +28,11 @@ Optimiser: the run's (the CoUn paper re-ran SCRUB under its protocol: SGD, 50 ep
 0.9, weight decay 5e-4, 3 epochs, retain batches of 256, step decay x0.1 at epochs 3, 5 and 9,
 which does not fire within the 3 epochs). That notebook's gamma 0.99, alpha 0.001, T 4 are
 hyperparameters to set as well. SCRUB-S's smoothing term is not implemented.
+
+Under ``torchrun`` both passes run as one process's: ``forget_batch_size`` is a global batch (K
+ranks take its rows, so it must be divisible by K) and the max steps go through
+DistributedDataParallel like the loop's (:func:`coun_fast.unlearn.base.extra_steps`); the teacher,
+the Original in eval mode, acts on each row alone.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coun_fast import distributed
 from coun_fast.data.loader import AugmentedLoader, Batch
 from coun_fast.train import TrainConfig
 from coun_fast.unlearn.base import (ForgetData, Method, Plan, at_least_one, augment_recipe, boolean, extra_steps,
@@ -60,6 +66,7 @@ class ScrubObjective:
     extra_forward_views: int = 1
     side_trained_images: int = 0
     side_forward_images: int = 0
+    start_epoch_synchronized = True  # the max steps take each rank's rows of global forget batches, through DDP
 
     def __post_init__(self) -> None:
         self.temperature = positive(self.temperature, "temperature")
@@ -100,7 +107,7 @@ def plan_scrub(original: nn.Module, data: ForgetData, config: TrainConfig, hpara
         if len(data.forget) == 0:
             raise ValueError("scrub's max steps (msteps > 0) need a non-empty forget set")
         loader = run_loader(data.train, data.forget, data.normalization, config, recipe, seed_offset=3,
-                            batch_size=forget_batch_size)
+                            batch_size=forget_batch_size, ranks=distributed.world())
     objective = ScrubObjective(frozen_copy(original, config), loader, hparams["temperature"], msteps,
                                hparams["gamma"], hparams["alpha"], recipe)
     return Plan(copy.deepcopy(original), objective, data.retain, loop="retain")
@@ -114,6 +121,7 @@ register(Method(
     summary="SCRUB: max-steps away from the Original on the forget set, CE + KL to it on the retain set (NeurIPS 2023)",
     checks={"temperature": positive, "msteps": whole, "gamma": non_negative, "alpha": non_negative,
             "forget_batch_size": at_least_one, "augment": boolean},
+    distributed=True, global_batches=("forget_batch_size",),
     protocol={"optimizer": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 3, "batch_size": 256,
               "schedule": "multistep", "milestones": (1.0,), "gamma": 0.1},
     protocol_source="meghdadk/SCRUB large_scale_unlearning.ipynb cells 28 and 32 (sgda_learning_rate 0.0005, "

@@ -22,6 +22,12 @@ uses alpha 5); CoUn's search ranges: alpha in [0.1, 100], dampening in [0.1, 5].
 ``importance_batch_size`` (default 128: their forget loader's ``batch_size=128`` and the ``-b``
 default 128 of the full-set loader, ``forget_random_main.py`` L57, L120, L133-136); the importances,
 and so which weights alpha selects, change with it.
+
+Under ``torchrun`` the squared gradients of a batch cannot be split by rows (the square of a sum
+is not the sum of squares), so the ranks split the batches instead: rank r computes whole batches
+r, r + K, ... (:func:`coun_fast.unlearn.base.this_rank_batches`; every batch is the one-process
+batch, its gradient computed on one rank) and the ranks' sums are added up (one all-reduce), so
+every rank holds the one-process importances and dampens its copy the same way.
 """
 
 from __future__ import annotations
@@ -36,28 +42,30 @@ from torch import Tensor, nn
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.recipes import Normalization
 from coun_fast.train import TrainConfig, resolve_device
-from coun_fast.unlearn.base import ForgetData, Method, Plan, at_least_one, positive, register, run_loader, whole
+from coun_fast.distributed import sum_tensors_over_ranks
+from coun_fast.unlearn.base import (ForgetData, Method, Plan, at_least_one, positive, register, run_loader,
+                                    this_rank_batches, whole)
 
 
 def importances(model: nn.Module, dataset: ImageDataset, indices: np.ndarray, normalization: Normalization,
                 config: TrainConfig, batch_size: int = 128) -> dict[str, Tensor]:
     """Mean over the mini-batches (``batch_size`` samples, in the order of ``indices``) of the squared
     CE gradient of every parameter (``model``, on ``config``'s device, in eval mode; its gradients
-    are cleared afterwards). Keys: parameter names."""
+    are cleared afterwards). Keys: parameter names. Under ``torchrun`` the ranks split the batches
+    and sum (see the module docstring): every rank returns the one-process result."""
     loader = run_loader(dataset, indices, normalization, config, "eval", shuffle=False, batch_size=batch_size)
     model.eval()
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     totals = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named}
-    batches = 0
-    for batch in loader:
+    for batch in this_rank_batches(loader):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(batch.inputs), batch.labels).backward()
         for name, p in named:
             if p.grad is not None:
                 totals[name] += p.grad.float().square()
-        batches += 1
     model.zero_grad(set_to_none=True)
-    return {name: total / batches for name, total in totals.items()}
+    summed = sum_tensors_over_ranks(list(totals.values()))
+    return {name: total / len(loader) for name, total in zip(totals, summed)}
 
 
 @torch.no_grad()
@@ -96,5 +104,5 @@ register(Method(
     search={"alpha": "[0.1, 100]", "dampening": "[0.1, 5]", "importance_batch_size": "128 (authors)"},
     summary="SSD: dampen the weights far more important to the forget set than to the training set (AAAI 2024)",
     checks={"alpha": positive, "dampening": positive, "importance_batch_size": at_least_one},
-    cl_refused="'ssd' does not train, so it has no objective to add the CL term to",
+    cl_refused="'ssd' does not train, so it has no objective to add the CL term to", distributed=True,
 ))
