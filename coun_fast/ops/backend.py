@@ -8,7 +8,8 @@ every reason.
 On a GPU the fused kernels have two paths (:func:`cuda_path`):
 
 * tensor cores (the default on sm_80 and newer): bfloat16 and float16 inputs run on tensor cores
-  (operands in the input precision, float32 accumulation and softmax); float32 inputs run on TF32
+  (the inputs themselves as operands, scaled by powers of two; float32 normalization, accumulation
+  and softmax); float32 inputs run on TF32
   tensor cores only where ``torch.backends.cuda.matmul.allow_tf32`` is True (PyTorch's own switch
   for TF32 matrix products), and on the exact path otherwise;
 * exact: float32 SIMT arithmetic for every input dtype, the path of older GPUs, of float32 inputs
@@ -16,9 +17,9 @@ On a GPU the fused kernels have two paths (:func:`cuda_path`):
   in the environment, or ``with tensor_cores(False):``).
 
 Both paths passed the CUDA tests (float64 and same-precision oracles, bit-identical reruns, CUDA
-graph capture) and compute-sanitizer's memcheck on an H200; the tensor-core path is 3.6x (D=128)
-to 5.5x (D=512) faster than the exact one for bfloat16 NT-Xent at 2N=32768 and 6x at CoUn's
-256 x 512 (benchmarks/results/losses_cuda_20261126T142035Z.json).
+graph capture) and compute-sanitizer's memcheck on an H200; the tensor-core path is 10x (D=128)
+and 6x (D=512) faster than the exact one for bfloat16 NT-Xent at 2N=32768 and 22x at CoUn's
+256 x 512 (benchmarks/results/losses_cuda_20261126T170954Z.json).
 """
 
 from __future__ import annotations
