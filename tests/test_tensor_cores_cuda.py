@@ -136,6 +136,20 @@ def test_large_shapes_against_float64(dtype, name, shape):
             assert error <= tolerance, f"{path} {label}: error {error:.3e} > {tolerance:.3e}"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_tensor_core_loss_is_float32_exact(dtype, name):
+    """bf16 and fp16 inputs are multiplied as they are (scaled by powers of two) and normalized by
+    float32 factors: the loss equals the float64 loss of the same inputs to float32 rounding, here at
+    a size with plain tiles (no per-pair tests) beside the diagonal ones."""
+    a, b = leaves(1000, 96, dtype)
+    reference = loss_and_grads(name, a.double().detach().requires_grad_(), b.double().detach().requires_grad_(),
+                               "reference")[0]
+    with backends.tensor_cores(True):
+        loss = loss_and_grads(name, a, b)[0]
+    assert abs(float(loss) - float(reference)) <= 2e-5 * max(1.0, abs(float(reference)))
+
+
 @pytest.mark.slow
 def test_large_batch_extra_memory():
     """2N = 131072 rows of D = 128 in bf16: forward + backward in well under 300 MiB of extra memory."""
