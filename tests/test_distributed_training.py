@@ -14,10 +14,14 @@
   changes a gradient by more than rounding).
 * The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
   on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
-* The experiment runner: 2 ranks run a tiny experiment (FT and CoUn, SyncBatchNorm) into one
-  output folder whose rows and curves equal one process's, and skip every step on a second call;
-  refused experiments (methods not verified under DDP, all named in one error; an indivisible
-  batch; a sweep; a sequential scenario; a GPU index; the CPU in an NCCL group) write nothing;
+* The experiment runner: 2 ranks run tiny experiments (FT and CoUn, SyncBatchNorm; a sweep of
+  CoUn's lam over two points; two sequential stages of CoUn) into one output folder whose rows,
+  curves and sweep trials equal one process's, and skip every step on a second call; refused
+  experiments (methods not verified under DDP, all named in one error; an indivisible batch, in a
+  section or in a sweep's grid point; SCRUB's forget batch in a grid point; a GPU index; the CPU in
+  an NCCL group) write nothing. The sweep's grid avoids lam=2.0, where the float drift of the
+  ranks' other order of sums (the same as that of another thread count in one process) turns one
+  retain image's prediction on this data;
   ``run --check`` runs on rank 0 with the ranks' checks; ``torchrun ... -m coun_fast run FILE``
   writes one output folder and rank 0's step lines alone.
 """
@@ -437,4 +441,21 @@ def test_an_experiment_on_the_cpu_is_refused_in_an_nccl_group(monkeypatch, tmp_p
     config = experiment(tmp_path / "out", tmp_path / "cache")
     with pytest.raises(ConfigError, match="device: cpu, but the process group uses NCCL"):
         check_module.check_distributed_experiment(config)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_ranks_check_covers_every_sweep_point_and_accepts_the_sweep_and_sequential_scenarios(tmp_path):
+    from coun_fast.experiment import ConfigError
+    from coun_fast.experiment.check import check_distributed_experiment
+
+    sweep = {"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1, 0.5], "batch_size": [32, 15]}}}
+    with pytest.raises(ConfigError, match=r"sweep\.grid\.CoUn\[lam=0\.1,batch_size=15\]\.train: batch_size 15 is the "
+                                          r"global batch and must be divisible by the number of ranks K=2"):
+        check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", sweep=sweep), ranks=2)
+    # not run when the sweep is off; every point divisible: accepted, as is a sequential scenario
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache",
+                                            sweep={**sweep, "enabled": False}), ranks=2)
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", **EXPERIMENTS["sweep"]), ranks=2)
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", **EXPERIMENTS["sequential"]),
+                                 ranks=2)
     assert not any(tmp_path.iterdir())
