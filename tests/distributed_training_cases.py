@@ -168,6 +168,18 @@ def resume_workflow(directory: Path) -> dict:
                           resume=True).record
 
 
+COUN_METHOD = {"name": "coun", "label": "CoUn", "hparams": {"lam": 0.5, "temperature": 0.1}}
+EXPERIMENTS = {
+    "tiny": {},
+    # CoUn's grid of two points on the held-out seed 5, then seed 0 with the chosen point
+    "sweep": {"methods": [COUN_METHOD], "sweep": {"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.0, 0.5]}}}},
+    # two stages of 10% each; CoUn's stage 1 starts from its stage 0 run folder
+    "sequential": {"methods": [COUN_METHOD], "scenario": {"kind": "sequential", "ratio": 0.2, "chunks": 2}},
+}
+"""The experiments that 2 ranks run against one process: :func:`experiment_file`'s top-level
+changes, by name."""
+
+
 def experiment(output: Path, cache: Path, **changes):
     """:func:`experiment_file`'s experiment, parsed."""
     from coun_fast.experiment import parse_config
@@ -185,8 +197,7 @@ def experiment_file(output: Path, cache: Path, **changes) -> dict:
         "model": {"name": "small_cnn", "kwargs": {"widths": [8, 16]}},
         "original": {"preset": "paper", **train}, "unlearn": {"preset": "paper_unlearn", **train, "lr": 0.01},
         "scenario": {"kind": "random", "ratio": 0.1},
-        "methods": [{"name": "ft", "label": "FT"},
-                    {"name": "coun", "label": "CoUn", "hparams": {"lam": 0.5, "temperature": 0.1}}],
+        "methods": [{"name": "ft", "label": "FT"}, COUN_METHOD],
         "seeds": [0], "device": "cpu", "output": str(output), "cache": str(cache), "curves": True,
     }
     return {**raw, **changes}
@@ -234,12 +245,14 @@ def errors(train, directory: Path) -> dict[str, str]:
         "cuda_graph": lambda: fit(initial_model(), train, CoUnObjective(), CONFIG.replace(cuda_graph=True)),
         "experiment_batch": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache", unlearn={"batch_size": 15}), progress=False, log=None),
-        "experiment_sweep": lambda: run_experiment(experiment(
+        "experiment_sweep_batch": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache",
-            sweep={"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1, 0.5]}}}), progress=False, log=None),
-        "experiment_sequential": lambda: run_experiment(experiment(
-            directory / "refused", directory / "refused_cache",
-            scenario={"kind": "sequential", "ratio": 0.2, "chunks": 2}), progress=False, log=None),
+            sweep={"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1], "batch_size": [32, 15]}}}),
+            progress=False, log=None),
+        "experiment_sweep_forget_batch": lambda: run_experiment(experiment(
+            directory / "refused", directory / "refused_cache", methods=["ft", {"name": "scrub", "label": "SCRUB"}],
+            sweep={"seed": 5, "enabled": True, "grid": {"SCRUB": {"forget_batch_size": [8, 9]}}}),
+            progress=False, log=None),
         "experiment_device": lambda: run_experiment(experiment(
             directory / "refused", directory / "refused_cache", device="cuda:1"), progress=False, log=None),
     }.items():

@@ -14,10 +14,14 @@
   changes a gradient by more than rounding).
 * The command: ``torchrun --nproc_per_node 2 -m coun_fast train`` then ``unlearn --method coun``
   on the CPU write exactly one run folder each, with nothing left beside them but the lock files.
-* The experiment runner: 2 ranks run a tiny experiment (FT and CoUn, SyncBatchNorm) into one
-  output folder whose rows and curves equal one process's, and skip every step on a second call;
-  refused experiments (methods not verified under DDP, all named in one error; an indivisible
-  batch; a sweep; a sequential scenario; a GPU index; the CPU in an NCCL group) write nothing;
+* The experiment runner: 2 ranks run tiny experiments (FT and CoUn, SyncBatchNorm; a sweep of
+  CoUn's lam over two points; two sequential stages of CoUn) into one output folder whose rows,
+  curves and sweep trials equal one process's, and skip every step on a second call; refused
+  experiments (methods not verified under DDP, all named in one error; an indivisible batch, in a
+  section or in a sweep's grid point; SCRUB's forget batch in a grid point; a GPU index; the CPU in
+  an NCCL group) write nothing. The sweep's grid avoids lam=2.0, where the float drift of the
+  ranks' other order of sums (the same as that of another thread count in one process) turns one
+  retain image's prediction on this data;
   ``run --check`` runs on rank 0 with the ranks' checks; ``torchrun ... -m coun_fast run FILE``
   writes one output folder and rank 0's step lines alone.
 """
@@ -25,6 +29,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -38,8 +43,8 @@ import torch.distributed as dist
 from coun_fast.data.loader import AugmentedLoader
 from coun_fast.unlearn import METHODS as REGISTRY
 from coun_fast.workflow import load_run
-from distributed_training_cases import (CONFIG, METHODS, THREE_RANKS, THREE_RANKS_CONFIG, WORKFLOW_CONFIG, Stopped,
-                                        data, experiment, experiment_file, prepare_workflow, run, run_method)
+from distributed_training_cases import (CONFIG, EXPERIMENTS, METHODS, THREE_RANKS, THREE_RANKS_CONFIG, WORKFLOW_CONFIG,
+                                        Stopped, data, experiment, experiment_file, prepare_workflow, run, run_method)
 from helpers import assert_close_verbose, run_ranks, spawn_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_training_worker.py"
@@ -227,8 +232,11 @@ def test_distributed_errors(ranks):
                 in found["experiment_methods"]), found["experiment_methods"]
         assert "unlearn: batch_size 15 is the global batch and must be divisible by the number of ranks K=2" in \
             found["experiment_batch"]
-        assert "sweep: the hyperparameter sweep is not yet supported under torchrun" in found["experiment_sweep"]
-        assert "scenario: sequential forgetting is not yet supported under torchrun" in found["experiment_sequential"]
+        # every point of an enabled sweep's grid is checked too
+        assert ("sweep.grid.CoUn[lam=0.1,batch_size=15].train: batch_size 15 is the global batch and must be "
+                "divisible by the number of ranks K=2" in found["experiment_sweep_batch"]), found
+        assert ("sweep.grid.SCRUB[forget_batch_size=9] (scrub): forget_batch_size 9 is a global batch"
+                in found["experiment_sweep_forget_batch"]), found["experiment_sweep_forget_batch"]
         assert "device: cuda:1: under torchrun each rank trains on its own GPU" in found["experiment_device"]
     directory, _ = ranks
     assert not (directory / "refused").exists() and not (directory / "refused_cache").exists()
@@ -307,34 +315,76 @@ EXPERIMENT_WORKER = Path(__file__).resolve().parent / "distributed_experiment_wo
 METRICS = ("UA", "RA", "TA", "MIA", "Avg.Gap", "PFLOPs")
 
 
-def test_two_ranks_run_an_experiment_as_one_process(tmp_path, one_thread):
-    """2 ranks run the tiny experiment: one output folder, rank 0's files alone, and the rows (and
-    the per-epoch curves) of one process with the same global batches; a second run skips every
-    step on both ranks."""
+def _experiment_in_two_ranks(directory: Path, case: str) -> tuple[dict, Path]:
+    """Run the experiment ``case`` (:data:`EXPERIMENTS`) in this process and then with 2 gloo ranks
+    (twice, the second call skipping every step); assert that every rank returned rank 0's payload
+    both times, that no partial folder is left, and that the rows (and per-epoch curves) equal
+    this process's. Returns rank 0's payload and the ranks' output folder."""
     from coun_fast.experiment import run_experiment
 
-    one = run_experiment(experiment(tmp_path / "one", tmp_path / "one_cache"), progress=False, log=None)
-    (tmp_path / "ddp").mkdir()
-    results = run_ranks(EXPERIMENT_WORKER, 2, tmp_path / "ddp", timeout_s=300)
-    output = tmp_path / "ddp" / "two_ranks"
-    assert sorted(p.name for p in output.iterdir()) == sorted(
-        ["avg_gap.png", "config.json", "curves.png", "results.csv", "results.json", "results.md", "seed_0",
-         "ua_mia.png"])
-    assert sorted(p.name for p in (output / "seed_0").iterdir()) == ["CoUn", "FT", "Original", "Retrain"]
-    leftovers = [p for p in (tmp_path / "ddp").rglob("*") if ".partial" in p.name]
+    one = run_experiment(experiment(directory / "one", directory / "one_cache", **EXPERIMENTS[case]),
+                         progress=False, log=None)
+    (directory / "ddp").mkdir()
+    results = run_ranks(EXPERIMENT_WORKER, 2, directory / "ddp", case, timeout_s=300)
+    leftovers = [p for p in (directory / "ddp").rglob("*") if ".partial" in p.name]
     assert not leftovers, leftovers
     for result in results:  # every rank returns rank 0's payload, twice (the second run skipped everything)
         assert result["first"]["runs"] == results[0]["first"]["runs"]
         assert result["again"]["runs"] == results[0]["first"]["runs"]
-    rows = {row["label"]: row for row in results[0]["first"]["runs"]}
-    expected = {row["label"]: row for row in one["runs"]}
-    assert sorted(rows) == sorted(expected) == ["CoUn", "FT", "Original", "Retrain"]
-    for label, row in expected.items():
+    payload = results[0]["first"]
+    rows = {(row["label"], row["stage"]): row for row in payload["runs"]}
+    expected = {(row["label"], row["stage"]): row for row in one["runs"]}
+    assert sorted(rows) == sorted(expected)
+    for where, row in expected.items():
         for name in METRICS:
-            assert rows[label][name] == pytest.approx(row[name], rel=1e-5, abs=1e-6), (label, name)
-        for got, want in zip(rows[label].get("curve", []), row.get("curve", []), strict=True):
-            assert got == pytest.approx(want, rel=1e-5, abs=1e-6), label
+            assert rows[where][name] == pytest.approx(row[name], rel=1e-5, abs=1e-6), (where, name)
+        for got, want in zip(rows[where].get("curve", []), row.get("curve", []), strict=True):
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6), where
+    if one["sweep"]:  # the same trials, the same choice
+        assert payload["sweep"].keys() == one["sweep"].keys()
+        for label, chosen in one["sweep"].items():
+            assert payload["sweep"][label]["best"] == chosen["best"]
+            assert [t["values"] for t in payload["sweep"][label]["trials"]] == [t["values"] for t in chosen["trials"]]
+            assert [t["Avg.Gap"] for t in payload["sweep"][label]["trials"]] == pytest.approx(
+                [t["Avg.Gap"] for t in chosen["trials"]], rel=1e-5, abs=1e-6)
+    return payload, directory / "ddp" / "two_ranks"
+
+
+RESULT_FILES = ["avg_gap.png", "config.json", "curves.png", "results.csv", "results.json", "results.md", "ua_mia.png"]
+
+
+def test_two_ranks_run_an_experiment_as_one_process(tmp_path, one_thread):
+    """2 ranks run the tiny experiment: one output folder, rank 0's files alone, and the rows (and
+    the per-epoch curves) of one process with the same global batches; a second run skips every
+    step on both ranks."""
+    payload, output = _experiment_in_two_ranks(tmp_path, "tiny")
+    assert sorted(p.name for p in output.iterdir()) == sorted([*RESULT_FILES, "seed_0"])
+    assert sorted(p.name for p in (output / "seed_0").iterdir()) == ["CoUn", "FT", "Original", "Retrain"]
+    rows = {row["label"]: row for row in payload["runs"]}
+    assert sorted(rows) == ["CoUn", "FT", "Original", "Retrain"]
     assert len(rows["CoUn"]["curve"]) == 2
+
+
+def test_two_ranks_run_a_sweep_as_one_process(tmp_path, one_thread):
+    """2 ranks run CoUn's grid of two points on the sweep seed, then seed 0 with the point of least
+    Avg.Gap: the same trials, choice and rows as one process; best_hparams.json written once."""
+    payload, output = _experiment_in_two_ranks(tmp_path, "sweep")
+    assert sorted(p.name for p in output.iterdir()) == sorted([*RESULT_FILES, "seed_0", "sweep"])
+    assert sorted(p.name for p in (output / "sweep").iterdir()) == ["CoUn", "best_hparams.json", "seed_5"]
+    assert sorted(p.name for p in (output / "sweep" / "CoUn").iterdir()) == ["lam=0.0", "lam=0.5"]
+    best = json.loads((output / "sweep" / "best_hparams.json").read_text())
+    assert best["CoUn"]["best"] == payload["sweep"]["CoUn"]["best"]
+    coun = next(row for row in payload["runs"] if row["label"] == "CoUn")
+    assert coun["hparams"]["lam"] == best["CoUn"]["best"]["lam"]
+
+
+def test_two_ranks_run_sequential_forgetting_as_one_process(tmp_path, one_thread):
+    """2 ranks run two sequential stages (stage 1's CoUn starting from its stage 0 folder, which
+    rank 0 wrote): the rows of one process at both stages."""
+    payload, output = _experiment_in_two_ranks(tmp_path, "sequential")
+    assert sorted(p.name for p in (output / "seed_0" / "CoUn").iterdir()) == ["stage_0", "stage_1"]
+    assert sorted((row["label"], row["stage"]) for row in payload["runs"]) == [
+        ("CoUn", 0), ("CoUn", 1), ("Original", 0), ("Original", 1), ("Retrain", 0), ("Retrain", 1)]
 
 
 def test_run_check_under_torchrun_runs_on_rank_zero_with_the_ranks_checks(monkeypatch, capsys, tmp_path):
@@ -391,4 +441,21 @@ def test_an_experiment_on_the_cpu_is_refused_in_an_nccl_group(monkeypatch, tmp_p
     config = experiment(tmp_path / "out", tmp_path / "cache")
     with pytest.raises(ConfigError, match="device: cpu, but the process group uses NCCL"):
         check_module.check_distributed_experiment(config)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_ranks_check_covers_every_sweep_point_and_accepts_the_sweep_and_sequential_scenarios(tmp_path):
+    from coun_fast.experiment import ConfigError
+    from coun_fast.experiment.check import check_distributed_experiment
+
+    sweep = {"seed": 5, "enabled": True, "grid": {"CoUn": {"lam": [0.1, 0.5], "batch_size": [32, 15]}}}
+    with pytest.raises(ConfigError, match=r"sweep\.grid\.CoUn\[lam=0\.1,batch_size=15\]\.train: batch_size 15 is the "
+                                          r"global batch and must be divisible by the number of ranks K=2"):
+        check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", sweep=sweep), ranks=2)
+    # not run when the sweep is off; every point divisible: accepted, as is a sequential scenario
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache",
+                                            sweep={**sweep, "enabled": False}), ranks=2)
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", **EXPERIMENTS["sweep"]), ranks=2)
+    check_distributed_experiment(experiment(tmp_path / "out", tmp_path / "cache", **EXPERIMENTS["sequential"]),
+                                 ranks=2)
     assert not any(tmp_path.iterdir())

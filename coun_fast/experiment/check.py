@@ -9,9 +9,10 @@ forgotten and the retained classes) for every seed, and the output and cache fol
 writable, not in use by another run). ``coun-fast run --check`` runs it;
 :func:`coun_fast.experiment.run_experiment` runs it first. Under ``torchrun`` (several ranks),
 :func:`check_distributed_experiment` adds what such a run refuses: methods not verified under
-DDP, a global batch hyperparameter or a ``+cl`` form of mixed batches it cannot run, a sweep, a
-sequential scenario, a device with a GPU index (or the CPU in an NCCL group), and
-batch sizes that the number of ranks does not divide.
+DDP, a global batch hyperparameter or a ``+cl`` form of mixed batches it cannot run, a device
+with a GPU index (or the CPU in an NCCL group), and batch sizes that the number of ranks does not
+divide, in every method configuration the run may train (an enabled sweep's grid points
+included).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from coun_fast import distributed
 from coun_fast.data import DatasetSplits, class_test_subsets, make_split
 from coun_fast.data.loader import check_global_batch
 from coun_fast.experiment.cache import cache_root
-from coun_fast.experiment.config import ConfigError, ExperimentConfig
+from coun_fast.experiment.config import ConfigError, ExperimentConfig, method_variants
 from coun_fast.files import check_writable_location, describe_os_error
 from coun_fast.models import build
 from coun_fast.runfolder import is_busy
@@ -49,9 +50,10 @@ def _check_folder(path: Path, key: str, *, lock: bool) -> None:
 
 
 def _sections(config: ExperimentConfig) -> dict:
-    """Every training configuration of ``config`` by its key: original, retrain, unlearn, each method's."""
+    """Every training configuration of ``config`` by its key: original, retrain, unlearn, each
+    method's (and each point's of an enabled sweep, :func:`method_variants`)."""
     sections = {"original": config.original, "retrain": config.retrain, "unlearn": config.unlearn}
-    sections.update({f"methods[{i}].train": spec.train_config(config.unlearn) for i, spec in enumerate(config.methods)})
+    sections.update({f"{key}.train": spec.train_config(config.unlearn) for key, spec in method_variants(config)})
     return sections
 
 
@@ -98,9 +100,12 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
     one rank): a method that is not verified under DDP (:attr:`coun_fast.unlearn.base.Method.distributed`;
     all of them named in one error), a method's global batch hyperparameter that ``ranks`` does not
     divide (SCRUB's ``forget_batch_size``), a ``+cl`` form whose batches mix retain and forget rows
-    (:func:`coun_fast.unlearn.cl_plugin.check_cl_under_ranks`), an enabled sweep, a sequential
-    scenario, a device with a GPU index (each rank trains on its own GPU, cuda:LOCAL_RANK), a CPU
-    device in a running NCCL group, or a section whose (global) batch size ``ranks`` does not divide."""
+    (:func:`coun_fast.unlearn.cl_plugin.check_cl_under_ranks`), a device with a GPU index (each rank
+    trains on its own GPU, cuda:LOCAL_RANK), a CPU device in a running NCCL group, or a section whose
+    (global) batch size ``ranks`` does not divide. Method hyperparameters and batch sizes are checked
+    for every configuration the run may train, each point of an enabled sweep's grid included
+    (named ``sweep.grid.LABEL[POINT]``). The sweep and the sequential scenario run under torchrun
+    as in one process: their steps are the runner's ordinary steps."""
     ranks = distributed.world()[1] if ranks is None else ranks
     if ranks == 1:
         return
@@ -110,20 +115,14 @@ def check_distributed_experiment(config: ExperimentConfig, ranks: int | None = N
         raise ConfigError(f"methods: {', '.join(refused)} not yet supported under torchrun ({ranks} ranks); methods "
                           f"that are: {supported} (and their +cl forms); leave the others out (--methods) or run "
                           "the experiment in one process")
-    for i, spec in enumerate(config.methods):
+    for key, spec in method_variants(config):
         method = METHODS[split_name(spec.name)[0]]
         values = resolve_hparams(spec.name, dict(spec.hparams), check_ranks=False)
         try:
             check_global_batches(method, values, ranks)
             check_cl_under_ranks(method, spec.name, values, config.data.dataset, ranks)
         except ValueError as error:
-            raise ConfigError(f"methods[{i}] ({spec.name}): {error}") from None
-    if config.sweep is not None and config.sweep.enabled:
-        raise ConfigError(f"sweep: the hyperparameter sweep is not yet supported under torchrun ({ranks} ranks); run "
-                          "it in one process, then the seeds under torchrun with the chosen values in the file")
-    if config.scenario.kind == "sequential":
-        raise ConfigError(f"scenario: sequential forgetting is not yet supported under torchrun ({ranks} ranks); "
-                          "run it in one process")
+            raise ConfigError(f"{key} ({spec.name}): {error}") from None
     device = None if config.device is None else parse_device(config.device)
     if device is not None and device.index is not None:
         raise ConfigError(f"device: {config.device}: under torchrun each rank trains on its own GPU, cuda:LOCAL_RANK; "

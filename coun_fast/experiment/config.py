@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -375,6 +376,30 @@ def _sweep(raw: Any, methods: tuple[MethodSpec, ...], seeds: tuple[int, ...], un
     return Sweep(seed, checked, enabled)
 
 
+def grid_points(grid: dict) -> list[dict]:
+    """The cartesian product of ``{param: [values]}`` as a list of ``{param: value}``."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def point_name(values: dict) -> str:
+    """A folder name for a grid point, e.g. ``lam=0.5,lr=0.01``."""
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(f"{k}={v}" for k, v in values.items()))
+
+
+def method_variants(config: ExperimentConfig) -> list[tuple[str, MethodSpec]]:
+    """Every method configuration a run of ``config`` may train, each with the key that names it in
+    errors: ``methods[i]`` for each method and, when the sweep is enabled, ``sweep.grid.LABEL[POINT]``
+    for each point of its grid (the point the sweep chooses is then one of them)."""
+    variants = [(f"methods[{i}]", spec) for i, spec in enumerate(config.methods)]
+    if config.sweep is not None and config.sweep.enabled:
+        by_label = {spec.label: spec for spec in config.methods}
+        for label, grid in config.sweep.grid.items():
+            variants += [(f"sweep.grid.{label}[{point_name(values)}]", by_label[label].with_values(values))
+                         for values in grid_points(grid)]
+    return variants
+
+
 # -- entry points ----------------------------------------------------------------------------------
 def parse_config(raw: Any, *, name: str = "experiment") -> ExperimentConfig:
     """Validate the mapping of an experiment file; raises :class:`ConfigError` naming the key path."""
@@ -491,4 +516,5 @@ def load_config(source: str | Path | Mapping, **overrides) -> ExperimentConfig:
 
 
 __all__ = ["ConfigError", "ExperimentConfig", "MethodSpec", "ModelSpec", "Scenario", "Sweep", "TRAIN_KEYS",
-           "apply_overrides", "load_config", "method_hparams", "parse_config", "read_yaml"]
+           "apply_overrides", "grid_points", "load_config", "method_hparams", "method_variants", "parse_config",
+           "point_name", "read_yaml"]

@@ -21,13 +21,17 @@ stale folder of another hash is replaced only when the new run has finished. Eve
 is replaced atomically; ``config.json`` and the results are written together at the end.
 
 Under ``torchrun`` (a process group of several ranks) every rank trains every step together (the
-Original and Retrain of each seed, each method; :func:`coun_fast.train.fit` under
-DistributedDataParallel) and rank 0 alone does the rest: it takes the locks, writes the cache
-entries and the run folders, evaluates (the other ranks wait), writes the results and charts and
-logs the step lines. Whether a cached model or a finished method run is reused is decided on
-rank 0 and broadcast, so every rank skips the same steps. What such a run refuses (methods not
-verified under DDP, a sweep, a sequential scenario, a GPU index in the device, batch sizes that
-the rank count does not divide) is checked before any work
+Original and Retrain of each seed and stage, each method, each sweep point;
+:func:`coun_fast.train.fit` under DistributedDataParallel) and rank 0 alone does the rest: it
+takes the locks, writes the cache entries, the run folders and ``best_hparams.json``, evaluates
+(the other ranks wait), writes the results and charts and logs the step lines. Whether a cached
+model or a finished method run is reused is decided on rank 0 and broadcast, so every rank skips
+the same steps; the sweep's choice is made from the rows rank 0 evaluated, which every rank
+receives, so every rank runs the seeds with the same point. A sequential stage starts, on every
+rank, from the run folder rank 0 wrote for the stage before (so all ranks hold rank 0's weights
+and buffers, as with a cached model). What such a run refuses (methods not verified under DDP, a
+GPU index in the device, batch sizes that the rank count does not divide, in any method
+configuration or sweep point) is checked before any work
 (:func:`coun_fast.experiment.check.check_distributed_experiment`).
 """
 
@@ -36,10 +40,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import itertools
 import json
 import logging
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -53,7 +55,7 @@ from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
 from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
 from coun_fast.experiment.check import check_distributed_experiment, check_experiment
-from coun_fast.experiment.config import ExperimentConfig, MethodSpec
+from coun_fast.experiment.config import ExperimentConfig, MethodSpec, grid_points, point_name
 from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summarize, write_csv, write_json
 from coun_fast.files import relative_path, write_text_atomic
 from coun_fast.runfolder import locked, staged_by_main
@@ -106,17 +108,6 @@ def fixed_subset(indices: np.ndarray, seed: int, size: int = CURVE_RETAIN_SAMPLE
         return np.asarray(indices)
     rng = np.random.default_rng([seed, 0xC0])
     return np.sort(rng.choice(indices, size, replace=False))
-
-
-def grid_points(grid: dict) -> list[dict]:
-    """The cartesian product of ``{param: [values]}`` as a list of ``{param: value}``."""
-    names = list(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-
-
-def point_name(values: dict) -> str:
-    """A folder name for a grid point, e.g. ``lam=0.5,lr=0.01``."""
-    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(f"{k}={v}" for k, v in values.items()))
 
 
 def _row(label: str, method: str, seed: int, stage: int, metrics: dict, reference: dict, **extra) -> dict:
@@ -351,7 +342,8 @@ class Runner:
             chosen[spec.label] = {"best": best["values"], "Avg.Gap": best["Avg.Gap"], "trials": trials}
             self.say(f"sweep {spec.label}: best {point_name(best['values'])} (Avg.Gap {best['Avg.Gap']:.2f} "
                      f"on seed {sweep.seed})")
-        write_json(chosen, root / "best_hparams.json")
+        distributed.on_main(lambda: write_json(chosen, root / "best_hparams.json"),
+                            f"write {str(root / 'best_hparams.json')!r}")
         return chosen
 
 
