@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from typing import Iterator
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -224,8 +225,29 @@ def _device_type(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    joined: list[bool] = []  # set when this call joins the process group that torchrun describes
+    try:
+        code = _run(parser, args, joined)
+    except BaseException as error:
+        if not joined:
+            raise
+        code = _status(error)
+    if joined:  # a rank of a torchrun job: end the group, then the process (distributed.exit_process)
+        distributed.exit_process(code)
+    return code
+
+
+def _status(error: BaseException) -> int:
+    """The exit status of a rank whose command ended with ``error`` (a traceback is printed for
+    anything but SystemExit, as the interpreter would)."""
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+    traceback.print_exception(error)
+    return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, joined: list[bool]) -> int:
     verbosity = _verbosity(parser, args)
-    started_group = False
     prefix = ""
     try:
         if _launched_ranks(args) > 1:
@@ -233,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             if _main_rank_only(args):
                 if rank != 0:
                     return 0
-            elif args.command in DISTRIBUTED_COMMANDS:
-                started_group = distributed.init_from_env(_device_type(args))
+            elif args.command in DISTRIBUTED_COMMANDS and distributed.init_from_env(_device_type(args)):
+                joined.append(True)
             if rank != 0:  # rank 0 prints the results; the others only warnings and errors
                 prefix = f"[rank {rank}] "
                 verbosity = -1
@@ -252,9 +274,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         notes = "".join(f"; {note}" for note in getattr(error, "__notes__", []))
         parser.exit(130, f"{prefix}coun-fast {args.command}: interrupted{notes}\n")
-    finally:
-        if started_group:
-            distributed.shutdown()
 
 
 @contextlib.contextmanager

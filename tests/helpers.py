@@ -245,16 +245,24 @@ def reference_sup_con(features: Tensor, labels: Tensor, temperature: float, *, u
 def rank_of_group(argv: Sequence[str]) -> Iterator[tuple[int, int, Path]]:
     """The worker side of :func:`run_ranks`: ``argv`` = ``RANK WORLD DIRECTORY ...``; joins the gloo
     group (file rendezvous in DIRECTORY) with one thread per process, yields ``(rank, world,
-    directory)`` and leaves the group after the block."""
+    directory)`` and, after the block, ends the process as the command line does
+    (``distributed.exit_process``: status 0, or 1 after printing the block's exception)."""
+    import traceback
+
     import torch.distributed as dist
+
+    from coun_fast import distributed
 
     rank, world, directory = int(argv[0]), int(argv[1]), Path(argv[2])
     dist.init_process_group("gloo", init_method=f"file://{directory / 'rendezvous'}", rank=rank, world_size=world)
     torch.set_num_threads(1)
+    code = 0
     try:
         yield rank, world, directory
-    finally:
-        dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - reported, then the status says it
+        traceback.print_exc()
+        code = 1
+    distributed.exit_process(code)
 
 
 def run_ranks(worker: Path, world: int, directory: Path, *args: str, timeout_s: float = 240) -> list[dict]:
