@@ -22,8 +22,9 @@ constexpr int kStages = 3;             // depth of the cp.async ring
 constexpr int kChunkBytes = mma::kRowBytes;        // one chunk row: 128 bytes of features
 constexpr int kForwardQBytes = kForwardRows * kChunkBytes;  // 16 KB: one chunk of 128 rows
 constexpr int kTileChunkBytes = kCols * kChunkBytes;        // 8 KB: one chunk of 64 rows
-// Static shared memory a kernel may hold beside its dynamic bytes: reduce.cuh's 4 KB of partial
-// sums and arrive_last's flag (the backward kernels hold only the flag: kBackwardStaticShared).
+// Static shared memory a kernel may hold beside its dynamic bytes: the forward's reduce.cuh's 4 KB of
+// partial sums and arrive_last's flag (the backward kernels hold none; the plan leaves
+// kBackwardStaticShared beside them as a margin).
 constexpr int kStaticSharedReserve = 8 * 1024;
 constexpr int kBackwardStaticShared = 1024;
 constexpr float kFixedShiftMinTemperature = 1.f / 32.f;
