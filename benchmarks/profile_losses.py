@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import pstats
 import sys
 from functools import partial
@@ -91,17 +92,9 @@ def host_table(fn, calls: int, device: str) -> str:
         fn()
     synchronize(device)
     profiler.disable()
-    stream = _Text()
+    stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(25)
-    return stream.text
-
-
-class _Text:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, chunk: str) -> None:
-        self.text += chunk
+    return stream.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
