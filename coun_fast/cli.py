@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import sys
-import traceback
 from typing import Iterator
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -231,19 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as error:
         if not joined:
             raise
-        code = _status(error)
+        code = distributed.exit_status(error)
     if joined:  # a rank of a torchrun job: end the group, then the process (distributed.exit_process)
         distributed.exit_process(code)
     return code
-
-
-def _status(error: BaseException) -> int:
-    """The exit status of a rank whose command ended with ``error`` (a traceback is printed for
-    anything but SystemExit, as the interpreter would)."""
-    if isinstance(error, SystemExit):
-        return error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
-    traceback.print_exception(error)
-    return 1
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, joined: list[bool]) -> int:

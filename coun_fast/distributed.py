@@ -193,7 +193,7 @@ def launched_world_size() -> int:
 def init_from_env(device_type: str) -> bool:
     """Join the default process group that ``torchrun`` describes in the environment, when
     ``WORLD_SIZE`` > 1 and no group is initialized yet; returns whether this call initialized one
-    (the caller then ends it with :func:`shutdown`).
+    (the caller then ends the process with :func:`exit_process`).
 
     ``device_type`` is the device the run trains on: ``cuda`` selects NCCL and makes
     ``cuda:LOCAL_RANK`` this process's current GPU (``torch.cuda.set_device``); ``cpu`` selects gloo.
@@ -224,6 +224,18 @@ def shutdown() -> None:
     :func:`exit_process`."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status the interpreter would give a process that ends with ``error``, with what it
+    would print: SystemExit's code (None: 0; a message: printed, 1), else the traceback and 1."""
+    if isinstance(error, SystemExit):
+        if error.code is None or isinstance(error.code, int):
+            return error.code or 0
+        print(error.code, file=sys.stderr)
+        return 1
+    traceback.print_exception(error)
+    return 1
 
 
 def exit_process(code: int) -> NoReturn:

@@ -246,9 +246,7 @@ def rank_of_group(argv: Sequence[str]) -> Iterator[tuple[int, int, Path]]:
     """The worker side of :func:`run_ranks`: ``argv`` = ``RANK WORLD DIRECTORY ...``; joins the gloo
     group (file rendezvous in DIRECTORY) with one thread per process, yields ``(rank, world,
     directory)`` and, after the block, ends the process as the command line does
-    (``distributed.exit_process``: status 0, or 1 after printing the block's exception)."""
-    import traceback
-
+    (``distributed.exit_process`` with the block's ``distributed.exit_status``)."""
     import torch.distributed as dist
 
     from coun_fast import distributed
@@ -259,9 +257,8 @@ def rank_of_group(argv: Sequence[str]) -> Iterator[tuple[int, int, Path]]:
     code = 0
     try:
         yield rank, world, directory
-    except BaseException:  # noqa: BLE001 - reported, then the status says it
-        traceback.print_exc()
-        code = 1
+    except BaseException as error:  # noqa: BLE001 - reported as the interpreter would, then the status says it
+        code = distributed.exit_status(error)
     distributed.exit_process(code)
 
 
