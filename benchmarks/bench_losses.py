@@ -29,10 +29,11 @@ import _harness as harness
 
 LOSSES = ("nt_xent", "cross_view_info_nce", "sup_con")
 # fused: the kernels as a user gets them (on CUDA the tensor-core path for bfloat16 and float16, see
-# coun_fast.ops.backend); fused+exact / fused+tc: the exact float32 path / the tensor-core path,
-# forced (CUDA only).
-PROVIDERS = ("reference", "fused", "fused+exact", "fused+tc", "reference+compile", "pml")
-CUDA_ONLY_PROVIDERS = ("fused+exact", "fused+tc")
+# coun_fast.ops.backend); fused+exact / fused+tc / fused+tc-occupancy: the exact float32 path / the
+# tensor-core path / its opt-in occupancy variant, forced (CUDA only).
+PROVIDERS = ("reference", "fused", "fused+exact", "fused+tc", "fused+tc-occupancy", "reference+compile", "pml")
+CUDA_ONLY_PROVIDERS = ("fused+exact", "fused+tc", "fused+tc-occupancy")
+TENSOR_CORE_SETTINGS = {"fused+exact": False, "fused+tc": True, "fused+tc-occupancy": "occupancy"}
 MODES = ("forward", "full")
 TEMPERATURE = {"nt_xent": 0.5, "cross_view_info_nce": 0.1, "sup_con": 0.1}
 PML_LOSSES = ("nt_xent", "sup_con")
@@ -108,7 +109,7 @@ def _pml_sup_con() -> Callable[..., torch.Tensor]:
     return SupConLoss(temperature=TEMPERATURE["sup_con"])
 
 
-def _with_tensor_cores(call: Callable[..., torch.Tensor], enabled: bool) -> Callable[..., torch.Tensor]:
+def _with_tensor_cores(call: Callable[..., torch.Tensor], enabled: bool | str) -> Callable[..., torch.Tensor]:
     from coun_fast.ops import backend as backends
 
     def wrapped(*args: torch.Tensor) -> torch.Tensor:
@@ -122,8 +123,8 @@ def make_call(provider: str, loss: str) -> Callable[..., torch.Tensor]:
     """The loss function of ``provider``, taking :func:`make_inputs`' arguments."""
     if provider == "fused":
         return _coun_call(loss, "fused")
-    if provider in ("fused+tc", "fused+exact"):
-        return _with_tensor_cores(_coun_call(loss, "fused"), provider == "fused+tc")
+    if provider in TENSOR_CORE_SETTINGS:
+        return _with_tensor_cores(_coun_call(loss, "fused"), TENSOR_CORE_SETTINGS[provider])
     if provider == "reference":
         return _coun_call(loss, "reference")
     if provider == "reference+compile":
@@ -249,7 +250,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=None,
-                        help="default: all (--gpu-quick: reference fused+exact fused+tc reference+compile)")
+                        help="default: all (--gpu-quick: reference fused+exact fused+tc fused+tc-occupancy "
+                             "reference+compile)")
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
                         help="M values (rows of the similarity matrix); default 256..8192 on CPU, 1024..65536 on CUDA")
     parser.add_argument("--dims", nargs="+", type=int, default=None, help="D values; default 128 512")
@@ -289,7 +291,8 @@ def make_config(args: argparse.Namespace) -> Config:
     device's defaults."""
     if args.gpu_quick:
         return Config(device="cuda", dtype="bfloat16", losses=["nt_xent"],
-                      providers=args.providers or ["reference", "fused+exact", "fused+tc", "reference+compile"], sizes=[32768],
+                      providers=args.providers or ["reference", "fused+exact", "fused+tc", "fused+tc-occupancy",
+                                                   "reference+compile"], sizes=[32768],
                       dims=[128, 512], reps=args.reps or 10, budget_s=args.budget_s or 3.0,
                       max_call_s=args.max_call_s or 10.0, cell_timeout_s=min(args.cell_timeout, 120.0),
                       threads=args.threads, mem_limit=None, out=args.out, latency=True, memory_sizes=[131072])
@@ -606,6 +609,11 @@ def gpu_targets(rows: list[dict], latency: list[dict]) -> list[str]:
         value = big["peak_extra_mib"]
         lines.append(f"target fused+tc extra memory < 300 MiB (M=131072, D=128): {value:.1f} MiB -> "
                      + ("met" if value < 300 else "NOT met"))
+    for d in (128, 512):  # the opt-in variant against the default, same run (no target)
+        fused = _find(rows, loss="nt_xent", provider="fused+tc", mode="full", M=32768, D=d)
+        variant = _find(rows, loss="nt_xent", provider="fused+tc-occupancy", mode="full", M=32768, D=d)
+        if fused and variant:
+            lines.append(f"fused+tc-occupancy vs fused+tc (M=32768, D={d}): {fused['p50_ms'] / variant['p50_ms']:.2f}x")
     coun = _find(latency, case="coun", provider="fused+tc")
     if coun and coun["gpu_us"] is not None:
         lines.append(f"target CoUn shape GPU time <= 30 us: {coun['gpu_us']:.1f} us -> "

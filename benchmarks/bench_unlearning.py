@@ -236,7 +236,7 @@ def run_coun_fast(method: str, setup: Setup, config: Config, variant: str | None
     objective = CoUnObjective(lam_of(method, config), config.temperature)
     model = copy.deepcopy(setup.original)
     epochs = config.warmup_epochs + config.epochs
-    with backends.tensor_cores(switches.get("tensor_cores", backends.tensor_cores_enabled())):
+    with backends.tensor_cores(switches.get("tensor_cores", backends.tensor_cores_setting())):
         result = fit(model, setup.splits.train, objective, unlearn_config(config, epochs, graph),
                      indices=setup.split.retain, normalization=setup.normalization,
                      description=f"coun_fast{'+' + variant if variant else ''} {method}")

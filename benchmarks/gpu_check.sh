@@ -16,9 +16,10 @@
 # (default .data/cifar10_jpeg.npz; the unlearning and protocol steps are skipped without it). Result files are written next to the log.
 # The step groups memcheck (compute-sanitizer memcheck alone) and profile (not in the default list)
 # serve reruns after a kernel change: profile prints each kernel's GPU time and the host time by
-# function (benchmarks/profile_losses.py), then Nsight Compute's speed-of-light, occupancy, warp
-# state and pipe sections of the tensor-core kernels of one call of CoUn's 256 x 512 problem and of
-# NT-Xent at 32768 x 128.
+# function (benchmarks/profile_losses.py; also for the tensor-core path's opt-in occupancy
+# variant), then Nsight Compute's speed-of-light, occupancy, warp state and pipe sections of the
+# tensor-core kernels of one call of CoUn's 256 x 512 problem and of NT-Xent at 32768 x 128 (the
+# latter also with the occupancy variant).
 # The step group torchrun (not in the default list: GPU_CHECK_STEPS="torchrun", or add it) runs
 # `coun-fast train` (1 epoch) and `coun-fast unlearn --method coun --sync-batchnorm` (1 epoch) under
 # `torchrun --standalone --nproc_per_node=G`, G the number of GPUs (with G = 1 it checks the
@@ -79,8 +80,10 @@ group_memcheck() {
 }
 group_sanitize() {
   group_memcheck
+  # The tensor-core kernels share memory between warps (the exact path's kernels do not): they first.
   step "compute-sanitizer racecheck" 150 compute-sanitizer --tool racecheck --error-exitcode 1 \
-    --racecheck-report hazard --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py
+    --racecheck-report hazard --kernel-name kns=coun_fast "$python" benchmarks/sanitize_kernels.py \
+    --paths occupancy tc exact
 }
 group_kernels() {
   # shellcheck disable=SC2086
@@ -89,12 +92,16 @@ group_kernels() {
 group_profile() {
   step "profile: kernel and host times" 120 "$python" benchmarks/profile_losses.py --calls 50 \
     --cases coun nt_xent_32k nt_xent_32k_512
-  local case
-  for case in coun nt_xent_32k; do  # the second call's four kernels (the first is a warm-up)
-    step "ncu $case" 120 ncu --kernel-name regex:"prepare_kernel|forward_kernel|backward_|finish_kernel" \
+  step "profile: the occupancy variant's kernel times" 90 "$python" benchmarks/profile_losses.py --calls 50 \
+    --provider fused+tc-occupancy --cases nt_xent_32k nt_xent_32k_512
+  local run case provider
+  # the second call's four kernels (the first is a warm-up)
+  for run in coun:fused nt_xent_32k:fused nt_xent_32k:fused+tc-occupancy; do
+    case="${run%%:*}" provider="${run#*:}"
+    step "ncu $case $provider" 120 ncu --kernel-name regex:"prepare_kernel|forward_kernel|backward_|finish_kernel" \
       --launch-skip 4 --launch-count 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section ComputeWorkloadAnalysis \
-      "$python" benchmarks/profile_losses.py --once --cases "$case"
+      "$python" benchmarks/profile_losses.py --once --cases "$case" --provider "$provider"
   done
 }
 have_cifar10() {

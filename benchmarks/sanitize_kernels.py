@@ -1,13 +1,14 @@
-"""Forward and backward of every fused loss on small, odd shapes, on both CUDA paths: the workload
+"""Forward and backward of every fused loss on small, odd shapes, on the CUDA paths: the workload
 benchmarks/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck). Shapes are no multiple
 of any tile (64 columns, 64 / 128 rows, 64 features) and cover the split sweep, both backward
-variants and both softmax modes. Exits 1 if a result is not finite.
+variants, plain tiles and both softmax modes. Exits 1 if a result is not finite.
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_kernels.py
+    compute-sanitizer --tool memcheck python benchmarks/sanitize_kernels.py [--paths tc occupancy exact]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -15,9 +16,11 @@ import torch
 from coun_fast import functional as F
 from coun_fast.ops import backend as backends
 
-# (pairs N, feature dim D, temperature): D=65 and 129 take the resident backward, D=300 the
-# streamed one; tau 0.02 takes the online softmax.
-SHAPES = [(33, 65, 0.1), (130, 300, 0.02), (70, 129, 0.5)]
+# (pairs N, feature dim D, temperature): D=65, 200 and 129 take the resident backward (200 rows:
+# plain tiles too), D=300 the streamed one; tau 0.02 takes the online softmax.
+SHAPES = [(33, 65, 0.1), (200, 64, 0.1), (130, 300, 0.02), (70, 129, 0.5)]
+# The CUDA paths by name: backend.tensor_cores' setting for each.
+PATHS = {"tc": True, "occupancy": "occupancy", "exact": False}
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
 
@@ -37,11 +40,15 @@ def losses(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> dict[str, torch.Te
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="the CUDA paths to run, in this order (default: all)")
+    args = parser.parse_args()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 inputs take TF32 on the tensor-core path
     failures = 0
-    for tensor_cores in (True, False):
-        with backends.tensor_cores(tensor_cores):
+    for path in args.paths:
+        with backends.tensor_cores(PATHS[path]):
             for n, d, tau in SHAPES:
                 for dtype in DTYPES:
                     z1 = torch.randn(n, d, device="cuda", dtype=dtype, requires_grad=True)
@@ -51,7 +58,7 @@ def main() -> int:
                         values = [loss] + [g for g in (g1, g2) if g is not None]
                         ok = all(bool(torch.isfinite(v).all()) for v in values)
                         failures += not ok
-                        print(f"{'tc' if tensor_cores else 'exact':<5} N={n:<4} D={d:<4} {str(dtype):<15} "
+                        print(f"{path:<9} N={n:<4} D={d:<4} {str(dtype):<15} "
                               f"{name:<16} loss={float(loss):.4f} {'ok' if ok else 'NOT FINITE'}", flush=True)
     torch.cuda.synchronize()
     print("sanitize workload:", "ok" if failures == 0 else f"{failures} non-finite results")

@@ -94,9 +94,13 @@ Problem to_problem(const ProblemArg& arg) {
 }
 
 #ifdef COUN_FAST_WITH_CUDA
+void require_cuda_path(int path) {
+  require(path >= 0 && path <= 2, "CUDA path must be 0 (exact), 1 (tensor cores) or 2 (their occupancy variant)");
+}
+
 CudaLaunch to_launch(const TargetArg& target, const Problem* problem = nullptr) {
   const auto& [device, stream, path, saved, scratch, threads] = target;
-  require(path == 0 || path == 1, "CUDA path must be 0 (exact) or 1 (tensor cores)");
+  require_cuda_path(path);
   require(path == 0 || problem == nullptr || problem->a.dtype == problem->b.dtype,
           "the tensor-core path needs anchors and candidates of one dtype");
   return CudaLaunch{device, reinterpret_cast<void*>(stream), static_cast<CudaPath>(path),
@@ -158,7 +162,7 @@ void backward(const ProblemArg& problem_arg, uintptr_t grad_out, uintptr_t stats
 // (saved bytes, forward scratch bytes, backward scratch bytes) of a CUDA call.
 std::tuple<int64_t, int64_t, int64_t> workspace(const ProblemArg& problem_arg, int path, int device) {
 #ifdef COUN_FAST_WITH_CUDA
-  require(path == 0 || path == 1, "CUDA path must be 0 (exact) or 1 (tensor cores)");
+  require_cuda_path(path);
   const CudaWorkspace w = cuda_workspace(to_problem(problem_arg), static_cast<CudaPath>(path), device);
   return {w.saved_bytes, w.forward_scratch_bytes, w.backward_scratch_bytes};
 #else

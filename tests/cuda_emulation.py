@@ -31,7 +31,7 @@ DEPENDENCIES = [*CUDA_SOURCES, API_SOURCE, ROOT / "csrc" / "emulation" / "cuda_e
 # shared memory per block; one multiprocessor (small sweeps are never split); 48 KB of shared memory
 # (the tensor-core backward falls back to its streamed variant above D = 128).
 DEVICES = {"h100": 0, "one_sm": 1, "48k": 2}
-PATHS = {"exact": 0, "tensor_cores": 1}
+PATHS = {"exact": 0, "tensor_cores": 1, "tensor_cores_occupancy": 2}
 
 
 class EmuMatrix(ctypes.Structure):

@@ -303,3 +303,24 @@ def test_info_module_runs_and_prints_keys():
     printed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert set(INFO_KEYS) <= printed, result.stdout
     assert torch.__version__ in result.stdout
+
+
+@pytest.mark.parametrize("value, setting", [("", True), ("1", True), ("off", False), ("No", False),
+                                            ("occupancy", "occupancy"), (" Occupancy ", "occupancy")])
+def test_tensor_cores_switch_from_the_environment(monkeypatch, value, setting):
+    monkeypatch.setenv(backends.TENSOR_CORES_ENV, value)
+    assert backends.tensor_cores_setting() == setting
+    assert backends.tensor_cores_enabled() == (setting is not False)
+    assert backends.tensor_core_variant() == ("occupancy" if setting == "occupancy" else "default")
+    with backends.tensor_cores(False):  # the context manager wins over the environment
+        assert backends.tensor_cores_setting() is False
+        with backends.tensor_cores("occupancy"):
+            assert backends.tensor_core_variant() == "occupancy"
+        assert backends.tensor_cores_setting() is False
+    assert backends.tensor_cores_setting() == setting
+
+
+def test_tensor_cores_switch_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="enabled must be True, False or 'occupancy'; got 'fast'"):
+        with backends.tensor_cores("fast"):
+            pass

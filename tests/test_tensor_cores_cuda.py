@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from coun_fast import functional as F
 from coun_fast.ops import backend as backends
-from coun_fast.ops.contrastive import (PATH_EXACT, PATH_TENSOR_CORES, REDUCTIONS, RULE_DIAGONAL,
-                                       contrastive_forward)
+from coun_fast.ops.contrastive import (PATH_EXACT, PATH_TENSOR_CORES, PATH_TENSOR_CORES_OCCUPANCY, REDUCTIONS,
+                                       RULE_DIAGONAL, contrastive_forward)
 from helpers import check_against_oracle, make_feature, reference_cross_view, reference_nt_xent
 
 pytestmark = pytest.mark.cuda
@@ -25,7 +25,7 @@ LOSSES = {
     "sup_con": lambda a, b, backend="fused": F.sup_con(
         torch.cat([a, b]), torch.arange(a.shape[0], device=a.device).repeat(2) % 7, 0.1, backend=backend),
 }
-PATHS = {"exact": False, "tensor_cores": True}
+PATHS = {"exact": False, "tensor_cores": True, "tensor_cores_occupancy": "occupancy"}
 
 
 def leaves(n: int, d: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +46,9 @@ def test_tensor_core_path_is_the_default_and_can_be_switched_off():
     assert backends.cuda_path(torch.float32, a.device) == PATH_EXACT  # TF32 not allowed (conftest)
     with backends.tensor_cores(False):
         assert backends.cuda_path(torch.bfloat16, a.device) == PATH_EXACT
+    with backends.tensor_cores("occupancy"):
+        assert backends.cuda_path(torch.bfloat16, a.device) == (PATH_TENSOR_CORES_OCCUPANCY if sm80 else PATH_EXACT)
+        assert backends.cuda_path(torch.float32, a.device) == PATH_EXACT
     # The tensor-core path keeps the normalized rows for the backward; the exact path keeps nothing.
     assert contrastive_forward(*args, PATH_TENSOR_CORES)[2].numel() > 0
     assert contrastive_forward(*args, PATH_EXACT)[2].numel() == 0
@@ -134,6 +137,21 @@ def test_large_shapes_against_float64(dtype, name, shape):
             tolerance = 1e-2 if label == "loss" else 2e-2 * float(y.abs().max())
             error = float((x.double() - y).abs().max())
             assert error <= tolerance, f"{path} {label}: error {error:.3e} > {tolerance:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("shape", [(256, 512), (1000, 96), (4096, 128), (3000, 200), (257, 31), (2048, 300)], ids=str)
+def test_occupancy_variant_is_bit_identical(dtype, name, shape):
+    """The opt-in occupancy variant computes the default tensor-core kernels' results bit for bit
+    (split and unsplit sweeps; resident G for D <= 128 and <= 256, streamed above)."""
+    a, b = leaves(*shape, dtype)
+    with backends.tensor_cores(True):
+        default = loss_and_grads(name, a, b)
+    with backends.tensor_cores("occupancy"):
+        variant = loss_and_grads(name, a, b)
+    for label, x, y in zip(("loss", "grad[a]", "grad[b]"), default, variant):
+        assert torch.equal(x, y), label
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -16,6 +16,12 @@ On a GPU the fused kernels have two paths (:func:`cuda_path`):
   without TF32, and of every call where tensor cores are switched off (``COUN_FAST_TENSOR_CORES=0``
   in the environment, or ``with tensor_cores(False):``).
 
+The tensor-core path also has an *occupancy variant*, opt-in (``COUN_FAST_TENSOR_CORES=occupancy``
+or ``with tensor_cores("occupancy"):``): the same arithmetic, bit for bit (checked in the CPU
+emulation of the CUDA kernels), with the forward and the backward compiled for three thread blocks
+per multiprocessor instead of two and the backward's per-column terms staged in shared memory. It
+has not yet run on a GPU; it becomes the default only if a GPU run shows it correct and faster.
+
 Both paths passed the CUDA tests (float64 and same-precision oracles, bit-identical reruns, CUDA
 graph capture) and compute-sanitizer's memcheck on an H200; the tensor-core path is 10x (D=128)
 and 6x (D=512) faster than the exact one for bfloat16 NT-Xent at 2N=32768 and 22x at CoUn's
@@ -32,31 +38,47 @@ import torch
 from torch import Tensor
 
 from coun_fast import _ext
-from coun_fast.ops.contrastive import PATH_EXACT, PATH_TENSOR_CORES, SUPPORTED_DEVICES, SUPPORTED_DTYPES
+from coun_fast.ops.contrastive import (PATH_EXACT, PATH_TENSOR_CORES, PATH_TENSOR_CORES_OCCUPANCY, SUPPORTED_DEVICES,
+                                       SUPPORTED_DTYPES)
 
 BACKENDS = ("auto", "fused", "reference")
 MAX_DIM = 2048  # the kernels' kMaxDim (csrc/include/coun_fast/contrastive.h); _C checks it too
 TENSOR_CORES_ENV = "COUN_FAST_TENSOR_CORES"
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_tensor_cores_override: bool | None = None
+_OFF = ("0", "false", "no", "off")
+OCCUPANCY = "occupancy"
+_tensor_cores_override: bool | str | None = None
+
+
+def tensor_cores_setting() -> bool | str:
+    """False, True or "occupancy": as set by :func:`tensor_cores`, else by the environment variable
+    ``COUN_FAST_TENSOR_CORES`` (read at every call): "0", "false", "no" or "off" switch the path
+    off, "occupancy" selects its occupancy variant, anything else (or nothing) leaves it on."""
+    if _tensor_cores_override is not None:
+        return _tensor_cores_override
+    text = os.environ.get(TENSOR_CORES_ENV, "").strip().lower()
+    return OCCUPANCY if text == OCCUPANCY else text not in _OFF
 
 
 def tensor_cores_enabled() -> bool:
-    """Whether the tensor-core path may run: as set by :func:`tensor_cores`, else unless the
-    environment variable ``COUN_FAST_TENSOR_CORES`` (read at every call) says "0", "false", "no" or
-    "off"."""
-    if _tensor_cores_override is not None:
-        return _tensor_cores_override
-    return os.environ.get(TENSOR_CORES_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+    """Whether the tensor-core path may run (see :func:`tensor_cores`)."""
+    return tensor_cores_setting() is not False
+
+
+def tensor_core_variant() -> str:
+    """The kernels of the tensor-core path: "default", or "occupancy" (opt-in; the module's doc)."""
+    return OCCUPANCY if tensor_cores_setting() == OCCUPANCY else "default"
 
 
 @contextlib.contextmanager
-def tensor_cores(enabled: bool = True) -> Iterator[None]:
-    """Allow the tensor-core path (or, with ``enabled=False``, force the exact path) inside a
-    ``with`` block, whatever the environment says."""
+def tensor_cores(enabled: bool | str = True) -> Iterator[None]:
+    """Allow the tensor-core path (``True``), its occupancy variant (``"occupancy"``) or, with
+    ``False``, force the exact path inside a ``with`` block, whatever the environment says."""
     global _tensor_cores_override
+    if not isinstance(enabled, bool) and enabled != OCCUPANCY:
+        raise ValueError(f"enabled must be True, False or {OCCUPANCY!r}; got {enabled!r}")
     previous = _tensor_cores_override
-    _tensor_cores_override = bool(enabled)
+    _tensor_cores_override = enabled
     try:
         yield
     finally:
@@ -77,10 +99,13 @@ def _tensor_core_capable(device: torch.device) -> bool:
 def cuda_path(dtype: torch.dtype, device: torch.device) -> int:
     """The CUDA path of a fused call on inputs of ``dtype`` on ``device`` (see the module
     docstring); the exact path on GPUs older than sm_80."""
-    if not tensor_cores_enabled():
+    setting = tensor_cores_setting()
+    if setting is False:
         return PATH_EXACT
     wanted = dtype in _LOW_PRECISION or (dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
-    return PATH_TENSOR_CORES if wanted and _tensor_core_capable(device) else PATH_EXACT
+    if not (wanted and _tensor_core_capable(device)):
+        return PATH_EXACT
+    return PATH_TENSOR_CORES_OCCUPANCY if setting == OCCUPANCY else PATH_TENSOR_CORES
 
 
 def installation_reasons(device: torch.device) -> list[str]:

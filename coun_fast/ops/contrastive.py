@@ -38,7 +38,7 @@ SUPPORTED_DEVICES = ("cpu", "cuda")
 RULE_INDEX, RULE_LABELS, RULE_DIAGONAL, RULE_PARTNER = 0, 1, 2, 3
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 # CUDA paths (csrc/include/coun_fast/contrastive.h): exact float32 SIMT, or tensor cores.
-PATH_EXACT, PATH_TENSOR_CORES = 0, 1
+PATH_EXACT, PATH_TENSOR_CORES, PATH_TENSOR_CORES_OCCUPANCY = 0, 1, 2
 
 _EMPTY_BYTES = (0, 0, 0)
 

@@ -404,20 +404,20 @@ int exact_backward(const Problem& problem, const float* grad_out, const float* s
 }  // namespace
 
 CudaWorkspace cuda_workspace(const Problem& problem, CudaPath path, int device) {
-  if (path == CudaPath::kTensorCores) return tc::workspace(problem, device);
+  if (path != CudaPath::kExact) return tc::workspace(problem, device);
   return CudaWorkspace{0, 4 * exact_scratch_floats(problem, false),
                        4 * exact_scratch_floats(problem, true)};
 }
 
 int contrastive_forward_cuda(const Problem& problem, float* out, float* stats,
                              const CudaLaunch& launch) {
-  if (launch.path == CudaPath::kTensorCores) return tc::forward(problem, out, stats, launch);
+  if (launch.path != CudaPath::kExact) return tc::forward(problem, out, stats, launch);
   return exact_forward(problem, out, stats, launch);
 }
 
 int contrastive_backward_cuda(const Problem& problem, const float* grad_out, const float* stats,
                               void* grad_a, void* grad_b, const CudaLaunch& launch) {
-  if (launch.path == CudaPath::kTensorCores)
+  if (launch.path != CudaPath::kExact)
     return tc::backward(problem, grad_out, stats, grad_a, grad_b, launch);
   return exact_backward(problem, grad_out, stats, grad_a, grad_b, launch);
 }

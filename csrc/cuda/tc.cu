@@ -35,14 +35,15 @@ const DeviceInfo& device_info(int device) {
 }
 
 template <class Path>
-int run_forward(const Plan& plan, cudaStream_t stream) {
+int run_forward(const Plan& plan, bool occupancy, cudaStream_t stream) {
   if (int status = launch_prepare<Path>(plan.params, stream)) return status;
-  return launch_forward<Path>(plan.params, plan.forward_shared, stream);
+  return launch_forward<Path>(plan.params, occupancy, plan.forward_shared, stream);
 }
 
 template <class Path>
-int run_backward(const Plan& plan, cudaStream_t stream) {
-  if (int status = launch_backward<Path>(plan.params, plan.g_chunks, plan.backward_shared, stream)) return status;
+int run_backward(const Plan& plan, bool occupancy, cudaStream_t stream) {
+  if (int status = launch_backward<Path>(plan.params, plan.g_chunks, occupancy, plan.backward_shared, stream))
+    return status;
   return launch_finish<Path>(plan.params, stream);
 }
 
@@ -70,13 +71,14 @@ int forward(const Problem& problem, float* out, float* stats, const CudaLaunch& 
   bind(plan, launch.saved, launch.scratch, nullptr);
   set_forward_outputs(plan, out, stats);
   auto stream = static_cast<cudaStream_t>(launch.stream);
+  const bool occupancy = launch.path == CudaPath::kTensorCoresOccupancy;
   switch (plan.kind) {
     case Kind::kBf16:
-      return run_forward<Bf16Path>(plan, stream);
+      return run_forward<Bf16Path>(plan, occupancy, stream);
     case Kind::kF16:
-      return run_forward<F16Path>(plan, stream);
+      return run_forward<F16Path>(plan, occupancy, stream);
     default:
-      return run_forward<Tf32Path>(plan, stream);
+      return run_forward<Tf32Path>(plan, occupancy, stream);
   }
 }
 
@@ -89,13 +91,14 @@ int backward(const Problem& problem, const float* grad_out, const float* stats, 
   bind(plan, launch.saved, nullptr, launch.scratch);
   set_backward_io(plan, grad_out, stats, grad_a, grad_b);
   auto stream = static_cast<cudaStream_t>(launch.stream);
+  const bool occupancy = launch.path == CudaPath::kTensorCoresOccupancy;
   switch (plan.kind) {
     case Kind::kBf16:
-      return run_backward<Bf16Path>(plan, stream);
+      return run_backward<Bf16Path>(plan, occupancy, stream);
     case Kind::kF16:
-      return run_backward<F16Path>(plan, stream);
+      return run_backward<F16Path>(plan, occupancy, stream);
     default:
-      return run_backward<Tf32Path>(plan, stream);
+      return run_backward<Tf32Path>(plan, occupancy, stream);
   }
 }
 

@@ -216,8 +216,8 @@ __device__ inline bool forward_tile_plain(const Params& p, const ForwardDirectio
          dir.positives.none_in(r0, r1, c0, c1);
 }
 
-template <class Path>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
+template <class Path, bool kOccupancy>
+__global__ void __launch_bounds__(kThreads, kOccupancy ? kOccupancyBlocks : 1) forward_kernel(const Params p) {
   COUN_FAST_DYNAMIC_SHARED(smem);
   const int d = blockIdx.z;
   const ForwardDirection dir = forward_direction(p, d);
@@ -237,10 +237,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
   const unsigned char* q_rows = p.operand[dir.anchor] + row0 * p.row_bytes;
   const unsigned char* k_rows = p.operand[dir.candidate];
 
-  // Row state of this thread's 4 rows (m-tile mt, half h: accumulator rows g and g + 8) and their
-  // positive keys (math.h: a compared candidate is a positive when the keys match).
+  // Row state of this thread's 4 rows (m-tile mt, half h: accumulator rows g and g + 8).
   RowState state[2][2];
-  int64_t row_key[2][2];
   float row_factor[2][2];  // saved row -> unit row
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
@@ -248,7 +246,6 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
     for (int h = 0; h < 2; ++h) {
       const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
       state[mt][h] = {p.fixed_shift ? c2 : -INFINITY, 0.f, 0.f, 0.f};
-      row_key[mt][h] = r < dir.anchors ? dir.positives.row_key(r) : 0;
       row_factor[mt][h] = r < dir.anchors ? p.factor[dir.anchor][r] : 0.f;
     }
   const float* candidate_factor = p.factor[dir.candidate];
@@ -299,20 +296,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
       zero(acc);
       return;
     }
-    int64_t col_key[8][2];
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
-        col_key[nb][e] = c < dir.candidates ? dir.positives.column_key(c) : 0;
-      }
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t r = row0 + 32 * warp + 16 * mt + mma::c_row(lane, 2 * h);
         const bool row_ok = r < dir.anchors;
+        // Positive keys (math.h: a compared candidate is a positive when the keys match), loaded
+        // here: such tiles are few, and registers held through the sweep cost every tile occupancy.
+        const int64_t row_key = row_ok ? dir.positives.row_key(r) : 0;
         RowState& s = state[mt][h];
         bool valid[8][2];
         float tile_max = -INFINITY;
@@ -324,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const Params p) {
             const float x = acc[mt][nb][2 * h + e] * col_factor[nb][e] * row_factor[mt][h];  // cosine
             acc[mt][nb][2 * h + e] = x;
             valid[nb][e] = row_ok && c < dir.candidates && compare.compared(r, c);
-            if (valid[nb][e] && row_key[mt][h] == col_key[nb][e]) {
+            if (valid[nb][e] && row_key == dir.positives.column_key(c)) {
               s.positive_sum += x;
               s.positive_count += 1.f;
             }
@@ -448,7 +440,6 @@ __device__ inline float direction_scale(const Params& p, int d) {
 // positive keys: as anchors of direction as_anchor (its row key) and as candidates of direction
 // as_candidate (its column key).
 struct RowCoefficients {
-  int64_t row0;  // the block's first owner row
   int64_t r[2];
   bool ok[2];
   float factor[2];  // saved row -> unit row
@@ -469,32 +460,55 @@ __device__ inline bool backward_tile_plain(const Params& p, const Owner& owner, 
                                     direction_positives(p, owner.as_candidate).none_in(c0, c1, r0, r1));
 }
 
-// dL/ds of this thread's accumulator values times the other row's factor, in place (the gradient
-// product's operand: the saved other rows are scaled by 2^-e): acc holds the products of the saved
+// What a plain tile's dL/ds needs of this thread's two owner rows (accumulator rows g, g + 8).
+struct RowTerms {
+  float factor[2];    // saved row -> unit row
+  float exp_coef[2];  // the anchor direction's fixed-shift coefficient (0 without one)
+};
+
+// What a plain tile's dL/ds needs of its columns, two at a time: (f_j, cc_j, f_j+1, cc_j+1) with
+// f the other row's factor and cc its coefficient as a candidate of direction as_candidate (0
+// without one); zeros past the other rows' end.
+__device__ inline float4 column_pair(const Params& p, const Owner& owner, float scale_c, int64_t c) {
+  float values[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (c + e >= owner.other_rows) continue;
+    values[2 * e] = p.factor[owner.other][c + e];
+    if (owner.as_candidate >= 0) values[2 * e + 1] = coefficients(p, owner.as_candidate, c + e, scale_c).exp_coef;
+  }
+  return make_float4(values[0], values[1], values[2], values[3]);
+}
+
+// dL/ds of a plain tile (backward_tile_plain: every pair compared in both directions, none
+// positive, fixed shift) times the other row's factor, in place: E_ij (anchor coefficient of i +
+// candidate coefficient of j) f_j, E_ij = exp(s_ij - 1/tau). `columns(nb)` gives column_pair of
+// columns 8 nb + c_col(lane, 0) and the next.
+template <class Columns>
+__device__ inline void plain_logit_gradients(float c2, const RowTerms& rows, Columns&& columns,
+                                             float (&acc)[8][4]) {
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) {
+    const float4 pair = columns(nb);
+    const float f[2] = {pair.x, pair.z}, cc[2] = {pair.y, pair.w};
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float& value = acc[nb][2 * h + e];
+        value = exp2f(fmaf(value * f[e], rows.factor[h] * c2, -c2)) * (rows.exp_coef[h] + cc[e]) * f[e];
+      }
+  }
+}
+
+// dL/ds of this thread's accumulator values times the other row's factor, in place, for any tile
+// (per-pair comparisons, positives and the online shift): acc holds the products of the saved
 // owner rows rc.r[h] and other rows col0 + 8 nb + c_col(lane, e); pairs that are not compared get 0.
 __device__ inline void logit_gradients(const Params& p, const Owner& owner, const RowCoefficients& rc,
                                        float scale_c, int64_t col0, int lane, float (&acc)[8][4]) {
   const bool has_a = owner.as_anchor >= 0, has_c = owner.as_candidate >= 0;
   const float c2 = p.c2;
   const float* other_factor = p.factor[owner.other];
-  if (backward_tile_plain(p, owner, rc.row0, col0)) {
-    // Every pair compared in both directions, none positive, fixed shift:
-    // dL/ds_ij = E_ij (anchor coefficient of i + candidate coefficient of j).
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
-        const float f = other_factor[c];
-        const float cc = has_c ? coefficients(p, owner.as_candidate, c, scale_c).exp_coef : 0.f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float& value = acc[nb][2 * h + e];
-          value = exp2f(fmaf(value * f, rc.factor[h] * c2, -c2)) * (rc.anchor[h].exp_coef + cc) * f;
-        }
-      }
-    return;
-  }
   const Positives pa = has_a ? direction_positives(p, owner.as_anchor) : Positives{};
   const Positives pc = has_c ? direction_positives(p, owner.as_candidate) : Positives{};
 #pragma unroll
@@ -543,7 +557,6 @@ __device__ inline void logit_gradients(const Params& p, const Owner& owner, cons
 __device__ inline RowCoefficients row_coefficients(const Params& p, const Owner& owner, int64_t row0,
                                                    int warp, int lane) {
   RowCoefficients rc;
-  rc.row0 = row0;
   const float scale_a = direction_scale(p, owner.as_anchor);
   const Positives pa = owner.as_anchor >= 0 ? direction_positives(p, owner.as_anchor) : Positives{};
   const Positives pc = owner.as_candidate >= 0 ? direction_positives(p, owner.as_candidate) : Positives{};
@@ -558,6 +571,24 @@ __device__ inline RowCoefficients row_coefficients(const Params& p, const Owner&
     rc.candidate_key[h] = rc.ok[h] && owner.as_candidate >= 0 ? pc.column_key(r) : 0;
   }
   return rc;
+}
+
+__device__ inline RowTerms row_terms(const RowCoefficients& rc) {
+  return {{rc.factor[0], rc.factor[1]}, {rc.anchor[0].exp_coef, rc.anchor[1].exp_coef}};
+}
+
+// dL/ds (times the other row's factor) of the tile of owner rows [row0, row0 + 64) x other rows
+// [col0, col0 + 64), in place: plain_logit_gradients on a plain tile (its per-column terms from
+// `columns`), else logit_gradients with the rows' full coefficients, reloaded for the tile (such
+// tiles are few: keeping them in registers through the sweep would cost every tile occupancy).
+template <class Columns>
+__device__ inline void tile_logit_gradients(const Params& p, const Owner& owner, const RowTerms& rows,
+                                            float scale_c, int64_t row0, int64_t col0, int warp, int lane,
+                                            Columns&& columns, float (&acc)[8][4]) {
+  if (backward_tile_plain(p, owner, row0, col0))
+    plain_logit_gradients(p.c2, rows, columns, acc);
+  else
+    logit_gradients(p, owner, row_coefficients(p, owner, row0, warp, lane), scale_c, col0, lane, acc);
 }
 
 // The gradient product of one 128-byte chunk of the other tile's gradient-operand rows:
@@ -664,8 +695,9 @@ __device__ inline void load_g(const float* rows, int64_t dim_pad, int64_t featur
 
 // Resident variant: D <= 64 kGChunks features; G in registers; whole tiles in shared memory:
 // [owner tile: chunks][2 x other tile: chunks][F16Path: 2 x other tile, tf32 copy: gchunks].
-template <class Path, int kGChunks>
-__global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Params p) {
+template <class Path, int kGChunks, bool kOccupancy>
+__global__ void __launch_bounds__(kThreads, kOccupancy && kGChunks <= 2 ? kOccupancyBlocks : 1)
+    backward_resident_kernel(const Params p) {
   COUN_FAST_DYNAMIC_SHARED(smem);
   const int o = blockIdx.z;
   const Owner owner = owner_of(p, o);
@@ -699,8 +731,16 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
                           v_rows + int64_t(t) * kCols * p.grow_bytes + kc * kChunkBytes, p.grow_bytes);
   };
 
-  const RowCoefficients rc = row_coefficients(p, owner, row0, warp, lane);
+  const RowTerms rows = row_terms(row_coefficients(p, owner, row0, warp, lane));
   const float scale_c = direction_scale(p, owner.as_candidate);
+  // kOccupancy: per stage, the column terms of its tile (column_pair of columns 2 i, 2 i + 1 at i),
+  // written by the first warp, so each is computed once per block instead of by every thread that
+  // uses it (kBackwardStaticShared leaves room for them).
+  __shared__ float4 staged_columns[2][kCols / 2];
+  const bool stager = kOccupancy && threadIdx.x < kCols / 2;
+  auto column_terms = [&](int t) {
+    return stager ? column_pair(p, owner, scale_c, int64_t(t) * kCols + 2 * threadIdx.x) : make_float4(0.f, 0.f, 0.f, 0.f);
+  };
   using GOp = GradientOperand<Path::kGradient>;
   constexpr int kBlocks = kGChunks * 8;  // feature blocks of 8 in registers
   float gacc[kBlocks][4];
@@ -711,12 +751,17 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
 
   for (int kc = 0; kc < chunks; ++kc)
     copy_chunk<kCols>(q_smem + kc * kTileChunkBytes, q_rows + kc * kChunkBytes, p.row_bytes);
-  if (t_begin < t_end) load_tile(t_begin, 0);
+  if (t_begin < t_end) {
+    load_tile(t_begin, 0);
+    if (stager) staged_columns[0][threadIdx.x] = column_terms(t_begin);
+  }
   cp_async_commit();
   for (int t = t_begin; t < t_end; ++t) {
     const int stage = (t - t_begin) % 2;
     if (t + 1 < t_end) load_tile(t + 1, 1 - stage);
     cp_async_commit();
+    // kOccupancy: the next tile's column terms, loaded now, stored once this tile's work is issued.
+    const float4 next_columns = t + 1 < t_end ? column_terms(t + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
     cp_async_wait<1>();
     __syncthreads();
     float acc[1][8][4];
@@ -724,7 +769,11 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
     for (int kc = 0; kc < chunks; ++kc)
       chunk_product<Path, 1>(acc, q_smem + kc * kTileChunkBytes, 16 * warp,
                              k_smem + stage * tile_bytes + kc * kTileChunkBytes, lane);
-    logit_gradients(p, owner, rc, scale_c, int64_t(t) * kCols, lane, acc[0]);
+    const int64_t col0 = int64_t(t) * kCols;
+    tile_logit_gradients(p, owner, rows, scale_c, row0, col0, warp, lane, [&](int nb) {
+      return kOccupancy ? staged_columns[stage][4 * nb + lane % 4]
+                        : column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0));
+    }, acc[0]);
     GOp ds;
     ds.set(acc[0]);
 #pragma unroll
@@ -732,6 +781,7 @@ __global__ void __launch_bounds__(kThreads) backward_resident_kernel(const Param
       if (gc < gchunks)
         ds.product(gacc, gc * GOp::kBlocksPerChunk, v_smem + stage * v_stage_bytes + gc * kTileChunkBytes,
                    lane);
+    if (stager) staged_columns[1 - stage][threadIdx.x] = next_columns;  // read after the next wait
     __syncthreads();  // this stage is read: the next iteration may refill it
   }
   cp_async_wait<0>();
@@ -767,7 +817,7 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
   const unsigned char* k_rows = p.operand[owner.other];
   const unsigned char* v_rows = p.goperand[owner.other];
 
-  const RowCoefficients rc = row_coefficients(p, owner, row0, warp, lane);
+  const RowTerms rows = row_terms(row_coefficients(p, owner, row0, warp, lane));
   const float scale_c = direction_scale(p, owner.as_candidate);
   using GOp = GradientOperand<Path::kGradient>;
   constexpr int kBlocks = GOp::kBlocksPerChunk;
@@ -794,7 +844,10 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
       if (s == 0) zero(acc);
       chunk_product<Path, 1>(acc, q_stage(stage), 16 * warp, k_stage(stage), lane);
       if (s == chunks - 1) {
-        logit_gradients(p, owner, rc, scale_c, int64_t(t) * kCols, lane, acc[0]);
+        const int64_t col0 = int64_t(t) * kCols;
+        tile_logit_gradients(p, owner, rows, scale_c, row0, col0, warp, lane,
+                             [&](int nb) { return column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0)); },
+                             acc[0]);
         ds.set(acc[0]);
       }
       return;
@@ -881,11 +934,11 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(const Params p) {
 
 // ---- launchers ----
 
-// The backward kernel of a variant (tc_plan.h chooses it).
-template <class Path>
+// The backward kernel of a variant (tc_plan.h chooses g_chunks).
+template <class Path, bool kOccupancy>
 auto backward_kernel(int g_chunks) {
-  return g_chunks == 2   ? backward_resident_kernel<Path, 2>
-         : g_chunks == 4 ? backward_resident_kernel<Path, 4>
+  return g_chunks == 2   ? backward_resident_kernel<Path, 2, kOccupancy>
+         : g_chunks == 4 ? backward_resident_kernel<Path, 4, kOccupancy>
                          : backward_streamed_kernel<Path>;
 }
 
@@ -908,16 +961,16 @@ int launch_prepare(const Params& p, cudaStream_t stream) {
 }
 
 template <class Path>
-int launch_forward(const Params& p, int shared_bytes, cudaStream_t stream) {
-  auto kernel = forward_kernel<Path>;
+int launch_forward(const Params& p, bool occupancy, int shared_bytes, cudaStream_t stream) {
+  auto kernel = occupancy ? forward_kernel<Path, true> : forward_kernel<Path, false>;
   if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
   COUN_FAST_LAUNCH(kernel, forward_grid(p), kThreads, shared_bytes, stream, p);
   return cudaGetLastError();
 }
 
 template <class Path>
-int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_t stream) {
-  auto kernel = backward_kernel<Path>(g_chunks);
+int launch_backward(const Params& p, int g_chunks, bool occupancy, int shared_bytes, cudaStream_t stream) {
+  auto kernel = occupancy ? backward_kernel<Path, true>(g_chunks) : backward_kernel<Path, false>(g_chunks);
   if (cudaError_t status = allow_shared(kernel, shared_bytes)) return status;
   COUN_FAST_LAUNCH(kernel, backward_grid(p), kThreads, shared_bytes, stream, p);
   return cudaGetLastError();

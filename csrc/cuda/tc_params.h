@@ -23,11 +23,16 @@ constexpr int kChunkBytes = mma::kRowBytes;        // one chunk row: 128 bytes o
 constexpr int kForwardQBytes = kForwardRows * kChunkBytes;  // 16 KB: one chunk of 128 rows
 constexpr int kTileChunkBytes = kCols * kChunkBytes;        // 8 KB: one chunk of 64 rows
 // Static shared memory a kernel may hold beside its dynamic bytes: the forward's reduce.cuh's 4 KB of
-// partial sums and arrive_last's flag (the backward kernels hold none; the plan leaves
-// kBackwardStaticShared beside them as a margin).
+// partial sums and arrive_last's flag; the resident backward's staged column terms (1 KB, used by
+// the occupancy variant; the plan leaves kBackwardStaticShared beside the backward's dynamic bytes).
 constexpr int kStaticSharedReserve = 8 * 1024;
 constexpr int kBackwardStaticShared = 1024;
 constexpr float kFixedShiftMinTemperature = 1.f / 32.f;
+// The occupancy variant (CudaPath::kTensorCoresOccupancy; opt-in, not yet run on a GPU) compiles the
+// forward and the resident backward of up to 64 g_chunks features for this many blocks per
+// multiprocessor (at most 168 registers a thread instead of the 200-240 that allow two), and the
+// resident backward stages its per-column terms in shared memory once per tile.
+constexpr int kOccupancyBlocks = 3;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -85,7 +90,8 @@ __host__ __device__ inline int final_counter(const Params& p) {
 
 // Launchers of the kernels of one operand path (instantiated in tc_bf16.cu, tc_f16.cu,
 // tc_tf32.cu). `g_chunks`: the backward's variant, 2 or 4 (resident, G in registers for up to
-// 64 g_chunks features) or 0 (streamed). Each returns a cudaError_t value.
+// 64 g_chunks features) or 0 (streamed); `occupancy`: the occupancy variant (kOccupancyBlocks).
+// Each returns a cudaError_t value.
 struct Bf16Path;
 struct F16Path;
 struct Tf32Path;
@@ -93,9 +99,9 @@ struct Tf32Path;
 template <class Path>
 int launch_prepare(const Params& p, cudaStream_t stream);
 template <class Path>
-int launch_forward(const Params& p, int shared_bytes, cudaStream_t stream);
+int launch_forward(const Params& p, bool occupancy, int shared_bytes, cudaStream_t stream);
 template <class Path>
-int launch_backward(const Params& p, int g_chunks, int shared_bytes, cudaStream_t stream);
+int launch_backward(const Params& p, int g_chunks, bool occupancy, int shared_bytes, cudaStream_t stream);
 template <class Path>
 int launch_finish(const Params& p, cudaStream_t stream);
 

@@ -18,7 +18,7 @@ struct EmuMatrix {
   int32_t dtype;
 };
 
-// One problem (see contrastive.h), the CUDA path (0 exact, 1 tensor cores) and the emulated
+// One problem (see contrastive.h), the CUDA path (contrastive.h's CudaPath) and the emulated
 // device (an index into cuda_emulation.h's g_devices).
 struct EmuCall {
   EmuMatrix a, b;

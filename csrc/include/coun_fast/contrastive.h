@@ -76,12 +76,14 @@ const char* cpu_kernel_variant();
 
 // ---- CUDA (csrc/cuda), compiled when nvcc is found ----
 
-// Which CUDA kernels run a problem.
-//   kExact        float32 SIMT arithmetic for every input dtype (the verified default).
+// Which CUDA kernels run a problem (the Python side chooses: coun_fast/ops/backend.py).
+//   kExact        float32 SIMT arithmetic for every input dtype.
 //   kTensorCores  bf16 / fp16 inputs on tensor cores (mma.sync, fp32 accumulation); fp32 inputs
 //                 on TF32 tensor cores. Normalized rows are kept in a workspace saved for the
 //                 backward; small problems split the candidate sweep across thread blocks.
-enum class CudaPath : int32_t { kExact = 0, kTensorCores = 1 };
+//   kTensorCoresOccupancy  the same arithmetic, bit for bit, with kernels compiled for more blocks
+//                 per multiprocessor (tc_params.h: kOccupancyBlocks); opt-in, not yet run on a GPU.
+enum class CudaPath : int32_t { kExact = 0, kTensorCores = 1, kTensorCoresOccupancy = 2 };
 
 // Where a CUDA call runs. The extension links its own (static) CUDA runtime, so the caller's
 // current device is not visible to it: every call names its device. `stream` is a cudaStream_t
