@@ -817,7 +817,7 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
   const unsigned char* k_rows = p.operand[owner.other];
   const unsigned char* v_rows = p.goperand[owner.other];
 
-  const RowTerms rows = row_terms(row_coefficients(p, owner, row0, warp, lane));
+  const RowCoefficients rc = row_coefficients(p, owner, row0, warp, lane);
   const float scale_c = direction_scale(p, owner.as_candidate);
   using GOp = GradientOperand<Path::kGradient>;
   constexpr int kBlocks = GOp::kBlocksPerChunk;
@@ -845,9 +845,12 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
       chunk_product<Path, 1>(acc, q_stage(stage), 16 * warp, k_stage(stage), lane);
       if (s == chunks - 1) {
         const int64_t col0 = int64_t(t) * kCols;
-        tile_logit_gradients(p, owner, rows, scale_c, row0, col0, warp, lane,
-                             [&](int nb) { return column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0)); },
-                             acc[0]);
+        if (backward_tile_plain(p, owner, row0, col0))
+          plain_logit_gradients(p.c2, row_terms(rc), [&](int nb) {
+            return column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0));
+          }, acc[0]);
+        else
+          logit_gradients(p, owner, rc, scale_c, col0, lane, acc[0]);
         ds.set(acc[0]);
       }
       return;
