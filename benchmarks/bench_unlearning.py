@@ -10,7 +10,8 @@ Original and Retrain too) three paths train the same starting model on the retai
 * ``coun_fast``: ``coun_fast.train.fit`` with its defaults (on a GPU: bf16 autocast, channels_last,
   the step captured in a CUDA graph, the fused loss on tensor cores; the ``auto`` augmentation
   backend); ``--variants`` adds the same with those GPU switches off (``exact``, ``eager``,
-  ``exact+eager``);
+  ``exact+eager``) or changed (``occupancy``: the tensor-core kernels' opt-in occupancy variant;
+  ``compile``: the model torch.compile'd inside the CUDA-graph step);
 * ``paper``: the paper's listing as research code writes it: per-sample CPU transforms (torchvision
   where it imports, else Pillow/NumPy) in a ``DataLoader`` with worker processes, float32, a forward
   hook on the penultimate layer for the features, two forward passes, ``F.cosine_similarity`` N x N
@@ -50,10 +51,13 @@ import _harness as harness
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 PATHS = ("coun_fast", "paper", "ceiling")
-# Extra coun_fast paths (--variants): the default's GPU switches turned off, each measured beside it:
-# exact (the loss on the exact float32 kernels instead of tensor cores), eager (no CUDA-graph step).
+# Extra coun_fast paths (--variants): the default's GPU switches turned off or changed, each measured
+# beside it: exact (the loss on the exact float32 kernels instead of tensor cores), eager (no
+# CUDA-graph step), occupancy (the tensor-core kernels' opt-in occupancy variant), compile (the
+# model torch.compile'd, its step still captured in a CUDA graph).
 VARIANTS = {"exact": {"tensor_cores": False}, "eager": {"cuda_graph": False},
-            "exact+eager": {"tensor_cores": False, "cuda_graph": False}}
+            "exact+eager": {"tensor_cores": False, "cuda_graph": False},
+            "occupancy": {"tensor_cores": "occupancy"}, "compile": {"compile": True, "cuda_graph": True}}
 METHODS = ("coun", "ft")
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -168,12 +172,13 @@ def prepare(config: Config) -> Setup:
     return Setup(splits, split, normalization, original.to(config.device).eval(), seconds)
 
 
-def unlearn_config(config: Config, epochs: int, cuda_graph: bool | None = None):
+def unlearn_config(config: Config, epochs: int, cuda_graph: bool | None = None, compile: bool = False):
     """The unlearning optimiser all paths share: the paper's (SGD, momentum 0.9, wd 5e-4, cosine to 1e-4)."""
     from coun_fast.train import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, schedule="cosine", min_lr=1e-4,
-                       seed=config.seed, device=config.device, progress=False, cuda_graph=cuda_graph)
+                       seed=config.seed, device=config.device, progress=False, cuda_graph=cuda_graph,
+                       compile=compile)
 
 
 def lam_of(method: str, config: Config) -> float:
@@ -226,18 +231,18 @@ def _profiled(device: torch.device):
 
 
 def run_coun_fast(method: str, setup: Setup, config: Config, variant: str | None = None) -> PathResult:
-    """coun_fast's defaults, or with a variant's switches (tensor-core kernels, a CUDA-graph step) off."""
+    """coun_fast's defaults, or with a variant's switches (VARIANTS)."""
     from coun_fast.ops import backend as backends
     from coun_fast.train import fit
     from coun_fast.unlearn.coun import CoUnObjective
 
     switches = VARIANTS[variant] if variant else {}
-    graph = switches.get("cuda_graph")  # None: fit's default
+    graph, compiled = switches.get("cuda_graph"), switches.get("compile", False)  # None: fit's default
     objective = CoUnObjective(lam_of(method, config), config.temperature)
     model = copy.deepcopy(setup.original)
     epochs = config.warmup_epochs + config.epochs
     with backends.tensor_cores(switches.get("tensor_cores", backends.tensor_cores_setting())):
-        result = fit(model, setup.splits.train, objective, unlearn_config(config, epochs, graph),
+        result = fit(model, setup.splits.train, objective, unlearn_config(config, epochs, graph, compiled),
                      indices=setup.split.retain, normalization=setup.normalization,
                      description=f"coun_fast{'+' + variant if variant else ''} {method}")
         seconds = [row["seconds"] for row in result.history[config.warmup_epochs:]]
@@ -247,7 +252,7 @@ def run_coun_fast(method: str, setup: Setup, config: Config, variant: str | None
             probe = copy.deepcopy(setup.original)
             with _profiled(torch.device(config.device)) as profile:
                 started = time.perf_counter()
-                fit(probe, setup.splits.train, objective, unlearn_config(config, 1, graph),
+                fit(probe, setup.splits.train, objective, unlearn_config(config, 1, graph, compiled),
                     indices=setup.split.retain, normalization=setup.normalization)
                 wall = time.perf_counter() - started
             phases = phase_breakdown(profile, torch.device(config.device), images // config.batch_size, wall)
