@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="coun-fast",
         description="Fast contrastive machine unlearning: CoUn and its baselines, the field's evaluation, "
                     "fused contrastive losses (CPU and CUDA) and on-device augmentation.",
-        epilog="Start with 'coun-fast demo'. Each command has --help.",
+        epilog="Start with 'coun-fast demo'. Each command has --help. train, unlearn and run also run on "
+               "several GPUs (or CPU processes) under torchrun, e.g. 'torchrun --standalone --nproc_per_node=4 "
+               "-m coun_fast unlearn ...' (README: Several GPUs).",
     )
     parser.add_argument("--version", action="version", version=f"coun-fast {__version__}")
     _verbosity_options(parser, top=True)
