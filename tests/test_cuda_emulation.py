@@ -326,8 +326,9 @@ OCCUPANCY_CASES = [
 
 @pytest.mark.parametrize("case", OCCUPANCY_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_occupancy_variant_is_bit_identical(case):
-    """The occupancy variant (other register limits, column terms staged in shared memory) computes
-    the same loss and gradients as the default tensor-core kernels, bit for bit."""
+    """The occupancy variant (other register limits, column terms staged in shared memory, the
+    finish kernel's loads reordered) computes the same loss and gradients as the default
+    tensor-core kernels, bit for bit."""
     name, n, d, dtype_name, tau, device = case
     dtype, gen = DTYPES[dtype_name], generator(n + 7 * d)
     z1 = make_feature(n, d, dtype, gen).leaf(dtype, "cpu")

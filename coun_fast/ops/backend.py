@@ -16,16 +16,17 @@ On a GPU the fused kernels have two paths (:func:`cuda_path`):
   without TF32, and of every call where tensor cores are switched off (``COUN_FAST_TENSOR_CORES=0``
   in the environment, or ``with tensor_cores(False):``).
 
-The tensor-core path also has an *occupancy variant*, opt-in (``COUN_FAST_TENSOR_CORES=occupancy``
-or ``with tensor_cores("occupancy"):``): the same arithmetic, bit for bit (checked in the CPU
-emulation of the CUDA kernels), with the forward and the backward compiled for three thread blocks
-per multiprocessor instead of two and the backward's per-column terms staged in shared memory. It
-has not yet run on a GPU; it becomes the default only if a GPU run shows it correct and faster.
-
 Both paths passed the CUDA tests (float64 and same-precision oracles, bit-identical reruns, CUDA
 graph capture) and compute-sanitizer's memcheck on an H200; the tensor-core path is 10x (D=128)
 and 6x (D=512) faster than the exact one for bfloat16 NT-Xent at 2N=32768 and 22x at CoUn's
 256 x 512 (benchmarks/results/losses_cuda_20261126T170954Z.json).
+
+The tensor-core path also has an *occupancy variant*, opt-in (``COUN_FAST_TENSOR_CORES=occupancy``
+or ``with tensor_cores("occupancy"):``): the same arithmetic, bit for bit (checked in the CPU
+emulation of the CUDA kernels), with the forward and the backward compiled for three thread blocks
+per multiprocessor instead of two, the backward's per-column terms staged in shared memory and the
+last kernel's loads issued together. It has not yet run on a GPU; it becomes the default only if a
+GPU run shows it correct and faster.
 """
 
 from __future__ import annotations

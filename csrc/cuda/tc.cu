@@ -44,7 +44,7 @@ template <class Path>
 int run_backward(const Plan& plan, bool occupancy, cudaStream_t stream) {
   if (int status = launch_backward<Path>(plan.params, plan.g_chunks, occupancy, plan.backward_shared, stream))
     return status;
-  return launch_finish<Path>(plan.params, stream);
+  return launch_finish<Path>(plan.params, occupancy, stream);
 }
 
 // The device's information, or the error that keeps the tensor-core path off it.

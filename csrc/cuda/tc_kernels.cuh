@@ -19,7 +19,7 @@
 // up to 2^-8, and logits near 1/tau by as much times 1/tau.)
 //
 // Plain tiles: a tile (rows x columns) whose pairs are all in range, all compared and none positive
-// (math.h's all_compared and none_in say so from the index ranges alone) skips every per-pair test:
+// (math.h's plain_rectangle says so from the index ranges alone) skips every per-pair test:
 // with the fixed shift its epilogue is a multiply, an FMA, an exponential and an add per pair. All
 // tiles but those on the diagonal (and, for NT-Xent, on the partner diagonals) and the last row
 // and column tiles are plain when the positives are named by a rule.
@@ -212,8 +212,8 @@ struct RowState {
 // direction is plain (see the file's head).
 __device__ inline bool forward_tile_plain(const Params& p, const ForwardDirection& dir, int64_t r0, int64_t c0) {
   const int64_t r1 = r0 + kForwardRows, c1 = c0 + kCols;
-  return p.fixed_shift && r1 <= dir.anchors && c1 <= dir.candidates && p.problem.compare.all_compared(r0, r1, c0, c1) &&
-         dir.positives.none_in(r0, r1, c0, c1);
+  return p.fixed_shift && r1 <= dir.anchors && c1 <= dir.candidates &&
+         plain_rectangle(p.problem.compare, dir.positives, r0, r1, c0, c1);
 }
 
 template <class Path, bool kOccupancy>
@@ -453,11 +453,8 @@ __device__ inline bool backward_tile_plain(const Params& p, const Owner& owner, 
   const int64_t r1 = r0 + kBackwardRows, c1 = c0 + kCols;
   const Comparison& compare = p.problem.compare;
   if (!p.fixed_shift || r1 > owner.rows || c1 > owner.other_rows) return false;
-  if (owner.as_anchor >= 0 && !(compare.all_compared(r0, r1, c0, c1) &&
-                                direction_positives(p, owner.as_anchor).none_in(r0, r1, c0, c1)))
-    return false;
-  return owner.as_candidate < 0 || (compare.all_compared(c0, c1, r0, r1) &&
-                                    direction_positives(p, owner.as_candidate).none_in(c0, c1, r0, r1));
+  return (owner.as_anchor < 0 || plain_rectangle(compare, direction_positives(p, owner.as_anchor), r0, r1, c0, c1)) &&
+         (owner.as_candidate < 0 || plain_rectangle(compare, direction_positives(p, owner.as_candidate), c0, c1, r0, r1));
 }
 
 // What a plain tile's dL/ds needs of this thread's two owner rows (accumulator rows g, g + 8).
@@ -881,8 +878,10 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
 // One warp per gradient row (A's rows, then B's unless self): the row's G summed over the splits
 // in split order, projected through the normalization, dL/dx_r = (g - (g . a_r) a_r) / (tau
 // max(||x_r||, eps)), written in the input's dtype. Each lane keeps its features (float4 groups
-// lane, lane + 32, ...) in registers between the dot product and the write.
-template <class Path>
+// lane, lane + 32, ...) in registers between the dot product and the write. kOccupancy: the splits'
+// loads of all its groups are issued together (split outermost), one round trip to L2 per split
+// instead of one per split and group; the sums keep the split order (the same bits).
+template <class Path, bool kOccupancy>
 __global__ void __launch_bounds__(kThreads) finish_kernel(const Params p) {
   constexpr int kGroups = kMaxDim / 128;  // float4 groups per lane at the largest dimension
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -901,17 +900,30 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(const Params p) {
   const float inv_norm = p.inv_norm[matrix][r];
   float4 g[kGroups], a[kGroups];
   float dot = 0.f;
+  auto add_split = [&](int s, int i, int64_t k) {
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(g_row + s * split_stride + k));
+    g[i].x += v.x;
+    g[i].y += v.y;
+    g[i].z += v.z;
+    g[i].w += v.w;
+  };
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) g[i] = a[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if constexpr (kOccupancy) {
+    for (int s = 0; s < splits; ++s) {
+#pragma unroll
+      for (int i = 0; i < kGroups; ++i) {
+        const int64_t k = (int64_t(i) * 32 + lane) * 4;
+        if (k < dim_pad) add_split(s, i, k);
+      }
+    }
+  }
 #pragma unroll
   for (int i = 0; i < kGroups; ++i) {
     const int64_t k = (int64_t(i) * 32 + lane) * 4;
-    g[i] = a[i] = make_float4(0.f, 0.f, 0.f, 0.f);
     if (k >= dim_pad) continue;
-    for (int s = 0; s < splits; ++s) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(g_row + s * split_stride + k));
-      g[i].x += v.x;
-      g[i].y += v.y;
-      g[i].z += v.z;
-      g[i].w += v.w;
+    if constexpr (!kOccupancy) {
+      for (int s = 0; s < splits; ++s) add_split(s, i, k);
     }
     a[i].x = k < dim ? x.at(r, k) * inv_norm : 0.f;
     a[i].y = k + 1 < dim ? x.at(r, k + 1) * inv_norm : 0.f;
@@ -980,8 +992,8 @@ int launch_backward(const Params& p, int g_chunks, bool occupancy, int shared_by
 }
 
 template <class Path>
-int launch_finish(const Params& p, cudaStream_t stream) {
-  auto kernel = finish_kernel<Path>;
+int launch_finish(const Params& p, bool occupancy, cudaStream_t stream) {
+  auto kernel = occupancy ? finish_kernel<Path, true> : finish_kernel<Path, false>;
   COUN_FAST_LAUNCH(kernel, finish_grid(p), kThreads, 0, stream, p);
   return cudaGetLastError();
 }

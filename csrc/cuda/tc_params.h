@@ -31,7 +31,8 @@ constexpr float kFixedShiftMinTemperature = 1.f / 32.f;
 // The occupancy variant (CudaPath::kTensorCoresOccupancy; opt-in, not yet run on a GPU) compiles the
 // forward and the resident backward of up to 64 g_chunks features for this many blocks per
 // multiprocessor (at most 168 registers a thread instead of the 200-240 that allow two), and the
-// resident backward stages its per-column terms in shared memory once per tile.
+// resident backward stages its per-column terms in shared memory once per tile; the finish kernel
+// issues all of a row's loads of one split together.
 constexpr int kOccupancyBlocks = 3;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -103,6 +104,6 @@ int launch_forward(const Params& p, bool occupancy, int shared_bytes, cudaStream
 template <class Path>
 int launch_backward(const Params& p, int g_chunks, bool occupancy, int shared_bytes, cudaStream_t stream);
 template <class Path>
-int launch_finish(const Params& p, cudaStream_t stream);
+int launch_finish(const Params& p, bool occupancy, cudaStream_t stream);
 
 }  // namespace coun_fast::tc

@@ -254,6 +254,14 @@ struct Comparison {
   }
 };
 
+// Whether the rectangle of anchors [a0, a1) x candidates [c0, c1) is plain: every pair compared and
+// none positive (conservative, as all_compared and none_in), so a kernel's tile there needs no
+// per-pair test.
+COUN_FAST_HD bool plain_rectangle(const Comparison& comparison, const Positives& positives, int64_t a0, int64_t a1,
+                                  int64_t c0, int64_t c1) {
+  return comparison.all_compared(a0, a1, c0, c1) && positives.none_in(a0, a1, c0, c1);
+}
+
 COUN_FAST_HD bool is_compared(int64_t anchor, int64_t candidate, const Comparison& comparison) {
   return comparison.compared(anchor, candidate);
 }
