@@ -306,21 +306,22 @@ __global__ void __launch_bounds__(kThreads, kOccupancy ? kOccupancyBlocks : 1) f
         // here: such tiles are few, and registers held through the sweep cost every tile occupancy.
         const int64_t row_key = row_ok ? dir.positives.row_key(r) : 0;
         RowState& s = state[mt][h];
-        bool valid[8][2];
         float tile_max = -INFINITY;
+        // acc becomes the cosine of each compared pair and -inf elsewhere, whose exponential below
+        // adds an exact 0.
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int64_t c = col0 + 8 * nb + mma::c_col(lane, e);
             const float x = acc[mt][nb][2 * h + e] * col_factor[nb][e] * row_factor[mt][h];  // cosine
-            acc[mt][nb][2 * h + e] = x;
-            valid[nb][e] = row_ok && c < dir.candidates && compare.compared(r, c);
-            if (valid[nb][e] && row_key == dir.positives.column_key(c)) {
+            const bool valid = row_ok && c < dir.candidates && compare.compared(r, c);
+            acc[mt][nb][2 * h + e] = valid ? x : -INFINITY;
+            if (valid && row_key == dir.positives.column_key(c)) {
               s.positive_sum += x;
               s.positive_count += 1.f;
             }
-            if (valid[nb][e]) tile_max = fmaxf(tile_max, x);
+            if (valid) tile_max = fmaxf(tile_max, x);
           }
         if (!p.fixed_shift) {  // online maximum, in base-2 units (c2 > 0 keeps the order)
           tile_max = quad_max(tile_max) * c2;
@@ -335,8 +336,7 @@ __global__ void __launch_bounds__(kThreads, kOccupancy ? kOccupancyBlocks : 1) f
 #pragma unroll
           for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
-            for (int e = 0; e < 2; ++e)
-              if (valid[nb][e]) s.l += exp2f(fmaf(acc[mt][nb][2 * h + e], c2, shift));
+            for (int e = 0; e < 2; ++e) s.l += exp2f(fmaf(acc[mt][nb][2 * h + e], c2, shift));
         }
       }
     zero(acc);
