@@ -1,8 +1,10 @@
 """The CUDA paths on a GPU: the tensor-core path is taken when switched on, TF32 against the float64
-oracle, bit-determinism, CUDA-graph capture of forward + backward, agreement of the two paths, and
-the memory of a large batch. The property tests of both paths over random shapes are in
-test_losses_property.py ("cuda" and "cuda-tc"); the kernels' arithmetic is also checked on the CPU
-through the emulation (test_tc_emulation.py). Every test here needs a GPU."""
+oracle, bit-determinism, CUDA-graph capture of forward + backward, agreement of the paths with the
+float64 reference, the opt-in occupancy variant bit for bit against the default tensor-core
+kernels, and the memory of a large batch. The property tests of the exact and tensor-core paths
+over random shapes are in test_losses_property.py ("cuda" and "cuda-tc"); the kernels' arithmetic
+is also checked on the CPU through the emulation (test_cuda_emulation.py). Every test here needs a
+GPU."""
 
 from __future__ import annotations
 
