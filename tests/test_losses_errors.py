@@ -311,11 +311,10 @@ def test_tensor_cores_switch_from_the_environment(monkeypatch, value, setting):
     monkeypatch.setenv(backends.TENSOR_CORES_ENV, value)
     assert backends.tensor_cores_setting() == setting
     assert backends.tensor_cores_enabled() == (setting is not False)
-    assert backends.tensor_core_variant() == ("occupancy" if setting == "occupancy" else "default")
     with backends.tensor_cores(False):  # the context manager wins over the environment
         assert backends.tensor_cores_setting() is False
         with backends.tensor_cores("occupancy"):
-            assert backends.tensor_core_variant() == "occupancy"
+            assert backends.tensor_cores_setting() == "occupancy"
         assert backends.tensor_cores_setting() is False
     assert backends.tensor_cores_setting() == setting
 

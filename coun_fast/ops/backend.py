@@ -66,11 +66,6 @@ def tensor_cores_enabled() -> bool:
     return tensor_cores_setting() is not False
 
 
-def tensor_core_variant() -> str:
-    """The kernels of the tensor-core path: "default", or "occupancy" (opt-in; the module's doc)."""
-    return OCCUPANCY if tensor_cores_setting() == OCCUPANCY else "default"
-
-
 @contextlib.contextmanager
 def tensor_cores(enabled: bool | str = True) -> Iterator[None]:
     """Allow the tensor-core path (``True``), its occupancy variant (``"occupancy"``) or, with

@@ -576,16 +576,17 @@ __device__ inline RowTerms row_terms(const RowCoefficients& rc) {
 
 // dL/ds (times the other row's factor) of the tile of owner rows [row0, row0 + 64) x other rows
 // [col0, col0 + 64), in place: plain_logit_gradients on a plain tile (its per-column terms from
-// `columns`), else logit_gradients with the rows' full coefficients, reloaded for the tile (such
-// tiles are few: keeping them in registers through the sweep would cost every tile occupancy).
-template <class Columns>
+// `columns`), else logit_gradients with the rows' full coefficients from `all_rows()` (the
+// resident kernel reloads them there: such tiles are few, and keeping them in registers through
+// the sweep would cost every tile occupancy; the streamed kernel keeps them, which spills less).
+template <class AllRows, class Columns>
 __device__ inline void tile_logit_gradients(const Params& p, const Owner& owner, const RowTerms& rows,
-                                            float scale_c, int64_t row0, int64_t col0, int warp, int lane,
-                                            Columns&& columns, float (&acc)[8][4]) {
+                                            AllRows&& all_rows, float scale_c, int64_t row0, int64_t col0,
+                                            int lane, Columns&& columns, float (&acc)[8][4]) {
   if (backward_tile_plain(p, owner, row0, col0))
     plain_logit_gradients(p.c2, rows, columns, acc);
   else
-    logit_gradients(p, owner, row_coefficients(p, owner, row0, warp, lane), scale_c, col0, lane, acc);
+    logit_gradients(p, owner, all_rows(), scale_c, col0, lane, acc);
 }
 
 // The gradient product of one 128-byte chunk of the other tile's gradient-operand rows:
@@ -767,7 +768,8 @@ __global__ void __launch_bounds__(kThreads, kOccupancy && kGChunks <= 2 ? kOccup
       chunk_product<Path, 1>(acc, q_smem + kc * kTileChunkBytes, 16 * warp,
                              k_smem + stage * tile_bytes + kc * kTileChunkBytes, lane);
     const int64_t col0 = int64_t(t) * kCols;
-    tile_logit_gradients(p, owner, rows, scale_c, row0, col0, warp, lane, [&](int nb) {
+    auto all_rows = [&] { return row_coefficients(p, owner, row0, warp, lane); };
+    tile_logit_gradients(p, owner, rows, all_rows, scale_c, row0, col0, lane, [&](int nb) {
       return kOccupancy ? staged_columns[stage][4 * nb + lane % 4]
                         : column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0));
     }, acc[0]);
@@ -842,12 +844,9 @@ __global__ void __launch_bounds__(kThreads) backward_streamed_kernel(const Param
       chunk_product<Path, 1>(acc, q_stage(stage), 16 * warp, k_stage(stage), lane);
       if (s == chunks - 1) {
         const int64_t col0 = int64_t(t) * kCols;
-        if (backward_tile_plain(p, owner, row0, col0))
-          plain_logit_gradients(p.c2, row_terms(rc), [&](int nb) {
-            return column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0));
-          }, acc[0]);
-        else
-          logit_gradients(p, owner, rc, scale_c, col0, lane, acc[0]);
+        tile_logit_gradients(p, owner, row_terms(rc), [&] { return rc; }, scale_c, row0, col0, lane, [&](int nb) {
+          return column_pair(p, owner, scale_c, col0 + 8 * nb + mma::c_col(lane, 0));
+        }, acc[0]);
         ds.set(acc[0]);
       }
       return;
