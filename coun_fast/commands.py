@@ -307,6 +307,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "experiments need it)")
     parser.add_argument("--no-curves", action="store_true",
                         help="skip the per-epoch evaluation behind curves.png (the file's curves: false)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="train every model (Original, Retrain, each method) at this precision instead of "
+                             "the file's; e.g. bf16 on a GPU for the paper's experiments, whose files say fp32 "
+                             "(the authors' setting). auto: bf16 autocast on a GPU, fp32 on the CPU")
     parser.add_argument("--sweep", action="store_true",
                         help="first try each method's grid (the file's sweep section) on the held-out sweep seed, "
                              "keep the point with the least Avg.Gap (sweep/best_hparams.json), then run the seeds "
@@ -335,7 +339,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         raise ValueError("name an experiment (a shipped name or a YAML file); --list shows the shipped ones")
     config = load_config(recipes.resolve(args.experiment), seeds=args.seeds, methods=args.methods,
                          output=args.output, device=args.device, cache=args.cache, data=args.data,
-                         sweep=args.sweep, curves=False if args.no_curves else None)
+                         sweep=args.sweep, curves=False if args.no_curves else None, precision=args.precision)
     if args.check:  # under torchrun, on rank 0 alone: what the K ranks would refuse too
         check_distributed_experiment(config, distributed.launched_world_size())
         check_experiment(config)

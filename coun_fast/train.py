@@ -350,11 +350,16 @@ def check_resumable(path: str | Path, config: TrainConfig, record: dict | None, 
     return state
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with ``auto`` resolved for ``device``: bf16 on a GPU, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def precision_autocast(config: TrainConfig, device: torch.device):
     """The autocast context of ``config.precision`` on ``device`` (a null context for fp32)."""
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = effective_precision(config.precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

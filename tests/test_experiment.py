@@ -106,6 +106,41 @@ def test_config_resolution_and_yaml_floats(tmp_path):
         load_config(path, sweep=True)
 
 
+def test_precision_override_reaches_every_training_run(tmp_path):
+    raw = {"data": {"dataset": "digits"}, "original": {"precision": "fp32", "epochs": 2},
+           "unlearn": {"precision": "fp32"},
+           "methods": ["ft", {"name": "coun", "train": {"precision": "fp16", "lr": 0.02}},
+                      {"name": "bad_teacher", "protocol": "authors"}],
+           "sweep": {"seed": 100, "grid": {"ft": {"lr": [0.01, 0.1]}}}}
+    config = load_config(raw, precision="bf16")
+    assert (config.original.precision, config.retrain.precision, config.unlearn.precision) == ("bf16",) * 3
+    assert config.original.epochs == 2 and config.retrain.epochs == 2  # Retrain still takes the Original's recipe
+    assert [m.train_config(config.unlearn).precision for m in config.methods] == ["bf16"] * 3
+    assert config.methods[1].train_config(config.unlearn).lr == 0.02  # the method's other settings stay
+    assert raw["original"]["precision"] == "fp32"  # the caller's mapping is left as it was
+    own_retrain = load_config({**raw, "retrain": {"preset": "paper", "precision": "fp16"}}, precision="fp32")
+    assert own_retrain.retrain.precision == "fp32"
+    assert load_config(raw).methods[1].train_config(load_config(raw).unlearn).precision == "fp16"  # no override
+    with pytest.raises(ConfigError, match="--precision: must be one of auto, fp32, bf16, fp16; got 'half'"):
+        load_config(raw, precision="half")
+    swept = {**raw, "sweep": {"seed": 100, "grid": {"ft": {"precision": ["fp32", "bf16"]}}}}
+    with pytest.raises(ConfigError, match="--precision: the sweep grid varies precision for ft"):
+        load_config(swept, precision="bf16")
+    paper = load_config(recipes.resolve("cifar10_resnet18_random10"), data=".", precision="bf16")
+    assert {paper.original.precision, paper.retrain.precision, paper.unlearn.precision} == {"bf16"}
+
+
+def test_run_precision_option_checks_and_records(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text("data: {dataset: digits}\nmethods: [ft]\n")
+    assert main(["run", str(path), "--check", "--precision", "fp32", "--output", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    assert "valid" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--check", "--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
 def test_shipped_recipes():
     assert {"cpu_smoke", "cpu_small", "cifar10_resnet18_random10", "cifar10_resnet18_class_truck",
             "cifar10_resnet18_sequential", "tinyimagenet_resnet18_random10"} <= set(recipes.available())

@@ -50,7 +50,7 @@ from coun_fast.data import DATASETS
 from coun_fast.data.registry import resolve_location
 from coun_fast.files import relative_paths
 from coun_fast.models import MODELS
-from coun_fast.train import PRESETS, TrainConfig, parse_device
+from coun_fast.train import PRECISIONS, PRESETS, TrainConfig, parse_device
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
 from coun_fast.unlearn.cl_plugin import CL_DEFAULTS, split_name
 from coun_fast.workflow import DataSource
@@ -467,18 +467,48 @@ REFERENCES = ("retrain", "original")
 """What every experiment runs besides its methods: accepted (and ignored) in ``--methods``."""
 
 
+TRAIN_SECTIONS = ("original", "retrain", "unlearn")
+"""The experiment file's TrainConfig sections (methods' ``train`` mappings sit on top of ``unlearn``)."""
+
+
+def _set_precision(raw: dict, precision: str) -> None:
+    """Every training run of ``raw`` at ``precision``: the TrainConfig sections (``retrain`` only when
+    the file has one; otherwise it takes the Original's) and the methods' ``train`` mappings that
+    name a precision. A sweep grid may not vary it."""
+    for section in TRAIN_SECTIONS:
+        if section == "retrain" and raw.get(section) is None:
+            continue
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section]["precision"] = precision
+    for entry in raw.get("methods") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("train"), dict) and "precision" in entry["train"]:
+            entry["train"]["precision"] = precision
+    grid = (raw.get("sweep") or {}).get("grid")
+    swept = [label for label, params in grid.items() if isinstance(params, dict) and "precision" in params] \
+        if isinstance(grid, dict) else []
+    if swept:
+        raise ConfigError(f"--precision: the sweep grid varies precision for {', '.join(map(str, swept))}; "
+                          "remove it from the grid or drop --precision")
+
+
 def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=None, cache=None, data=None,
-                    sweep: bool = False, curves: bool | None = None) -> dict:
+                    sweep: bool = False, curves: bool | None = None, precision: str | None = None) -> dict:
     """A copy of the raw mapping with command-line overrides applied (None = keep the file's value).
 
     ``methods`` keeps the listed methods (by label or name) and their sweep grids; ``retrain`` and
     ``original`` may be listed too (every run trains and evaluates them, as the references).
     ``sweep=True`` enables the file's sweep section (an error when it has none); ``data`` sets
-    ``data.path``; ``curves`` sets ``curves``.
+    ``data.path``; ``curves`` sets ``curves``; ``precision`` sets the precision of every training
+    run (the Original, Retrain and every method; the cache keys follow, as they hash the recipes).
     """
     raw = copy.deepcopy(raw)
     if curves is not None:
         raw["curves"] = curves
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision: must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        _set_precision(raw, precision)
     for key, value in (("seeds", seeds), ("output", output), ("device", device), ("cache", cache)):
         if value is not None:
             raw[key] = list(value) if key == "seeds" else str(value)

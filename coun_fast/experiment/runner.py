@@ -59,7 +59,7 @@ from coun_fast.experiment.config import ExperimentConfig, MethodSpec, grid_point
 from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summarize, write_csv, write_json
 from coun_fast.files import relative_path, write_text_atomic
 from coun_fast.runfolder import locked, staged_by_main
-from coun_fast.train import TrainConfig, resolve_device
+from coun_fast.train import TrainConfig, effective_precision, resolve_device
 from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
 
 logger = logging.getLogger(__name__)
@@ -364,8 +364,11 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
     out = config.output
     summary = summarize(rows)
     title = f"{config.name}: {config.data.dataset}, {config.model.name}, {config.scenario.describe()}"
-    details = (f"Seeds {list(config.seeds)}; Original {config.original.epochs} epochs, unlearning "
-               f"{config.unlearn.epochs} epochs (per-method overrides in results.json)."
+    original_precision = effective_precision(config.original.precision, device)
+    unlearn_precision = effective_precision(config.unlearn.precision, device)
+    details = (f"Seeds {list(config.seeds)}; Original {config.original.epochs} epochs ({original_precision}), "
+               f"unlearning {config.unlearn.epochs} epochs ({unlearn_precision}) (per-method overrides in "
+               "results.json)."
                + (" Hyperparameters chosen by the sweep on seed "
                   f"{config.sweep.seed}: see sweep/best_hparams.json." if sweep else ""))
     files = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md",
