@@ -23,7 +23,8 @@ from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_
                                 train_original)
 
 _TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "min_lr",
-                    "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device", "sync_batchnorm")
+                    "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device", "sync_batchnorm",
+                    "checkpoint_every")
 
 
 def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -58,6 +59,10 @@ def _training_options(parser: argparse.ArgumentParser, preset: str) -> None:
     group.add_argument("--augment-backend", choices=("auto", "dali", "torch", "cpu"),
                        help="augmentation backend (auto: dali or torch on a GPU, cpu otherwise)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                       help=f"seconds between checkpoints: one is written after the first epoch that ends this "
+                            f"long after the previous one (or the start), and after the last epoch; 0: after every "
+                            f"epoch ({base.checkpoint_every:g})")
     group.add_argument("--resume", action="store_true",
                        help="continue a killed run of OUT from its checkpoint (kept in .OUT.partial beside OUT); "
                             "refused when that checkpoint is of another run")

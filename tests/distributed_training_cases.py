@@ -24,7 +24,7 @@ from nets import TinyNet
 
 EPOCHS = 2
 CONFIG = TrainConfig(epochs=EPOCHS, batch_size=16, lr=0.05, schedule="cosine", min_lr=1e-3, device="cpu",
-                     progress=False, augment_backend="cpu", sync_batchnorm=True)
+                     progress=False, augment_backend="cpu", sync_batchnorm=True, checkpoint_every=0)
 COUN = {
     "coun": dict(lam=1.0, temperature=0.2, cl_scope="global"),
     "coun_rank": dict(lam=1.0, temperature=0.2, cl_scope="rank"),
@@ -134,7 +134,7 @@ def run(name: str, train, *, run_dir=None, resume: bool = False, stop_after_epoc
 
 
 WORKFLOW_CONFIG = TrainConfig(epochs=2, batch_size=64, lr=0.01, schedule="cosine", min_lr=1e-4, device="cpu",
-                              progress=False, augment_backend="cpu", sync_batchnorm=True)
+                              progress=False, augment_backend="cpu", sync_batchnorm=True, checkpoint_every=0)
 """The unlearning run of the workflow case: small_cnn's Original on the embedded digits (8x8)."""
 
 

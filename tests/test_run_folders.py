@@ -46,9 +46,9 @@ from coun_fast.train import TrainConfig
 from coun_fast.workflow import DataSource, load_run, make_forget_split, run_unlearning, train_original
 
 TINY = ["--model", "small_cnn", "--image-size", "8", "--batch-size", "64", "--device", "cpu", "--no-progress",
-        "--augment-backend", "cpu"]
+        "--augment-backend", "cpu", "--checkpoint-every", "0"]  # kills wait for the first epoch's checkpoint
 TRAIN = ["train", *TINY, "--epochs", "2", "--lr", "0.05"]
-API = dict(batch_size=64, device="cpu", progress=False, augment_backend="cpu")
+API = dict(batch_size=64, device="cpu", progress=False, augment_backend="cpu", checkpoint_every=0)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

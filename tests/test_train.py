@@ -37,7 +37,7 @@ def test_training_lowers_the_loss(data):
 
 
 def test_resume_after_a_kill_is_identical(data, tmp_path):
-    config = small_config(epochs=4)
+    config = small_config(epochs=4, checkpoint_every=0)  # a checkpoint after every epoch
     torch.manual_seed(0)
     reference = TinyNet()
     expected = fit(reference, data.train, CrossEntropy(), config)
@@ -61,6 +61,36 @@ def test_resume_after_a_kill_is_identical(data, tmp_path):
         assert torch.equal(a, b), name
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
     assert strip(resumed.history) == strip(expected.history)
+
+
+def test_checkpoints_are_written_when_due_and_after_the_last_epoch(data, tmp_path, monkeypatch):
+    """checkpoint_every: a checkpoint after the first epoch that ends that long after the last
+    write (or the start), and after the last epoch; 0 after every epoch. On a clock that advances
+    25 s per epoch, 60 s between writes means after the third epoch and the last."""
+    import coun_fast.train as train_module
+
+    def written_epochs(config, run_dir):
+        now = {"t": 0.0}
+        monkeypatch.setattr(train_module, "_clock", lambda: now["t"])
+        seen = []
+
+        def hook(model, epoch):  # runs before the epoch's own checkpoint decision
+            now["t"] = 25.0 * (epoch + 1)
+            path = run_dir / "checkpoint.pt"
+            seen.append(checkpoint.load(path)["epoch"] if path.is_file() else None)
+            return {}
+
+        fit(TinyNet(), data.train, CrossEntropy(), config, run_dir=run_dir, on_epoch_end=hook)
+        return seen, checkpoint.load(run_dir / "checkpoint.pt")["epoch"]
+
+    assert written_epochs(small_config(epochs=6, checkpoint_every=60), tmp_path / "a") == (
+        [None, None, None, 3, 3, 3], 6)
+    assert written_epochs(small_config(epochs=3, checkpoint_every=0), tmp_path / "b") == ([None, 1, 2], 3)
+    assert written_epochs(small_config(epochs=3), tmp_path / "c") == ([None, None, None], 3)  # default 60 s
+    # the setting does not make another run: a run resumes whatever its checkpoint_every
+    resumed = fit(TinyNet(), data.train, CrossEntropy(), small_config(epochs=3, checkpoint_every=5),
+                  run_dir=tmp_path / "c", resume=True)
+    assert resumed.resumed_from_epoch == 3
 
 
 def test_resume_refuses_another_configuration(data, tmp_path):
@@ -116,6 +146,8 @@ def test_paper_schedule():
         (dict(milestones=(0.5, 1.5)), "milestones must be fractions"),
         (dict(precision="int8"), "precision must be one of"),
         (dict(seed=-3), "seed must be an integer >= 0"),
+        (dict(checkpoint_every=-1.0), "checkpoint_every must be a finite number of seconds >= 0"),
+        (dict(checkpoint_every=True), "checkpoint_every must be a finite number of seconds >= 0"),
     ],
 )
 def test_config_errors(changes, match):

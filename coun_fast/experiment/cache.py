@@ -6,10 +6,11 @@ Both live in ``{cache}/original/{key}/`` and ``{cache}/retrain/{key}/`` (a workf
 plus ``key.json``, what the hash covers, for people). An entry is written as a unit
 (:func:`coun_fast.runfolder.staged`): it appears only when finished, under its lock, and a
 finished entry is reused as it is. A killed entry resumes from the checkpoint in its partial
-folder when that checkpoint is of the same run, and starts over otherwise. ``device`` and
-``progress`` are left out of the hashes: where a model was trained and whether a bar was shown
-do not change its recipe (results on another device may differ in the last bits). A file data
-set is identified by its path in the key and by its content in the models' records. Two
+folder when that checkpoint is of the same run, and starts over otherwise. ``device``,
+``progress`` and ``checkpoint_every`` are left out of the hashes: where a model was trained,
+whether a bar was shown and how often a checkpoint was written do not change its recipe (results
+on another device may differ in the last bits). A file data set is identified by its path in the
+key and by its content in the models' records. Two
 processes filling the same entry at once: the second is refused at once, naming the first.
 
 Under ``torchrun`` (several ranks) every rank trains a missing entry together; rank 0 alone takes
@@ -37,14 +38,14 @@ from coun_fast.workflow import MODEL_FILE, Run, load_run, prepare_original, prep
 
 CACHE_VERSION = 2
 """2: entries written as a unit; splits and records carry the data set's identity."""
-_UNHASHED = ("device", "progress")
+_UNHASHED = ("device", "progress", "checkpoint_every")
 _LATER_DEFAULTS = {"optimizer": "sgd"}
 """TrainConfig fields added after CACHE_VERSION 1, left out of the hashes at these values (so the keys of
 entries made before they existed stay valid)."""
 
 
 def recipe(config: TrainConfig) -> dict:
-    """``config`` as a dict without the fields that do not change the trained model (device, progress)
+    """``config`` as a dict without the fields that do not change the trained model (:data:`_UNHASHED`)
     and without later fields at their old implicit value (``optimizer: sgd``)."""
     return {k: v for k, v in config.to_dict().items()
             if k not in _UNHASHED and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
