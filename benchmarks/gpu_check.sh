@@ -128,11 +128,18 @@ group_protocol() {
   # The paper's protocol for one seed (Original, Retrain, FT, CoUn) in bf16 autocast, the fast path
   # the time target is about (GPU_CHECK_PROTOCOL_PRECISION=fp32 runs the file's fp32, the authors'
   # setting); the runner prints each stage's time and the total. Whatever the deadline leaves; an
-  # unfinished run says how far it got.
+  # unfinished run says how far it got. The run folders (models of 45 MB) stay outside $OUT; its
+  # results.md and results.json come back as protocol_results.*, results.md in the log too.
   have_cifar10 protocol || return
+  local dir=/tmp/coun_fast_protocol
   step "paper protocol, seed 0, $protocol_precision" 600 coun-fast run cifar10_resnet18_random10 --data "$cifar10" \
-    --seeds 0 --methods retrain ft coun --precision "$protocol_precision" --output "$out_dir/protocol" \
+    --seeds 0 --methods retrain ft coun --precision "$protocol_precision" --output "$dir" \
     --cache /tmp/coun_fast_cache --no-progress --no-curves
+  local kind
+  for kind in md json; do
+    [[ -f "$dir/results.$kind" ]] && cp "$dir/results.$kind" "$out_dir/protocol_results.$kind"
+  done
+  [[ -f "$dir/results.md" ]] && cat "$dir/results.md" >>"$log"
 }
 group_large_data() {
   # 3000 generated 256-px JPEGs, packed; two-view 224-px batches: DALI (nvjpeg), torchvision's GPU

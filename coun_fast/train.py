@@ -479,8 +479,8 @@ def fit(
         run_dir: where ``checkpoint.pt`` is written (atomically; after the epochs that
             ``config.checkpoint_every`` says); None = nowhere.
         resume: continue from ``run_dir/checkpoint.pt`` when it exists; it must have been written
-            with the same config (but for ``progress``) and the same ``record``, else ValueError
-            saying what differs.
+            with the same config (but for :data:`NOT_RECIPE`) and the same ``record``, else
+            ValueError saying what differs.
         record: the run's identity, plain JSON-safe values stored in the checkpoint (data set,
             model, method, split...): what a resumed run must match.
         on_epoch_end: ``(model, epoch) -> dict`` of metrics added to that epoch's history row
@@ -547,6 +547,19 @@ def fit(
         spent, trained, extra = state["seconds"], state["trained_images"], state["extra_forward_images"]
     resumed_from = start_epoch
     last_written = _clock()  # rank 0's clock decides when a checkpoint is due
+
+    def save_if_due(epoch: int, final: bool) -> None:
+        """The checkpoint after ``epoch`` when ``final`` or ``config.checkpoint_every`` has passed."""
+        nonlocal last_written
+        if not final and _clock() - last_written < config.checkpoint_every:
+            return
+        checkpoint.save(path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
+            "history": history, "seconds": spent, "trained_images": trained, "extra_forward_images": extra,
+            "record": record or {}, "environment": checkpoint.environment(device), "world_size": world_size,
+        })
+        last_written = _clock()
 
     restore_batchnorm = (distributed.convert_sync_batchnorm(model, device) if config.sync_batchnorm and world_size > 1
                          else lambda: None)
@@ -617,20 +630,7 @@ def fit(
                 row["stopped"] = "the method's stopping rule"
             if path is not None:
                 final = stop or epoch + 1 == config.epochs
-
-                def save_if_due() -> None:
-                    nonlocal last_written
-                    if not final and _clock() - last_written < config.checkpoint_every:
-                        return
-                    checkpoint.save(path, {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config.to_dict(),
-                        "history": history, "seconds": spent, "trained_images": trained, "extra_forward_images": extra,
-                        "record": record or {}, "environment": checkpoint.environment(device), "world_size": world_size,
-                    })
-                    last_written = _clock()
-
-                distributed.on_main(save_if_due, f"write the checkpoint {str(path)!r}")
+                distributed.on_main(partial(save_if_due, epoch, final), f"write the checkpoint {str(path)!r}")
             if stop:
                 break
         if bar is not None:
