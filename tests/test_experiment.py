@@ -130,7 +130,7 @@ def test_precision_override_reaches_every_training_run(tmp_path):
     assert {paper.original.precision, paper.retrain.precision, paper.unlearn.precision} == {"bf16"}
 
 
-def test_run_precision_option_checks_and_records(tmp_path, capsys):
+def test_run_precision_option_is_checked(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text("data: {dataset: digits}\nmethods: [ft]\n")
     assert main(["run", str(path), "--check", "--precision", "fp32", "--output", str(tmp_path / "o"),

@@ -471,6 +471,14 @@ TRAIN_SECTIONS = ("original", "retrain", "unlearn")
 """The experiment file's TrainConfig sections (methods' ``train`` mappings sit on top of ``unlearn``)."""
 
 
+def _sweep_grid(raw: dict) -> dict:
+    """The raw sweep grid ``{label: {param: [values]}}``; empty when the file has none or it is not
+    a mapping (parse_config then says what is wrong)."""
+    sweep = raw.get("sweep")
+    grid = sweep.get("grid") if isinstance(sweep, dict) else None
+    return grid if isinstance(grid, dict) else {}
+
+
 def _set_precision(raw: dict, precision: str) -> None:
     """Every training run of ``raw`` at ``precision``: the TrainConfig sections (``retrain`` only when
     the file has one; otherwise it takes the Original's) and the methods' ``train`` mappings that
@@ -484,9 +492,7 @@ def _set_precision(raw: dict, precision: str) -> None:
     for entry in raw.get("methods") or []:
         if isinstance(entry, dict) and isinstance(entry.get("train"), dict) and "precision" in entry["train"]:
             entry["train"]["precision"] = precision
-    grid = (raw.get("sweep") or {}).get("grid")
-    swept = [label for label, params in grid.items() if isinstance(params, dict) and "precision" in params] \
-        if isinstance(grid, dict) else []
+    swept = [label for label, params in _sweep_grid(raw).items() if isinstance(params, dict) and "precision" in params]
     if swept:
         raise ConfigError(f"--precision: the sweep grid varies precision for {', '.join(map(str, swept))}; "
                           "remove it from the grid or drop --precision")
@@ -525,8 +531,8 @@ def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=
         if unknown:
             raise ConfigError(f"--methods: {', '.join(unknown)} not in the experiment; its methods: {', '.join(known)}")
         raw["methods"] = [e for label, e in known.items() if label in methods or e.get("name") in methods]
-        grid = (raw.get("sweep") or {}).get("grid")
-        if isinstance(grid, dict):
+        grid = _sweep_grid(raw)
+        if grid:
             kept = {e.get("label", e.get("name")) for e in raw["methods"]}
             raw["sweep"]["grid"] = {label: params for label, params in grid.items() if label in kept}
     if sweep:
