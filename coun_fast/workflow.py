@@ -35,6 +35,7 @@ for the wall times in its record, which are each rank's own); only the methods t
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ from coun_fast import checkpoint, distributed
 from coun_fast.data import DatasetSplits, ForgetSplit, check_within_training, load_dataset, make_split
 from coun_fast.data.identity import check_same_dataset, dataset_identity
 from coun_fast.data.recipes import Normalization
-from coun_fast.evaluate import Cost, avg_gap, centroid_distances, predict, prediction_distribution, unlearning_metrics
+from coun_fast.evaluate import (ATTACKS, Cost, avg_gap, centroid_distances, metrics_from_predictions, predict,
+                                prediction_distribution, unlearning_predictions)
 from coun_fast.identity import plain, weights_digest
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
 from coun_fast.runfolder import CHECKPOINT, check_target, staged_by_main
@@ -360,6 +362,70 @@ def run_unlearning(
         return step.run(work, Path(folder), resume=resume, on_epoch_end=on_epoch_end)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunPredictions:
+    """What an evaluation needs of a run's model (:func:`predict_run`): its predictions on a split's
+    forget, retain and test samples, and the run's recorded cost. :meth:`metrics` computes the rest
+    without the model, on the CPU (the MIA's SVC fit), so it may run in another thread while the
+    model trains on."""
+
+    predictions: dict
+    """``forget``, ``retain``, ``test`` (and ``forgotten_test`` for a class-wise split) :class:`Predictions`."""
+    cost: dict
+    """The run's ``seconds`` and ``PFLOPs`` from its record."""
+    mia_attack: str
+    predict_seconds: float
+
+    def metrics(self, retrain: "dict | None" = None) -> dict:
+        """UA, RA, TA, MIA, FA, ``eval_seconds`` (model passes and metrics), the run's cost, and
+        Avg.Gap when ``retrain`` metrics are given (see :func:`evaluate_run`)."""
+        started = time.perf_counter()
+        metrics = metrics_from_predictions(**self.predictions, mia_attack=self.mia_attack)
+        metrics["eval_seconds"] = self.predict_seconds + time.perf_counter() - started
+        if retrain is not None:
+            metrics["Avg.Gap"] = avg_gap(metrics, retrain)
+        metrics.update(self.cost)
+        return metrics
+
+
+def predict_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None, device=None,
+                mia_attack: str = "confidence", data: DatasetSplits | None = None) -> RunPredictions:
+    """The model passes of :func:`evaluate_run` (arguments as there), after its checks; the
+    metrics follow from :meth:`RunPredictions.metrics`."""
+    run = _as_run(run)
+    return _predict(run, *_evaluation_data(run, split, data), device=device, mia_attack=mia_attack)
+
+
+def _predict(run: "Run", splits: DatasetSplits, split: ForgetSplit, *, device, mia_attack: str) -> RunPredictions:
+    if mia_attack not in ATTACKS:
+        raise ValueError(f"mia_attack must be one of {', '.join(map(repr, ATTACKS))}; got {mia_attack!r}")
+    if device is not None:
+        run.model.to(device)
+    started = time.perf_counter()
+    predictions = unlearning_predictions(run.model, splits.train, splits.test, split,
+                                         normalization=run.normalization)
+    cost = {k: v for k, v in run.record.get("cost", {}).items() if k in ("seconds", "PFLOPs")}
+    return RunPredictions(predictions, cost, mia_attack, time.perf_counter() - started)
+
+
+def _evaluation_data(run: "Run", split, data: DatasetSplits | None) -> tuple[DatasetSplits, ForgetSplit]:
+    """The run's data set and the split to evaluate it on, checked against each other and the run."""
+    if split is None:
+        split = run.folder / SPLIT_FILE
+        if not split.is_file():
+            raise ValueError(f"{str(run.folder)!r} has no {SPLIT_FILE}; pass the split to evaluate against "
+                             "(e.g. the split.npz of an unlearning run)")
+    where = "the split" if isinstance(split, ForgetSplit) else repr(str(split))
+    if not isinstance(split, ForgetSplit):
+        split = ForgetSplit.load(split)
+    splits, identity = run.load_data(data)
+    _check_classes(run.model, splits, f"the model of {str(run.folder)!r}")
+    check_same_dataset(split.dataset, identity, where)
+    check_split_of(run, split, where)
+    check_within_training(split, np.asarray(run.record["train_indices"]))
+    return splits, split
+
+
 def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
                  retrain: "dict | None" = None, device=None, analyses: bool = False,
                  mia_attack: str = "confidence", data: DatasetSplits | None = None) -> dict:
@@ -375,28 +441,11 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     ``analyses=True`` adds the paper's representation analyses: ``forget_predictions`` (share in %
     of the forget samples predicted as each class, top 5) and ``centroid_distances`` (average
     distance of the forget features to each retain class centroid, divided by the largest).
+    The same in two parts: :func:`predict_run` (the model passes), then :meth:`RunPredictions.metrics`.
     """
     run = _as_run(run)
-    if split is None:
-        split = run.folder / SPLIT_FILE
-        if not split.is_file():
-            raise ValueError(f"{str(run.folder)!r} has no {SPLIT_FILE}; pass the split to evaluate against "
-                             "(e.g. the split.npz of an unlearning run)")
-    where = "the split" if isinstance(split, ForgetSplit) else repr(str(split))
-    if not isinstance(split, ForgetSplit):
-        split = ForgetSplit.load(split)
-    splits, identity = run.load_data(data)
-    _check_classes(run.model, splits, f"the model of {str(run.folder)!r}")
-    check_same_dataset(split.dataset, identity, where)
-    check_split_of(run, split, where)
-    check_within_training(split, np.asarray(run.record["train_indices"]))
-    if device is not None:
-        run.model.to(device)
-    metrics = unlearning_metrics(run.model, splits.train, splits.test, split, normalization=run.normalization,
-                                 mia_attack=mia_attack)
-    if retrain is not None:
-        metrics["Avg.Gap"] = avg_gap(metrics, retrain)
-    metrics.update({k: v for k, v in run.record.get("cost", {}).items() if k in ("seconds", "PFLOPs")})
+    splits, split = _evaluation_data(run, split, data)
+    metrics = _predict(run, splits, split, device=device, mia_attack=mia_attack).metrics(retrain)
     if analyses:
         metrics.update(representation_analyses(run, splits, split))
     return metrics

@@ -311,13 +311,18 @@ def test_sequential_stages(cache, tmp_path):
 
 
 def test_sweep_picks_least_avg_gap(cache, tmp_path, monkeypatch):
-    def fake_evaluate(run, *, split=None, device=None, **_):
-        """Retrain UA 5; CoUn's UA = 10 x lam, so lam = 0.5 has Avg.Gap 0."""
-        lam = run.record.get("hparams", {}).get("lam")
-        ua = 10.0 * lam if run.record.get("method") == "coun" else 5.0 if run.record["kind"] == "unlearned" else 20.0
-        return {"UA": ua, "RA": 100.0, "TA": 90.0, "MIA": 10.0, "seconds": 1.0, "PFLOPs": 0.0}
+    class FakePredictions:
+        def __init__(self, run, *, split=None, device=None, **_):
+            self.run = run
 
-    monkeypatch.setattr(runner_module, "evaluate_run", fake_evaluate)
+        def metrics(self):
+            """Retrain UA 5; CoUn's UA = 10 x lam, so lam = 0.5 has Avg.Gap 0."""
+            record = self.run.record
+            lam = record.get("hparams", {}).get("lam")
+            ua = 10.0 * lam if record.get("method") == "coun" else 5.0 if record["kind"] == "unlearned" else 20.0
+            return {"UA": ua, "RA": 100.0, "TA": 90.0, "MIA": 10.0, "seconds": 1.0, "PFLOPs": 0.0}
+
+    monkeypatch.setattr(runner_module, "predict_run", FakePredictions)
     raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "coun", "label": "CoUn"}],
                sweep={"seed": 7, "grid": {"CoUn": {"lam": [0.1, 1.0, 0.5], "epochs": [1]}}})
     config = load_config(raw, sweep=True)
@@ -365,3 +370,179 @@ def test_curve_sets_follow_the_scenario():
     assert set(data.test.labels[sets["forgotten_class_test_acc"][1]]) == {2}
     assert 2 not in set(data.test.labels[sets["test_acc"][1]])
     assert sets["forget_acc"][1].tolist() == split.forget.tolist()
+
+
+# -- evaluations that overlap training -------------------------------------------------------------
+def _comparable(row: dict) -> dict:
+    """A row without what differs between two trainings of the same recipe: wall times."""
+    return {k: v for k, v in row.items() if k not in ("seconds", "folder")}
+
+
+def test_overlapped_evaluation_gives_the_same_rows_and_files(finished, cache, tmp_path, monkeypatch):
+    """overlap_evaluation=True computes each evaluation's metrics in a worker thread while the next
+    model trains, and the rows, folders and step lines are those of the plain run."""
+    import threading
+
+    config, results, lines = finished
+    threads = set()
+    plain_predict = runner_module.predict_run
+
+    def recording(*args, **kwargs):
+        predictions = plain_predict(*args, **kwargs)
+        metrics = predictions.metrics
+
+        class Recorded:
+            def metrics(self):
+                threads.add(threading.current_thread().name)
+                return metrics()
+        return Recorded()
+
+    monkeypatch.setattr(runner_module, "predict_run", recording)
+    overlapped = parse_config(tiny(tmp_path, cache))
+    again_lines = []
+    again = run_experiment(overlapped, progress=False, log=again_lines.append, overlap_evaluation=True)
+    assert threads and all(name.startswith("coun_fast-evaluation") for name in threads)
+    assert [_comparable(r) for r in again["runs"]] == [_comparable(r) for r in results["runs"]]
+    for row in again["runs"]:
+        if row["label"] not in ("Retrain", "Original"):
+            stored = json.loads((overlapped.output / row["folder"] / "metrics.json").read_text())
+            assert _comparable(stored["row"]) == _comparable(row)
+    assert not list(overlapped.output.glob("**/.*.partial"))
+
+    def steps(log):
+        return [line.split("] ", 1)[1].split(":")[0] for line in log if "Avg.Gap" in line and "seed" in line]
+    assert sorted(steps(again_lines)) == sorted(steps(lines))
+    assert "waiting for evaluations" in again["timings"]["stages"]
+
+
+def test_a_pending_evaluation_is_committed_when_a_later_step_fails(cache, tmp_path, monkeypatch):
+    """ft's evaluation is still running when coun fails: ft's folder is still committed with its
+    row (as it is when evaluations do not overlap), and the rerun skips it."""
+    import threading
+
+    release = threading.Event()
+    seen = {}
+    plain_predict, plain_prepare = runner_module.predict_run, runner_module.prepare_unlearning
+
+    def held(run, **kwargs):
+        predictions = plain_predict(run, **kwargs)
+        if run.record.get("method") != "ft":
+            return predictions
+
+        class Held:
+            def metrics(self):
+                release.wait(timeout=60)
+                return predictions.metrics()
+        return Held()
+
+    def failing(method, *args, **kwargs):
+        if method == "coun":
+            seen["ft committed"] = (tmp_path / "out" / "seed_0" / "ft" / "metrics.json").exists()
+            release.set()
+            raise RuntimeError("coun failed")
+        return plain_prepare(method, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "predict_run", held)
+    monkeypatch.setattr(runner_module, "prepare_unlearning", failing)
+    raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}, {"name": "coun"}])
+    with pytest.raises(RuntimeError, match="coun failed"):
+        run_experiment(parse_config(raw), progress=False, log=None, overlap_evaluation=True)
+    assert seen == {"ft committed": False}  # the evaluation was pending when coun failed
+    ft = tmp_path / "out" / "seed_0" / "ft"
+    assert (ft / "metrics.json").is_file() and (ft / "model.pt").is_file()
+    monkeypatch.undo()
+    lines = []
+    run_experiment(parse_config(raw), progress=False, log=lines.append, overlap_evaluation=True)
+    assert any("seed 0 ft: finished before, skipped" in line for line in lines)
+
+
+def test_a_failed_overlapped_evaluation_leaves_the_folder_uncommitted(cache, tmp_path, monkeypatch):
+    """A method whose evaluation fails in a worker is not committed (its partial folder keeps the
+    checkpoint for the rerun, which finishes it); the error reaches the caller."""
+    plain_predict = runner_module.predict_run
+
+    def broken(run, **kwargs):
+        predictions = plain_predict(run, **kwargs)
+        if run.record.get("method") != "ft":
+            return predictions
+
+        class Broken:
+            def metrics(self):
+                raise ValueError("the SVC failed")
+        return Broken()
+
+    monkeypatch.setattr(runner_module, "predict_run", broken)
+    raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}, {"name": "coun"}])
+    with pytest.raises(ValueError, match="the SVC failed"):
+        run_experiment(parse_config(raw), progress=False, log=None, overlap_evaluation=True)
+    seed = tmp_path / "out" / "seed_0"
+    assert not (seed / "ft").exists() and (seed / ".ft.partial" / "checkpoint.pt").is_file()
+    monkeypatch.undo()
+    results = run_experiment(parse_config(raw), progress=False, log=None, overlap_evaluation=True)
+    assert {r["label"] for r in results["runs"]} == {"Retrain", "Original", "ft", "coun"}
+    assert not (seed / ".ft.partial").exists() and (seed / "ft" / "metrics.json").is_file()
+
+
+def test_overlap_evaluation_option(capsys, monkeypatch, tmp_path, cache):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--overlap-evaluation {auto,on,off}" in capsys.readouterr().out
+    monkeypatch.setattr(runner_module.distributed, "active", lambda: True)
+    with pytest.raises(ValueError, match="overlap_evaluation: evaluations cannot overlap training under torchrun"):
+        run_experiment(parse_config(tiny(tmp_path, cache)), progress=False, log=None, overlap_evaluation=True)
+
+
+def test_evaluations_finish_in_order_and_exit_their_contexts():
+    import contextlib
+    import threading
+
+    from coun_fast.experiment.background import Evaluations
+
+    events = []
+
+    @contextlib.contextmanager
+    def folder(name):
+        try:
+            yield
+        except BaseException as error:
+            events.append((name, "aborted", str(error)))
+            raise
+        events.append((name, "committed"))
+
+    def stack(name):
+        contexts = contextlib.ExitStack()
+        contexts.enter_context(folder(name))
+        return contexts
+
+    gate = threading.Event()
+
+    def slow():
+        gate.wait(timeout=60)
+        return {"name": "a"}
+
+    def fails():
+        raise RuntimeError("b broke")
+
+    with Evaluations(workers=2) as evaluations:
+        a = evaluations.submit(slow, contexts=stack("a"), then=lambda row: events.append(("then", row["name"])))
+        evaluations.submit(fails, contexts=stack("b"))
+        c = evaluations.submit(lambda: {"name": "c", "a": a.result()["name"]}, contexts=stack("c"),
+                               then=lambda row: events.append(("then", row["name"])))
+        evaluations.collect()  # a is not done: nothing finishes out of order
+        assert events == []
+        gate.set()
+        with pytest.raises(RuntimeError, match="b broke"):
+            evaluations.collect(wait=True)
+        evaluations.collect(wait=True)
+    assert events == [("a", "committed"), ("then", "a"), ("b", "aborted", "b broke"), ("c", "committed"),
+                      ("then", "c")]
+    assert c.result() == {"name": "c", "a": "a"}
+
+    inline = Evaluations(workers=0)  # runs and finishes in submit, raising there
+    assert not inline.background
+    events.clear()
+    with pytest.raises(RuntimeError, match="b broke"):
+        inline.submit(fails, contexts=stack("b"))
+    assert events == [("b", "aborted", "b broke")]
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        Evaluations(workers=-1)

@@ -16,6 +16,7 @@ from coun_fast.workflow import (
     evaluate_run,
     load_run,
     make_forget_split,
+    predict_run,
     run_unlearning,
     save_run,
     train_original,
@@ -53,6 +54,15 @@ def test_workflow_end_to_end(original, tmp_path):
     assert 0 <= metrics["UA"] <= 100 and metrics["Avg.Gap"] >= 0
     with pytest.raises(ValueError, match="has no split.npz"):
         evaluate_run(original)
+    # the same in two parts: the model passes, then the metrics (which need no model)
+    predictions = predict_run(tmp_path / "coun")
+    assert set(predictions.predictions) == {"forget", "retain", "test"} and predictions.predict_seconds > 0
+    parts = predictions.metrics({"UA": 0.0, "RA": 100.0, "TA": 100.0, "MIA": 0.0})
+    assert {k: v for k, v in parts.items() if k != "eval_seconds"} == {
+        k: v for k, v in metrics.items() if k != "eval_seconds"}
+    assert parts["eval_seconds"] >= predictions.predict_seconds
+    with pytest.raises(ValueError, match="mia_attack must be one of 'confidence'"):
+        predict_run(tmp_path / "coun", mia_attack="loss")
     analysed = evaluate_run(again, analyses=True)
     assert len(analysed["forget_predictions"]) == 5 and sum(analysed["forget_predictions"].values()) <= 100.0 + 1e-9
     distances = analysed["centroid_distances"]

@@ -13,7 +13,8 @@ Modules: :mod:`.predict` (one pass of a model), :mod:`.metrics` (UA, RA, TA, MIA
 
 from coun_fast.evaluate.analysis import centroid_distances, distribution_gap, prediction_distribution
 from coun_fast.evaluate.cost import Cost, CostMeter, pflops
-from coun_fast.evaluate.metrics import GAP_KEYS, accuracy, avg_gap, metrics_from_predictions, unlearning_metrics
+from coun_fast.evaluate.metrics import (GAP_KEYS, accuracy, avg_gap, metrics_from_predictions, unlearning_metrics,
+                                        unlearning_predictions)
 from coun_fast.evaluate.mia import ATTACKS, attack_features, mia_efficacy, mia_privacy, true_label_confidence
 from coun_fast.evaluate.predict import Predictions, eval_mode, predict
 from coun_fast.evaluate.report import gap_bar_chart, metrics_table
@@ -40,4 +41,5 @@ __all__ = [
     "predict",
     "true_label_confidence",
     "unlearning_metrics",
+    "unlearning_predictions",
 ]

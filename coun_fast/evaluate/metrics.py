@@ -29,7 +29,8 @@ from coun_fast.data.splits import ForgetSplit, class_test_subsets
 from coun_fast.evaluate.mia import mia_efficacy, mia_privacy
 from coun_fast.evaluate.predict import Predictions, predict
 
-__all__ = ["accuracy", "unlearning_metrics", "metrics_from_predictions", "avg_gap", "GAP_KEYS"]
+__all__ = ["accuracy", "unlearning_metrics", "unlearning_predictions", "metrics_from_predictions", "avg_gap",
+           "GAP_KEYS"]
 
 GAP_KEYS = ("UA", "RA", "TA", "MIA")
 """The metrics Avg. Gap averages over (SalUn's and CoUn's definition)."""
@@ -78,6 +79,44 @@ def metrics_from_predictions(
     return out
 
 
+def unlearning_predictions(
+    model: nn.Module,
+    train: ImageDataset,
+    test: ImageDataset,
+    split: ForgetSplit,
+    *,
+    normalization,
+    batch_size: int = 512,
+    device=None,
+    precision: str = "fp32",
+    backend: str = "auto",
+) -> dict:
+    """The model passes of :func:`unlearning_metrics`: ``{"forget", "retain", "test"}``
+    :class:`Predictions` (plus ``"forgotten_test"`` for a class-wise split), each sample predicted
+    once. ``test`` is the retained classes' test images for a class-wise split. Their metrics,
+    :func:`metrics_from_predictions`, need no model: they can be computed in another thread.
+    Arguments as for :func:`unlearning_metrics`."""
+    if not isinstance(split, ForgetSplit):
+        raise TypeError(f"split must be a ForgetSplit; got {type(split).__name__}")
+    for name, value in (("train", train), ("test", test)):
+        if not isinstance(value, ImageDataset):
+            raise TypeError(f"{name} must be an ImageDataset; got {type(value).__name__}")
+    if split.train_indices[-1] >= len(train):
+        raise ValueError(
+            f"split uses training index {int(split.train_indices[-1])} but train has only {len(train)} samples; "
+            "is it the split of another data set?"
+        )
+    run = dict(normalization=normalization, batch_size=batch_size, device=device, precision=precision, backend=backend)
+    out = {"forget": predict(model, train, split.forget, **run), "retain": predict(model, train, split.retain, **run)}
+    test_all = predict(model, test, None, **run)
+    if split.kind == "class":
+        kept, forgotten = class_test_subsets(test.labels, split.forget_classes)
+        out["test"], out["forgotten_test"] = test_all.take(kept), test_all.take(forgotten)
+    else:
+        out["test"] = test_all
+    return out
+
+
 def unlearning_metrics(
     model: nn.Module,
     train: ImageDataset,
@@ -116,39 +155,18 @@ def unlearning_metrics(
     Returns:
         ``{"UA", "RA", "TA", "MIA", "FA", "num_forget", "num_retain", "num_test", "eval_seconds"}``
         plus ``forgotten_class_test_acc`` for a class-wise split (and ``MIA_privacy`` /
-        ``predictions`` when asked). Every sample is predicted exactly once. ``TA``, ``num_test``
-        and the MIA non-members are the retained classes' test images for a class-wise split.
+        ``predictions`` when asked). Every sample is predicted exactly once
+        (:func:`unlearning_predictions`). ``TA``, ``num_test`` and the MIA non-members are the
+        retained classes' test images for a class-wise split.
     """
-    if not isinstance(split, ForgetSplit):
-        raise TypeError(f"split must be a ForgetSplit; got {type(split).__name__}")
-    for name, value in (("train", train), ("test", test)):
-        if not isinstance(value, ImageDataset):
-            raise TypeError(f"{name} must be an ImageDataset; got {type(value).__name__}")
-    if split.train_indices[-1] >= len(train):
-        raise ValueError(
-            f"split uses training index {int(split.train_indices[-1])} but train has only {len(train)} samples; "
-            "is it the split of another data set?"
-        )
     started = time.perf_counter()
-    run = dict(normalization=normalization, batch_size=batch_size, device=device, precision=precision, backend=backend)
-    forget = predict(model, train, split.forget, **run)
-    retain = predict(model, train, split.retain, **run)
-    test_all = predict(model, test, None, **run)
-    forgotten_test = None
-    if split.kind == "class":
-        kept, forgotten = class_test_subsets(test.labels, split.forget_classes)
-        test_pred, forgotten_test = test_all.take(kept), test_all.take(forgotten)
-    else:
-        test_pred = test_all
-    out = metrics_from_predictions(
-        forget, retain, test_pred, forgotten_test=forgotten_test, mia=mia, privacy=privacy, short_retain=short_retain,
-        mia_attack=mia_attack,
-    )
+    predictions = unlearning_predictions(model, train, test, split, normalization=normalization,
+                                         batch_size=batch_size, device=device, precision=precision, backend=backend)
+    out = metrics_from_predictions(**predictions, mia=mia, privacy=privacy, short_retain=short_retain,
+                                   mia_attack=mia_attack)
     out["eval_seconds"] = time.perf_counter() - started
     if return_predictions:
-        out["predictions"] = {"forget": forget, "retain": retain, "test": test_pred}
-        if forgotten_test is not None:
-            out["predictions"]["forgotten_test"] = forgotten_test
+        out["predictions"] = predictions
     return out
 
 

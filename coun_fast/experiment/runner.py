@@ -20,6 +20,12 @@ folder is written as a unit, its evaluation included (:func:`coun_fast.runfolder
 stale folder of another hash is replaced only when the new run has finished. Every other file
 is replaced atomically; ``config.json`` and the results are written together at the end.
 
+On a GPU, each evaluation's metrics (the MIA's SVC fit, seconds of CPU) are computed in worker
+threads while the next model trains (:mod:`coun_fast.experiment.background`); a method's folder
+is then committed once its row is stored, and its step line follows. A sequential stage, the
+sweep's choice and the results wait for the evaluations they read. ``overlap_evaluation`` of
+:func:`run_experiment` (``--overlap-evaluation``) sets this; the rows are the same either way.
+
 Under ``torchrun`` (a process group of several ranks) every rank trains every step together (the
 Original and Retrain of each seed and stage, each method, each sweep point;
 :func:`coun_fast.train.fit` under DistributedDataParallel) and rank 0 alone does the rest: it
@@ -44,6 +50,8 @@ import json
 import logging
 import subprocess
 import time
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -53,6 +61,7 @@ from coun_fast import checkpoint, distributed
 from coun_fast.data import ForgetSplit, class_test_subsets
 from coun_fast.evaluate import accuracy, avg_gap, predict
 from coun_fast.experiment import plots
+from coun_fast.experiment.background import Evaluations, default_workers, done
 from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
 from coun_fast.experiment.check import check_distributed_experiment, check_experiment
 from coun_fast.experiment.config import ExperimentConfig, MethodSpec, grid_points, point_name
@@ -60,7 +69,7 @@ from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summar
 from coun_fast.files import relative_path, write_text_atomic
 from coun_fast.runfolder import locked, staged_by_main
 from coun_fast.train import TrainConfig, effective_precision, resolve_device
-from coun_fast.workflow import Run, evaluate_run, make_forget_split, prepare_unlearning
+from coun_fast.workflow import Run, RunPredictions, make_forget_split, predict_run, prepare_unlearning
 
 logger = logging.getLogger(__name__)
 """The runner's step lines, one INFO record per step (``coun-fast run`` shows them; in Python,
@@ -143,30 +152,24 @@ def _store(folder: Path, key: str, row: dict) -> dict:
     return row
 
 
-def _evaluated_row(evaluate: Callable[[], dict], what: str) -> dict:
-    """``evaluate()`` (an evaluation and its stored row) on rank 0 while the other ranks wait;
-    every rank gets the row."""
-    return distributed.on_main(evaluate, f"evaluate {what}")
-
-
 @dataclasses.dataclass
 class Stage:
-    """One forgetting step of a seed: its split, its Retrain and Retrain's metrics."""
+    """One forgetting step of a seed: its split, its Retrain and (the future of) Retrain's row."""
 
     index: int
     split: ForgetSplit
     retrain: Cached
-    reference: dict
+    reference: Future
 
 
 @dataclasses.dataclass
 class SeedSetup:
-    """What every method of one seed shares: the Original, the stages, the reference rows."""
+    """What every method of one seed shares: the Original, the stages, the reference rows (futures)."""
 
     seed: int
     original: Cached
     stages: list[Stage]
-    rows: list[dict]
+    rows: list[Future]
 
 
 class Runner:
@@ -174,7 +177,8 @@ class Runner:
     ``splits``: the experiment's data set when already loaded."""
 
     def __init__(self, config: ExperimentConfig, *, progress: bool = True,
-                 log: Callable[[str], None] | None = logger.info, splits=None):
+                 log: Callable[[str], None] | None = logger.info, splits=None,
+                 evaluations: Evaluations | None = None):
         self.config = config
         self.progress = progress
         self.log = log
@@ -182,6 +186,7 @@ class Runner:
         self.started = time.perf_counter()
         self.stage_seconds: dict[str, float] = {}  # wall time of each step, training and evaluation
         self._splits = splits
+        self.evaluations = evaluations or Evaluations()
 
     def data_splits(self):
         """The experiment's data set (training and test splits), loaded once."""
@@ -221,6 +226,30 @@ class Runner:
     def _where(self, seed: int, stage: int, stages: int) -> str:
         return f"seed {seed}" + (f" stage {stage + 1}/{stages}" if stages > 1 else "")
 
+    def evaluate(self, predict: Callable[[], RunPredictions], row: Callable[[dict], dict], what: str, *,
+                 contexts: contextlib.ExitStack | None = None, then: Callable[[dict], None] | None = None) -> Future:
+        """The future of ``row(metrics)`` (which stores the row) for the run ``predict()`` predicts,
+        through :attr:`evaluations`: ``predict()`` here, its metrics in the background when they
+        overlap training. The evaluation takes over ``contexts`` (what is entered in the stack),
+        which exit, and ``then(row)`` is called, once the row is stored.
+        Under torchrun all of it runs on rank 0 while the other ranks wait, and every rank gets
+        the row."""
+        if self.evaluations.background:  # never under torchrun (see run_experiment)
+            predictions = predict()  # on failure ``contexts`` stay the caller's, who exits them with the error
+            compute = lambda: row(predictions.metrics())  # noqa: E731
+        else:
+            compute = lambda: distributed.on_main(lambda: row(predict().metrics()), f"evaluate {what}")  # noqa: E731
+        return self.evaluations.submit(compute, contexts=None if contexts is None else contexts.pop_all(), then=then)
+
+    def wait_for_evaluations(self) -> None:
+        """Finish every pending evaluation (the wait for background ones counts as the stage
+        "waiting for evaluations")."""
+        if not self.evaluations.background:
+            self.evaluations.collect(wait=True)  # nothing is pending
+            return
+        with self.timed("waiting for evaluations"):
+            self.evaluations.collect(wait=True)
+
     # -- shared steps --------------------------------------------------------------------------
     def setup(self, seed: int, root: Path) -> SeedSetup:
         """The Original (cached), the split of ``seed``, and per stage Retrain (cached) and the
@@ -242,56 +271,61 @@ class Runner:
             self.say(f"{where}: forget {len(part.forget)} of {len(part.train_indices)}; Retrain "
                      f"{'reused from the cache' if retrain.hit else 'trained'}")
             folder = self._stage_folder(root / "Retrain", k, split.num_stages)
-            reference = _finished(folder, retrain.key)
-            if reference is None:
-                def evaluate_retrain(folder=folder, part=part, retrain=retrain, k=k) -> dict:
-                    metrics = evaluate_run(retrain.run, split=part, device=self.device)
+            stored = _finished(folder, retrain.key)
+            if stored is not None:
+                reference = done(stored)
+            else:
+                def retrain_row(metrics: dict, folder=folder, retrain=retrain, k=k) -> dict:
                     return _store(folder, retrain.key, _row("Retrain", "retrain", seed, k, metrics, metrics,
                                                             folder=str(retrain.run.folder)))
-                reference = _evaluated_row(evaluate_retrain, f"{where} Retrain")
+                reference = self.evaluate(partial(predict_run, retrain.run, split=part, device=self.device),
+                                          retrain_row, f"{where} Retrain")
             rows.append(reference)
             folder = self._stage_folder(root / "Original", k, split.num_stages)
             key = fingerprint([original.key, retrain.key])
-            row = _finished(folder, key)
-            if row is None:
-                def evaluate_original(folder=folder, key=key, part=part, reference=reference, k=k) -> dict:
-                    metrics = evaluate_run(original.run, split=part, device=self.device)
-                    return _store(folder, key, _row("Original", "original", seed, k, metrics, reference,
+            stored = _finished(folder, key)
+            if stored is not None:
+                rows.append(done(stored))
+            else:
+                def original_row(metrics: dict, folder=folder, key=key, reference=reference, k=k) -> dict:
+                    return _store(folder, key, _row("Original", "original", seed, k, metrics, reference.result(),
                                                     folder=str(original.run.folder)))
-                row = _evaluated_row(evaluate_original, f"{where} Original")
-            rows.append(row)
+                rows.append(self.evaluate(partial(predict_run, original.run, split=part, device=self.device),
+                                          original_row, f"{where} Original"))
             stages.append(Stage(k, part, retrain, reference))
         return SeedSetup(seed, original, stages, rows)
 
     # -- methods -------------------------------------------------------------------------------
-    def method_rows(self, setup: SeedSetup, spec: MethodSpec, base: Path, *, what: str = "") -> list[dict]:
+    def method_rows(self, setup: SeedSetup, spec: MethodSpec, base: Path, *, what: str = "") -> list[Future]:
         """Run (or reuse) ``spec`` at every stage of ``setup``: stage 0 starts from the Original,
-        stage k from this method's model of stage k-1. One row per stage."""
+        stage k from this method's model of stage k-1. One row (a future) per stage."""
         start: Run | Path = setup.original.run
         start_key = setup.original.key
         config = self.train_config(spec.train_config(self.config.unlearn), setup.seed)
         rows = []
         for stage in setup.stages:
+            if stage.index > 0:
+                self.wait_for_evaluations()  # this stage starts from the folder of the last, committed with its row
             folder = self._stage_folder(base, stage.index, len(setup.stages))
             where = f"{self._where(setup.seed, stage.index, len(setup.stages))} {what or spec.label}"
             key = fingerprint({"method": spec.name, "hparams": spec.hparams, "config": recipe(config),
                                "start": start_key, "split": split_fingerprint(stage.split)})
-            row = _finished(folder, key)
-            if row is not None:
+            stored = _finished(folder, key)
+            if stored is not None:
                 self.say(f"{where}: finished before, skipped")
+                rows.append(done(stored))
             else:
                 with self.timed(where):
-                    row = self._run_method(setup, stage, spec, config, start, folder, key)
-                self.say(f"{where}: {row.get('seconds', 0.0):.1f} s, UA {row['UA']:.2f} RA {row['RA']:.2f} "
-                         f"TA {row['TA']:.2f} MIA {row['MIA']:.2f}, Avg.Gap {row['Avg.Gap']:.2f}")
-            rows.append(row)
+                    rows.append(self._run_method(setup, stage, spec, config, start, folder, key, where))
+                self.evaluations.collect()  # finish (commit, log) the evaluations done meanwhile
             start, start_key = folder, key
         return rows
 
     def _run_method(self, setup: SeedSetup, stage: Stage, spec: MethodSpec, config: TrainConfig,
-                    start: "Run | Path", folder: Path, key: str) -> dict:
+                    start: "Run | Path", folder: Path, key: str, where: str) -> Future:
         """Run, evaluate and store one method in ``folder``, written as a unit (a killed run of the
-        same ``key`` continues from its checkpoint; a folder of another key is replaced at the end)."""
+        same ``key`` continues from its checkpoint; a folder of another key is replaced at the end,
+        once the evaluation has stored its row: see :meth:`evaluate`)."""
         original = setup.original.run
         curve = None
         if self.config.curves:
@@ -306,19 +340,26 @@ class Runner:
             step.belongs(work)
 
         # the experiment's lock covers its folders; a stale folder of another key is replaced
-        with staged_by_main(folder, overwrite=True, resume="auto", belongs=belongs, lock=False) as work:
+        with contextlib.ExitStack() as contexts:
+            work = contexts.enter_context(staged_by_main(folder, overwrite=True, resume="auto", belongs=belongs,
+                                                         lock=False))
             distributed.on_main(lambda: write_text_atomic(work / RUN_KEY_FILE, key), f"write {RUN_KEY_FILE!r}")
             run = step.run(work, folder, resume=True, on_epoch_end=curve)
+            points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
+                                               for r in run.record["history"] if "forget_acc" in r]
+            extra = dict(hparams=run.record["hparams"], train=spec.train,
+                         folder=relative_path(folder, self.config.output), curve=points)
 
-            def evaluate() -> dict:
-                metrics = evaluate_run(run, split=stage.split, device=self.device)
-                points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
-                                                   for r in run.record["history"] if "forget_acc" in r]
-                row = _row(spec.label, spec.name, setup.seed, stage.index, metrics, stage.reference,
-                           hparams=run.record["hparams"], train=spec.train,
-                           folder=relative_path(folder, self.config.output), curve=points)
-                return _store(work, key, row)
-            return _evaluated_row(evaluate, f"{spec.label} of seed {setup.seed}")
+            def method_row(metrics: dict) -> dict:
+                return _store(work, key, _row(spec.label, spec.name, setup.seed, stage.index, metrics,
+                                              stage.reference.result(), **extra))
+
+            def then(row: dict) -> None:
+                self.say(f"{where}: {row.get('seconds', 0.0):.1f} s, UA {row['UA']:.2f} RA {row['RA']:.2f} "
+                         f"TA {row['TA']:.2f} MIA {row['MIA']:.2f}, Avg.Gap {row['Avg.Gap']:.2f}")
+            # the folder is committed when the row is stored, now or after the next steps' training
+            return self.evaluate(partial(predict_run, run, split=stage.split, device=self.device), method_row,
+                                 f"{spec.label} of seed {setup.seed}", contexts=contexts, then=then)
 
     # -- sweep ---------------------------------------------------------------------------------
     def sweep(self, methods: tuple[MethodSpec, ...]) -> dict:
@@ -337,7 +378,11 @@ class Runner:
                 name = point_name(values)
                 rows = self.method_rows(setup, spec.with_values(values), root / spec.label / name,
                                         what=f"sweep {spec.label} {name}")
-                trials.append({"values": values, "Avg.Gap": sum(r["Avg.Gap"] for r in rows) / len(rows)})
+                trials.append({"values": values, "rows": rows})
+            self.wait_for_evaluations()
+            trials = [{"values": trial["values"],
+                       "Avg.Gap": sum(row.result()["Avg.Gap"] for row in trial["rows"]) / len(trial["rows"])}
+                      for trial in trials]
             best = min(trials, key=lambda trial: trial["Avg.Gap"])
             chosen[spec.label] = {"best": best["values"], "Avg.Gap": best["Avg.Gap"], "trials": trials}
             self.say(f"sweep {spec.label}: best {point_name(best['values'])} (Avg.Gap {best['Avg.Gap']:.2f} "
@@ -392,7 +437,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = True,
-                   log: Callable[[str], None] | None = logger.info) -> dict:
+                   log: Callable[[str], None] | None = logger.info, overlap_evaluation: bool | None = None) -> dict:
     """Run ``config`` (resuming what its output folder already holds) and write its results.
 
     With an enabled sweep, each method's grid is tried on the sweep seed first and the best point
@@ -401,11 +446,19 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
     Everything is checked first (:func:`coun_fast.experiment.check.check_experiment`); the run
     holds the output folder's lock throughout.
 
+    ``overlap_evaluation``: compute each evaluation's metrics (the MIA's SVC fit, seconds on a CPU)
+    in worker threads while the next model trains (:mod:`coun_fast.experiment.background`; the
+    rows and files are the same either way). None (default): when training on a GPU. Not under
+    torchrun.
+
     Under torchrun (a process group of several ranks, which the caller has initialized) every rank
     calls it: they train together, rank 0 alone writes and evaluates (see the module docstring),
     and every rank returns the same payload. What such a run refuses is checked first, on every rank.
     """
     check_distributed_experiment(config)
+    if overlap_evaluation and distributed.active():
+        raise ValueError("overlap_evaluation: evaluations cannot overlap training under torchrun (rank 0 "
+                         "evaluates while the other ranks wait); leave it None or False")
     checked = {}
 
     def check() -> None:  # on rank 0 (the others wait for its verdict); it loads the data set
@@ -417,21 +470,26 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
             stack.enter_context(locked(config.output, what="experiment output"))
             config.output.mkdir(parents=True, exist_ok=True)
         distributed.on_main(lock, f"lock the experiment output {str(config.output)!r}")
-        return _run_locked(config, splits, progress=progress, log=log)
+        if overlap_evaluation is None:
+            overlap_evaluation = resolve_device(config.device).type == "cuda" and not distributed.active()
+        evaluations = stack.enter_context(Evaluations(default_workers() if overlap_evaluation else 0))
+        return _run_locked(config, splits, progress=progress, log=log, evaluations=evaluations)
 
 
-def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log) -> dict:
-    runner = Runner(config, progress=progress, log=log, splits=splits)
+def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log, evaluations: Evaluations) -> dict:
+    runner = Runner(config, progress=progress, log=log, splits=splits, evaluations=evaluations)
     methods = config.methods
     chosen = runner.sweep(methods) if config.sweep is not None and config.sweep.enabled else {}
     methods = tuple(spec.with_values(chosen[spec.label]["best"]) if spec.label in chosen else spec for spec in methods)
-    rows = []
+    futures = []
     for seed in config.seeds:
         root = config.output / f"seed_{seed}"
         setup = runner.setup(seed, root)
-        rows += setup.rows
+        futures += setup.rows
         for spec in methods:
-            rows += runner.method_rows(setup, spec, root / spec.label)
+            futures += runner.method_rows(setup, spec, root / spec.label)
+    runner.wait_for_evaluations()
+    rows = [future.result() for future in futures]
     payload = distributed.on_main(lambda: write_results(config, rows, sweep=chosen, device=runner.device,
                                                         timings=runner.timings()), "write the results")
     best = {e["label"]: e["Avg.Gap"] for e in payload["summary"]
