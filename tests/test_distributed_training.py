@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,9 +164,10 @@ FAILURE_WORKER = Path(__file__).resolve().parent / "distributed_failure_worker.p
 
 
 @pytest.mark.parametrize("case, failing, message, others", [
-    ("evaluation", 0, "No space left on device (injected)", "rank 0 failed to evaluate epoch 1: No space left"),
-    ("checkpoint", 0, "checkpoint.pt", "rank 0 failed to write the checkpoint"),
-    ("step", 1, "rank 1 fails in its third step", "Connection closed by peer"),
+    ("evaluation", 0, "No space left on device (injected)", r"rank 0 failed to evaluate epoch 1: No space left"),
+    ("checkpoint", 0, "checkpoint.pt", r"rank 0 failed to write the checkpoint"),
+    # gloo says "closed" or "reset" as the dead peer's socket happens to end
+    ("step", 1, "rank 1 fails in its third step", r"Connection (closed|reset) by peer"),
 ])
 def test_a_failure_on_one_rank_ends_every_rank(tmp_path, case, failing, message, others):
     """One rank raises mid-run (rank 0 in its work alone, or rank 1 in a step while rank 0 waits in a
@@ -174,7 +176,10 @@ def test_a_failure_on_one_rank_ends_every_rank(tmp_path, case, failing, message,
     for rank, (code, output) in enumerate(ended):
         assert not output.startswith("(killed"), f"rank {rank} hung:\n{output}"
         assert code != 0 and "finished without an error" not in output, f"rank {rank}:\n{output}"
-        assert (message if rank == failing else others) in output, f"rank {rank}:\n{output}"
+        if rank == failing:
+            assert message in output, f"rank {rank}:\n{output}"
+        else:
+            assert re.search(others, output), f"rank {rank}:\n{output}"
 
 
 def test_rank_scope_is_another_loss(ranks, one_process):
