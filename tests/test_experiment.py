@@ -295,10 +295,11 @@ def test_rerun_after_a_kill_and_after_a_change(cache, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before if before[k].is_floating_point())
 
 
-def test_sequential_stages(cache, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlapped evaluation"])
+def test_sequential_stages(cache, tmp_path, overlap):
     config = parse_config(tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}],
                                scenario={"kind": "sequential", "ratio": 0.2, "chunks": 2}))
-    results = run_experiment(config, progress=False, log=None)
+    results = run_experiment(config, progress=False, log=None, overlap_evaluation=overlap)
     stages = sorted((r["label"], r["stage"]) for r in results["runs"])
     assert stages == [("Original", 0), ("Original", 1), ("Retrain", 0), ("Retrain", 1), ("ft", 0), ("ft", 1)]
     forget = {r["stage"]: r for r in results["runs"] if r["label"] == "ft"}
@@ -310,7 +311,8 @@ def test_sequential_stages(cache, tmp_path):
     assert "## Stage 1 of 2" in text and "## Stage 2 of 2" in text
 
 
-def test_sweep_picks_least_avg_gap(cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlapped evaluation"])
+def test_sweep_picks_least_avg_gap(cache, tmp_path, monkeypatch, overlap):
     class FakePredictions:
         def __init__(self, run, *, split=None, device=None, **_):
             self.run = run
@@ -326,7 +328,7 @@ def test_sweep_picks_least_avg_gap(cache, tmp_path, monkeypatch):
     raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "coun", "label": "CoUn"}],
                sweep={"seed": 7, "grid": {"CoUn": {"lam": [0.1, 1.0, 0.5], "epochs": [1]}}})
     config = load_config(raw, sweep=True)
-    results = run_experiment(config, progress=False, log=None)
+    results = run_experiment(config, progress=False, log=None, overlap_evaluation=overlap)
     best = json.loads((config.output / "sweep" / "best_hparams.json").read_text())
     assert best["CoUn"]["best"] == {"lam": 0.5, "epochs": 1} and best["CoUn"]["Avg.Gap"] == 0.0
     assert [t["Avg.Gap"] for t in best["CoUn"]["trials"]] == pytest.approx([1.0, 1.25, 0.0])

@@ -152,6 +152,18 @@ def _store(folder: Path, key: str, row: dict) -> dict:
     return row
 
 
+def _row_store(into: Path, key: str, label: str, method: str, seed: int, stage: int, reference: Future | None,
+               **extra) -> Callable[[dict], dict]:
+    """The ``row(metrics)`` of an evaluation: its row, with Avg.Gap to ``reference``'s row once that
+    is there (None: to the metrics themselves, Retrain's case), stored in ``into``. It holds plain
+    values alone: a worker thread that ran it must not hold the last reference to a model (and so
+    free GPU memory while the main thread captures a CUDA graph)."""
+    def row(metrics: dict) -> dict:
+        against = metrics if reference is None else reference.result()
+        return _store(into, key, _row(label, method, seed, stage, metrics, against, **extra))
+    return row
+
+
 @dataclasses.dataclass
 class Stage:
     """One forgetting step of a seed: its split, its Retrain and (the future of) Retrain's row."""
@@ -275,11 +287,10 @@ class Runner:
             if stored is not None:
                 reference = done(stored)
             else:
-                def retrain_row(metrics: dict, folder=folder, retrain=retrain, k=k) -> dict:
-                    return _store(folder, retrain.key, _row("Retrain", "retrain", seed, k, metrics, metrics,
-                                                            folder=str(retrain.run.folder)))
-                reference = self.evaluate(partial(predict_run, retrain.run, split=part, device=self.device),
-                                          retrain_row, f"{where} Retrain")
+                row = _row_store(folder, retrain.key, "Retrain", "retrain", seed, k, None,
+                                 folder=str(retrain.run.folder))
+                reference = self.evaluate(partial(predict_run, retrain.run, split=part, device=self.device), row,
+                                          f"{where} Retrain")
             rows.append(reference)
             folder = self._stage_folder(root / "Original", k, split.num_stages)
             key = fingerprint([original.key, retrain.key])
@@ -287,11 +298,10 @@ class Runner:
             if stored is not None:
                 rows.append(done(stored))
             else:
-                def original_row(metrics: dict, folder=folder, key=key, reference=reference, k=k) -> dict:
-                    return _store(folder, key, _row("Original", "original", seed, k, metrics, reference.result(),
-                                                    folder=str(original.run.folder)))
-                rows.append(self.evaluate(partial(predict_run, original.run, split=part, device=self.device),
-                                          original_row, f"{where} Original"))
+                row = _row_store(folder, key, "Original", "original", seed, k, reference,
+                                 folder=str(original.run.folder))
+                rows.append(self.evaluate(partial(predict_run, original.run, split=part, device=self.device), row,
+                                          f"{where} Original"))
             stages.append(Stage(k, part, retrain, reference))
         return SeedSetup(seed, original, stages, rows)
 
@@ -347,18 +357,15 @@ class Runner:
             run = step.run(work, folder, resume=True, on_epoch_end=curve)
             points = [] if curve is None else [{k: r[k] for k in ("epoch", *curve.sets)}
                                                for r in run.record["history"] if "forget_acc" in r]
-            extra = dict(hparams=run.record["hparams"], train=spec.train,
-                         folder=relative_path(folder, self.config.output), curve=points)
-
-            def method_row(metrics: dict) -> dict:
-                return _store(work, key, _row(spec.label, spec.name, setup.seed, stage.index, metrics,
-                                              stage.reference.result(), **extra))
+            row = _row_store(work, key, spec.label, spec.name, setup.seed, stage.index, stage.reference,
+                             hparams=run.record["hparams"], train=spec.train,
+                             folder=relative_path(folder, self.config.output), curve=points)
 
             def then(row: dict) -> None:
                 self.say(f"{where}: {row.get('seconds', 0.0):.1f} s, UA {row['UA']:.2f} RA {row['RA']:.2f} "
                          f"TA {row['TA']:.2f} MIA {row['MIA']:.2f}, Avg.Gap {row['Avg.Gap']:.2f}")
             # the folder is committed when the row is stored, now or after the next steps' training
-            return self.evaluate(partial(predict_run, run, split=stage.split, device=self.device), method_row,
+            return self.evaluate(partial(predict_run, run, split=stage.split, device=self.device), row,
                                  f"{spec.label} of seed {setup.seed}", contexts=contexts, then=then)
 
     # -- sweep ---------------------------------------------------------------------------------
