@@ -380,6 +380,21 @@ def _comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("seconds", "folder")}
 
 
+def _replace_metrics(monkeypatch, replace) -> None:
+    """The runner's ``predict_run`` with ``replace(run, metrics)`` standing in for a run's
+    ``metrics()`` (``metrics``: the real one), unless it returns None."""
+    from types import SimpleNamespace
+
+    plain = runner_module.predict_run
+
+    def patched(run, **kwargs):
+        predictions = plain(run, **kwargs)
+        metrics = replace(run, predictions.metrics)
+        return predictions if metrics is None else SimpleNamespace(metrics=metrics)
+
+    monkeypatch.setattr(runner_module, "predict_run", patched)
+
+
 def test_overlapped_evaluation_gives_the_same_rows_and_files(finished, cache, tmp_path, monkeypatch):
     """overlap_evaluation=True computes each evaluation's metrics in a worker thread while the next
     model trains, and the rows, folders and step lines are those of the plain run."""
@@ -387,19 +402,14 @@ def test_overlapped_evaluation_gives_the_same_rows_and_files(finished, cache, tm
 
     config, results, lines = finished
     threads = set()
-    plain_predict = runner_module.predict_run
 
-    def recording(*args, **kwargs):
-        predictions = plain_predict(*args, **kwargs)
-        metrics = predictions.metrics
+    def recorded(run, metrics):
+        def metrics_recording_the_thread():
+            threads.add(threading.current_thread().name)
+            return metrics()
+        return metrics_recording_the_thread
 
-        class Recorded:
-            def metrics(self):
-                threads.add(threading.current_thread().name)
-                return metrics()
-        return Recorded()
-
-    monkeypatch.setattr(runner_module, "predict_run", recording)
+    _replace_metrics(monkeypatch, recorded)
     overlapped = parse_config(tiny(tmp_path, cache))
     again_lines = []
     again = run_experiment(overlapped, progress=False, log=again_lines.append, overlap_evaluation=True)
@@ -424,18 +434,16 @@ def test_a_pending_evaluation_is_committed_when_a_later_step_fails(cache, tmp_pa
 
     release = threading.Event()
     seen = {}
-    plain_predict, plain_prepare = runner_module.predict_run, runner_module.prepare_unlearning
+    plain_prepare = runner_module.prepare_unlearning
 
-    def held(run, **kwargs):
-        predictions = plain_predict(run, **kwargs)
+    def held(run, metrics):
         if run.record.get("method") != "ft":
-            return predictions
+            return None
 
-        class Held:
-            def metrics(self):
-                release.wait(timeout=60)
-                return predictions.metrics()
-        return Held()
+        def metrics_after_the_release():
+            release.wait(timeout=60)
+            return metrics()
+        return metrics_after_the_release
 
     def failing(method, *args, **kwargs):
         if method == "coun":
@@ -444,7 +452,7 @@ def test_a_pending_evaluation_is_committed_when_a_later_step_fails(cache, tmp_pa
             raise RuntimeError("coun failed")
         return plain_prepare(method, *args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "predict_run", held)
+    _replace_metrics(monkeypatch, held)
     monkeypatch.setattr(runner_module, "prepare_unlearning", failing)
     raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}, {"name": "coun"}])
     with pytest.raises(RuntimeError, match="coun failed"):
@@ -461,19 +469,15 @@ def test_a_pending_evaluation_is_committed_when_a_later_step_fails(cache, tmp_pa
 def test_a_failed_overlapped_evaluation_leaves_the_folder_uncommitted(cache, tmp_path, monkeypatch):
     """A method whose evaluation fails in a worker is not committed (its partial folder keeps the
     checkpoint for the rerun, which finishes it); the error reaches the caller."""
-    plain_predict = runner_module.predict_run
-
-    def broken(run, **kwargs):
-        predictions = plain_predict(run, **kwargs)
+    def broken(run, metrics):
         if run.record.get("method") != "ft":
-            return predictions
+            return None
 
-        class Broken:
-            def metrics(self):
-                raise ValueError("the SVC failed")
-        return Broken()
+        def failing_metrics():
+            raise ValueError("the SVC failed")
+        return failing_metrics
 
-    monkeypatch.setattr(runner_module, "predict_run", broken)
+    _replace_metrics(monkeypatch, broken)
     raw = tiny(tmp_path, cache, seeds=[0], methods=[{"name": "ft"}, {"name": "coun"}])
     with pytest.raises(ValueError, match="the SVC failed"):
         run_experiment(parse_config(raw), progress=False, log=None, overlap_evaluation=True)

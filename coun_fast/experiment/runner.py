@@ -189,8 +189,7 @@ class Runner:
     ``splits``: the experiment's data set when already loaded."""
 
     def __init__(self, config: ExperimentConfig, *, progress: bool = True,
-                 log: Callable[[str], None] | None = logger.info, splits=None,
-                 evaluations: Evaluations | None = None):
+                 log: Callable[[str], None] | None = logger.info, splits=None):
         self.config = config
         self.progress = progress
         self.log = log
@@ -198,7 +197,7 @@ class Runner:
         self.started = time.perf_counter()
         self.stage_seconds: dict[str, float] = {}  # wall time of each step, training and evaluation
         self._splits = splits
-        self.evaluations = evaluations or Evaluations()
+        self.evaluations = Evaluations()  # inline; run_experiment may set workers that overlap training
 
     def data_splits(self):
         """The experiment's data set (training and test splits), loaded once."""
@@ -254,13 +253,11 @@ class Runner:
         return self.evaluations.submit(compute, contexts=None if contexts is None else contexts.pop_all(), then=then)
 
     def wait_for_evaluations(self) -> None:
-        """Finish every pending evaluation (the wait for background ones counts as the stage
-        "waiting for evaluations")."""
-        if not self.evaluations.background:
-            self.evaluations.collect(wait=True)  # nothing is pending
-            return
-        with self.timed("waiting for evaluations"):
-            self.evaluations.collect(wait=True)
+        """Finish every pending evaluation; the wait counts as the stage "waiting for evaluations".
+        (Evaluations that do not overlap training are finished when submitted: none is pending.)"""
+        if self.evaluations.background:
+            with self.timed("waiting for evaluations"):
+                self.evaluations.collect(wait=True)
 
     # -- shared steps --------------------------------------------------------------------------
     def setup(self, seed: int, root: Path) -> SeedSetup:
@@ -477,25 +474,27 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = True,
             stack.enter_context(locked(config.output, what="experiment output"))
             config.output.mkdir(parents=True, exist_ok=True)
         distributed.on_main(lock, f"lock the experiment output {str(config.output)!r}")
-        if overlap_evaluation is None:
-            overlap_evaluation = resolve_device(config.device).type == "cuda" and not distributed.active()
-        evaluations = stack.enter_context(Evaluations(default_workers() if overlap_evaluation else 0))
-        return _run_locked(config, splits, progress=progress, log=log, evaluations=evaluations)
+        return _run_locked(config, splits, progress=progress, log=log, overlap_evaluation=overlap_evaluation)
 
 
-def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log, evaluations: Evaluations) -> dict:
-    runner = Runner(config, progress=progress, log=log, splits=splits, evaluations=evaluations)
+def _run_locked(config: ExperimentConfig, splits, *, progress: bool, log, overlap_evaluation: bool | None) -> dict:
+    runner = Runner(config, progress=progress, log=log, splits=splits)
+    if overlap_evaluation is None:
+        overlap_evaluation = runner.device.type == "cuda" and not distributed.active()
     methods = config.methods
-    chosen = runner.sweep(methods) if config.sweep is not None and config.sweep.enabled else {}
-    methods = tuple(spec.with_values(chosen[spec.label]["best"]) if spec.label in chosen else spec for spec in methods)
-    futures = []
-    for seed in config.seeds:
-        root = config.output / f"seed_{seed}"
-        setup = runner.setup(seed, root)
-        futures += setup.rows
-        for spec in methods:
-            futures += runner.method_rows(setup, spec, root / spec.label)
-    runner.wait_for_evaluations()
+    # pending evaluations finish (their folders committed) before the lock is released, whatever happens
+    with Evaluations(default_workers() if overlap_evaluation else 0) as runner.evaluations:
+        chosen = runner.sweep(methods) if config.sweep is not None and config.sweep.enabled else {}
+        methods = tuple(spec.with_values(chosen[spec.label]["best"]) if spec.label in chosen else spec
+                        for spec in methods)
+        futures = []
+        for seed in config.seeds:
+            root = config.output / f"seed_{seed}"
+            setup = runner.setup(seed, root)
+            futures += setup.rows
+            for spec in methods:
+                futures += runner.method_rows(setup, spec, root / spec.label)
+        runner.wait_for_evaluations()
     rows = [future.result() for future in futures]
     payload = distributed.on_main(lambda: write_results(config, rows, sweep=chosen, device=runner.device,
                                                         timings=runner.timings()), "write the results")
