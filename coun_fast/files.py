@@ -25,6 +25,11 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`write_atomic`'s temporary files (``.NAME.<random>.tmp``)."""
+    return bool(_TEMPORARY.match(name))
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename); returns the path.
 
@@ -68,7 +73,7 @@ def remove_orphans(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
-        if _TEMPORARY.match(entry.name) and entry.is_file():
+        if is_temporary(entry.name) and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -150,5 +155,5 @@ def describe_os_error(error: OSError) -> str:
     return f"{reason}: {str(error.filename)!r}{other}"
 
 
-__all__ = ["check_writable_location", "describe_os_error", "fsync_folder", "relative_path", "relative_paths",
-           "remove_orphans", "temporary_name", "write_atomic", "write_text_atomic"]
+__all__ = ["check_writable_location", "describe_os_error", "fsync_folder", "is_temporary", "relative_path",
+           "relative_paths", "remove_orphans", "temporary_name", "write_atomic", "write_text_atomic"]

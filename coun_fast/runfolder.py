@@ -8,13 +8,20 @@ cache) does it through :func:`staged`:
    (process, host, command, start time); the lock is released when the process ends, however
    it ends;
 2. it checks ``OUT`` (:func:`check_target`): a finished run there is replaced only with
-   ``overwrite=True`` (``--overwrite``), and a folder that holds anything but coun_fast outputs
-   never is;
+   ``overwrite=True`` (``--overwrite``), and only when every entry in it is something coun_fast
+   wrote there, unchanged since (:mod:`coun_fast.ownership`: the ownership record
+   ``.coun_fast-files.json`` written at commit is the authority); a folder holding anything else (a
+   user's file, a file edited since) is never replaced, and the error names the first such entry;
 3. it works in the sibling ``.OUT.partial/`` (where ``checkpoint.pt`` of a killed run waits for
-   ``--resume``), and only when the step succeeds renames it to ``OUT`` (the replaced run is
-   moved aside first and deleted after). A failed or refused step leaves ``OUT`` exactly as it
-   was; its partial folder is kept only when it holds a checkpoint to resume, and deleted
-   otherwise.
+   ``--resume``), and only when the step succeeds writes the ownership record into it and renames
+   it to ``OUT`` (the replaced run is moved aside first and deleted after). A failed or refused
+   step leaves ``OUT`` exactly as it was; its partial folder is kept only when it holds a
+   checkpoint to resume, and deleted otherwise. A partial folder (or anything else in the way)
+   holding files coun_fast did not write is never deleted either: the step is refused.
+
+The lock's holder file ``.OUT.holder`` (who holds the lock, for the error of a second run) is
+removed when the lock is released; one left by a killed run is removed by the next process that
+finds the lock free.
 
 In a distributed run (``torchrun``), rank 0 alone does all of this (:func:`staged_by_main`): the
 other ranks take no lock, create no partial folder and write nothing; they wait until rank 0 has
@@ -36,13 +43,10 @@ from typing import Callable, Iterator
 
 import filelock
 
-from coun_fast import distributed
+from coun_fast import distributed, ownership
 from coun_fast.files import fsync_folder, remove_orphans, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
-OUTPUT_NAMES = frozenset({"model.pt", CHECKPOINT, "split.npz", "metrics.json", "results.json", "results.md",
-                          "run_key.txt", "key.json", "config.json"})
-"""Files only coun_fast writes: a folder holding one of them may be replaced with ``overwrite``."""
 
 
 class RunFolderError(ValueError):
@@ -126,25 +130,31 @@ def is_busy(target: str | os.PathLike) -> str | None:
         return _holder(path)
     except OSError:
         return None  # cannot even open it: the run will say why
-    lock.release()
+    try:
+        _holder_path(path).unlink(missing_ok=True)  # free: a holder file left by a killed run is stale
+    except OSError:
+        pass
+    finally:
+        lock.release()
     return None
 
 
-def is_coun_fast_output(folder: Path) -> bool:
-    """Whether ``folder`` holds one of the files only coun_fast writes (:data:`OUTPUT_NAMES`)."""
-    return any((folder / name).exists() for name in OUTPUT_NAMES)
+def _any_kind(folder: Path) -> bool:
+    return True
 
 
 def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
-                 what: str = "run folder", free: bool = True,
-                 ours: Callable[[Path], bool] = is_coun_fast_output) -> Path:
+                 what: str = "run folder", free: bool = True, ours: Callable[[Path], bool] = _any_kind) -> Path:
     """Check that a run may write ``target``; returns it as an absolute path.
 
     Raises :class:`FolderBusy` when another run holds its lock (``free``: check that; False for
-    the holder itself); :class:`RunFolderError` when ``target`` is a file; holds files coun_fast
-    does not write (never replaced; ``ours`` tells a folder coun_fast wrote); or holds a finished run and ``overwrite`` is False; or when
-    an unfinished run waits in its partial folder and neither ``resume`` nor ``overwrite`` says
-    what to do with it. An empty folder is fine. Reads only; creates nothing.
+    the holder itself); :class:`RunFolderError` when ``target`` is a file; holds anything
+    coun_fast did not write there, or changed since (:func:`coun_fast.ownership.foreign`: never
+    replaced; the error names the entry), or a folder of another kind (``ours``: e.g. a packed
+    data set may only replace a packed data set); or holds a finished run and ``overwrite`` is
+    False; or when an unfinished run waits in its partial folder and neither ``resume`` nor
+    ``overwrite`` says what to do with it, or the partial folder holds files coun_fast did not
+    write. An empty folder is fine. Reads only; creates nothing.
     """
     target = absolute(target)
     # Only rank 0 of a distributed run takes the lock: another rank would see it held by rank 0.
@@ -155,9 +165,13 @@ def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: 
     if target.exists() and not target.is_dir():
         raise RunFolderError(f"{what} {str(target)!r} is a file, not a folder")
     if target.is_dir() and any(target.iterdir()):
+        stranger = ownership.foreign(target)
+        if stranger is not None:
+            raise RunFolderError(f"{what} {str(target)!r} already exists and holds {stranger}; choose another "
+                                 "folder (a folder holding anything but unchanged coun_fast outputs is never replaced)")
         if not ours(target):
-            raise RunFolderError(f"{what} {str(target)!r} already exists and holds files coun_fast did not "
-                                 "write; choose another folder (it is never replaced)")
+            raise RunFolderError(f"{what} {str(target)!r} already exists and holds another kind of coun_fast output; "
+                                 "choose another folder")
         if not overwrite:
             if resume:
                 raise RunFolderError(f"{what} {str(target)!r} holds a finished run: there is nothing to resume "
@@ -166,25 +180,29 @@ def check_target(target: str | os.PathLike, *, overwrite: bool = False, resume: 
                                  "replace it (it stays untouched until the new run succeeds) or choose another "
                                  "folder")
     partial = partial_path(target)
+    _check_removable(partial, what)
     if not resume and not overwrite and (partial / CHECKPOINT).is_file():
         raise RunFolderError(f"{what} {str(target)!r} has an unfinished run in {str(partial)!r}; pass --resume "
                              "to continue it or --overwrite to start over")
     return target
 
 
-def _clear(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _check_removable(work: Path, what: str) -> None:
+    """RunFolderError unless ``work`` (a partial folder, which a run may delete) is absent or a
+    folder holding only what coun_fast writes there."""
+    if not (work.exists() or work.is_symlink()):
+        return
+    stranger = "something that is not a folder" if work.is_symlink() or not work.is_dir() else ownership.foreign(work)
+    if stranger is not None:
+        raise RunFolderError(f"{what}: the working folder {str(work)!r} that coun_fast uses holds {stranger}; move "
+                             "it away (coun_fast never deletes what it did not write)")
 
 
 def _prepare(work: Path, target: Path, resume, overwrite: bool, belongs) -> None:
     """Make ``work`` the folder to write: a kept partial run to continue, or a new empty one."""
     for stale in target.parent.glob(f".{target.name}.replaced-*"):  # an interrupted commit's leftovers
-        shutil.rmtree(stale, ignore_errors=True)
-    if work.exists() and not work.is_dir():
-        work.unlink()
+        if ownership.foreign(stale) is None:
+            shutil.rmtree(stale, ignore_errors=True)
     if work.is_dir():
         keep = False
         if (work / CHECKPOINT).is_file():
@@ -196,7 +214,7 @@ def _prepare(work: Path, target: Path, resume, overwrite: bool, belongs) -> None
                 keep = _accepted(belongs, work)
             # else: overwrite (check_target refused the other case)
         if not keep:
-            _clear(work)
+            shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     remove_orphans(work)
 
@@ -211,8 +229,10 @@ def _accepted(belongs, work: Path) -> bool:
 
 
 def _commit(work: Path, target: Path) -> None:
-    """Rename ``work`` to ``target``; a replaced ``target`` is moved aside first, deleted after."""
+    """Record what ``work`` holds (:func:`coun_fast.ownership.record`) and rename it to ``target``;
+    a replaced ``target`` is moved aside first, deleted after."""
     remove_orphans(work)
+    ownership.record(work)
     if target.exists():
         aside = target.parent / f".{target.name}.replaced-{secrets.token_hex(8)}"
         os.rename(target, aside)
@@ -242,7 +262,7 @@ def note(error: BaseException, text: str) -> None:
 @contextlib.contextmanager
 def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool | str = False,
            belongs: Callable[[Path], None] | None = None, lock: bool = True,
-           what: str = "run folder", ours: Callable[[Path], bool] = is_coun_fast_output) -> Iterator[Path]:
+           what: str = "run folder", ours: Callable[[Path], bool] = _any_kind) -> Iterator[Path]:
     """Write the run folder ``target`` as a unit; yields the folder to write into.
 
     Args:
@@ -257,7 +277,7 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, resume: bool |
         belongs: the check that a partial run is this run's (see ``resume``).
         lock: take ``target``'s lock (False when the caller holds a lock over it already).
         what: how errors name the folder.
-        ours: whether an existing folder was written by coun_fast (only such a folder is replaced).
+        ours: whether an existing folder (that coun_fast wrote) is of the kind this step may replace.
 
     The checks of :func:`check_target` run under the lock. On an error in the block, ``target``
     is untouched; the partial folder is kept when it holds a checkpoint (the error then notes
@@ -299,6 +319,5 @@ def staged_by_main(target: str | os.PathLike, **options) -> Iterator[Path]:
         distributed.on_main(stack.close, f"commit the run folder {str(target)!r}")
 
 
-__all__ = ["CHECKPOINT", "FolderBusy", "OUTPUT_NAMES", "RunFolderError", "absolute", "check_target",
-           "is_busy", "is_coun_fast_output", "locked", "note", "partial_path", "staged",
-           "staged_by_main"]
+__all__ = ["CHECKPOINT", "FolderBusy", "RunFolderError", "absolute", "check_target", "is_busy", "locked", "note",
+           "partial_path", "staged", "staged_by_main"]

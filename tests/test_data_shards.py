@@ -170,7 +170,7 @@ def test_pack_is_atomic_and_never_replaces_other_files(tmp_path, folder_pack):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="holds files coun_fast did not write"):
+    with pytest.raises(ValueError, match="holds 'notes.txt', which coun_fast did not write"):
         pack(src, other, overwrite=True, progress=False)
     with pytest.raises(FileNotFoundError, match="SRC does not exist"):
         pack(tmp_path / "missing", tmp_path / "x", progress=False)

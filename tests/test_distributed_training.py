@@ -202,7 +202,8 @@ def test_resume_with_another_number_of_ranks(ranks, one_process, train, one_thre
 def test_a_run_folder_left_unfinished_by_one_process_is_finished_by_two_ranks(ranks):
     directory, results = ranks
     assert sorted(p.name for p in directory.iterdir() if "coun" in p.name) == [".coun.lock", "coun"]
-    assert sorted(p.name for p in (directory / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    assert sorted(p.name for p in (directory / "coun").iterdir()) == [
+        ".coun_fast-files.json", "checkpoint.pt", "model.pt", "split.npz"]
     state = torch.load(directory / "coun" / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == WORKFLOW_CONFIG.epochs and state["world_size"] == 2
     assert results[0]["workflow"] == load_run(directory / "coun").record  # rank 0 wrote what it returns
@@ -308,8 +309,10 @@ def test_torchrun_train_and_unlearn_write_one_run_folder_each(tmp_path):
                      "--sync-batchnorm", *common], tmp_path)
     assert out.count("wrote") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".coun.lock", ".original.lock", "coun", "original"]
-    assert sorted(p.name for p in (tmp_path / "original").iterdir()) == ["checkpoint.pt", "model.pt"]
-    assert sorted(p.name for p in (tmp_path / "coun").iterdir()) == ["checkpoint.pt", "model.pt", "split.npz"]
+    assert sorted(p.name for p in (tmp_path / "original").iterdir()) == [
+        ".coun_fast-files.json", "checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "coun").iterdir()) == [
+        ".coun_fast-files.json", "checkpoint.pt", "model.pt", "split.npz"]
     record = load_run(tmp_path / "coun").record
     assert record["config"]["sync_batchnorm"] is True and record["hparams"]["cl_scope"] == "global"
     assert record["cost"]["trained_images"] == len(record["split"]["retain"])

@@ -175,7 +175,7 @@ def test_overwrite_never_replaces_a_folder_of_other_files(work, capsys):
     (work / "mine" / "thesis.tex").write_text("years of work")
     with pytest.raises(SystemExit) as exit_info:
         main([*TRAIN, "--out", str(work / "mine"), "--overwrite"])
-    assert exit_info.value.code == 2 and "holds files coun_fast did not write" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'thesis.tex', which coun_fast did not write" in capsys.readouterr().err
     assert tree(work / "mine") == {"thesis.tex": hashlib.sha256(b"years of work").hexdigest()}
 
 
@@ -214,7 +214,9 @@ def test_a_failed_step_keeps_only_a_resumable_partial(tmp_path):
     with staged(tmp_path / "run", overwrite=True) as folder:  # starts over: the partial is discarded
         assert list(folder.iterdir()) == []
         (folder / "model.pt").write_bytes(b"new")
-    assert tree(tmp_path / "run") == {"model.pt": hashlib.sha256(b"new").hexdigest()}
+    committed = tree(tmp_path / "run")
+    assert committed.pop(".coun_fast-files.json")  # the ownership record (tests/test_ownership.py)
+    assert committed == {"model.pt": hashlib.sha256(b"new").hexdigest()}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
 
 
@@ -406,8 +408,9 @@ def test_disk_full_beside_a_finished_run(work):
         unlearn("--method", "ft", "--split-seed", "1", "--out", "disk/u_new"), work, after=f"{lister}; {hasher}")
     refused(result, "No space left on device", "u_new")
     assert json.loads((work / "after.json").read_text()) == {k: v for k, v in tree(work / "u_good").items()}
-    assert json.loads(listing.read_text()) == [".u_new.lock", "u_good", "u_good/checkpoint.pt", "u_good/model.pt",
-                                               "u_good/split.npz"]  # nothing half-written, no temporary file
+    assert json.loads(listing.read_text()) == [".u_new.lock", "u_good", "u_good/.coun_fast-files.json",
+                                               "u_good/checkpoint.pt", "u_good/model.pt", "u_good/split.npz"]
+    # nothing half-written, no temporary file
 
 
 def test_disk_full_in_process(work, monkeypatch, capsys):
@@ -573,7 +576,7 @@ def test_files_follow_the_umask(tmp_path, runs):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "u").iterdir()}
-    assert modes == {"model.pt": 0o640, "checkpoint.pt": 0o640, "split.npz": 0o640}
+    assert modes == {"model.pt": 0o640, "checkpoint.pt": 0o640, "split.npz": 0o640, ".coun_fast-files.json": 0o640}
     assert stat.S_IMODE((tmp_path / "u").stat().st_mode) == 0o750
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from coun_fast import distributed
+from coun_fast import distributed, ownership
 from coun_fast.data import DatasetSplits, class_test_subsets, make_split
 from coun_fast.data.loader import check_global_batch
 from coun_fast.experiment.cache import cache_root
@@ -47,6 +47,10 @@ def _check_folder(path: Path, key: str, *, lock: bool) -> None:
     if holder is not None:
         raise ConfigError(f"{key}: {str(path)!r} is in use by {holder}; wait for that run to end or choose "
                           "another output folder")
+    stranger = ownership.foreign(path) if key == "output" else None
+    if stranger is not None:  # the runner writes and replaces files in it: only into a folder of its own
+        raise ConfigError(f"{key}: {str(path)!r} holds {stranger}; choose another output folder (an experiment "
+                          "writes only into an empty folder or one of its earlier runs)")
 
 
 def _sections(config: ExperimentConfig) -> dict:
