@@ -11,7 +11,8 @@ never changes an existing folder; a finished one is replaced only with ``overwri
 folder holds ``model.pt`` (weights, architecture, the run's record), ``checkpoint.pt`` (for
 ``resume``), and for unlearning runs ``split.npz`` (the forget/retain indices). A record holds
 the data source and the data set's identity, normalization, the Original's training indices, the
-configuration, seed, history, cost, versions and device, so a later step needs only the path.
+configuration, seed, history, cost, versions, device and number of ranks (``ranks``: 1 but under
+``torchrun``), so a later step needs only the path.
 
 A user's own data enters as :class:`~coun_fast.data.DatasetSplits` in place of the
 :class:`DataSource` (e.g. ``DatasetSplits(ImageDataset.from_torch(train), ImageDataset.from_torch(test))``):
@@ -247,6 +248,7 @@ class OriginalStep(_Step):
             "train_indices": np.arange(len(self.splits.train), dtype=np.int64), "config": self.config.to_dict(),
             "history": result.history, "cost": _cost(result, self.model, self.splits),
             "environment": checkpoint.environment(next(self.model.parameters()).device),
+            "ranks": distributed.world()[1],
         }
         saved = save_run(work, self.model, record)
         return Run(self.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)
@@ -322,6 +324,7 @@ class UnlearningStep(_Step):
             "split_file": SPLIT_FILE, "split": self.split.to_dict(), "config": self.config.to_dict(),
             "history": result.train.history, "cost": _cost(result.train, result.model, self.splits),
             "environment": checkpoint.environment(next(result.model.parameters()).device),
+            "ranks": distributed.world()[1],
         }
         saved = save_run(work, result.model, record)
         return Run(result.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)

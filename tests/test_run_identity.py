@@ -6,6 +6,10 @@
   allow_other_architecture=True)``) compares two architectures on purpose, and the table and the
   JSON say so.
 * ``unlearn --split`` refuses a split of another data set of the same size before any work.
+* The model cache: an Original or Retrain trained by several ranks has its own key (the
+  single-process keys stay what they were), an entry records its number of ranks and one of
+  another number is refused, and a cached Retrain that is not comparable with its Original is
+  refused.
 
 Runs are tiny (``small_cnn`` on synthetic 8x8 images, CPU); the CLI runs in a subprocess.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coun_fast import checkpoint
 from coun_fast.data.convert import save_arrays
 from coun_fast.data.embedded import synthetic
+from coun_fast.experiment import cache as model_cache
+from coun_fast.identity import fingerprint
 from coun_fast.train import TrainConfig
 from coun_fast.workflow import DataSource, evaluate_run, load_run, make_forget_split, run_unlearning, train_original
 
@@ -148,3 +156,79 @@ def test_unlearn_refuses_a_split_of_another_data_set_before_any_work(runs, tmp_p
                  "--out", tmp_path / "out", cwd=runs)
     refused(result, "the split was made on another data set", "train_labels")
     assert not (tmp_path / "out").exists()
+
+
+# -- the model cache -------------------------------------------------------------------------------
+def test_cache_keys_of_several_ranks_differ_and_single_process_keys_are_unchanged():
+    source, config = DataSource("digits", image_size=8), TrainConfig(epochs=2, lr=0.05, **API)
+    one = model_cache.original_description(source, "small_cnn", {}, config, ranks=1)
+    # the key an entry made before ranks entered the description has (CACHE_VERSION 2)
+    assert fingerprint(one) == fingerprint({
+        "version": 2, "step": "original", "data": {"dataset": "digits", "path": None, "image_size": 8},
+        "model": {"name": "small_cnn", "kwargs": {}}, "config": model_cache.recipe(config)})
+    two = model_cache.original_description(source, "small_cnn", {}, config, ranks=2)
+    synced = model_cache.original_description(source, "small_cnn", {}, config.replace(sync_batchnorm=True), ranks=2)
+    assert len({fingerprint(one), fingerprint(two), fingerprint(synced)}) == 3
+    assert two["ranks"] == 2 and "ranks" not in one
+    split = make_split_for_keys()
+    retrains = [fingerprint(model_cache.retrain_description("k", split, config, ranks=k)) for k in (1, 2)]
+    assert retrains[0] != retrains[1]
+    assert retrains[0] == fingerprint({"version": 2, "step": "retrain", "original": "k",
+                                       "split": model_cache.split_fingerprint(split),
+                                       "config": model_cache.recipe(config)})
+
+
+def make_split_for_keys():
+    from coun_fast.data import make_split
+
+    return make_split("random", num_train=20, ratio=0.2, seed=0)
+
+
+@pytest.fixture
+def cached(tmp_path):
+    """A cache with an Original and a Retrain of a tiny synthetic set, trained in this process."""
+    source = DataSource("synthetic", image_size=8)
+    original = model_cache.cached_original(source, "small_cnn", {}, ORIGINAL, tmp_path / "cache")
+    split = make_forget_split(original.run, "random", ratio=0.1, seed=0)
+    retrain = model_cache.cached_retrain(original, split, ORIGINAL, tmp_path / "cache")
+    assert not original.hit and not retrain.hit
+    return source, original, split, retrain
+
+
+def _rewrite_record(folder: Path, **changes) -> None:
+    state = checkpoint.load(folder / "model.pt")
+    record = {k: v for k, v in state["record"].items() if k not in changes or changes[k] is not None}
+    record.update({k: v for k, v in changes.items() if v is not None})
+    checkpoint.save(folder / "model.pt", {**state, "record": record})
+
+
+def test_a_cache_entry_records_its_ranks_and_one_of_other_ranks_is_refused(cached, tmp_path):
+    source, original, split, retrain = cached
+    assert original.run.record["ranks"] == 1 and retrain.run.record["ranks"] == 1
+    again = model_cache.cached_original(source, "small_cnn", {}, ORIGINAL, tmp_path / "cache")
+    assert again.hit and again.key == original.key
+    _rewrite_record(original.run.folder, ranks=2)  # as if 2 ranks had trained it under this key
+    with pytest.raises(ValueError, match=r"cache entry .* was trained by 2 ranks, but this run has 1"):
+        model_cache.cached_original(source, "small_cnn", {}, ORIGINAL, tmp_path / "cache")
+    # an entry of an older coun_fast records no ranks: its checkpoint's world size tells
+    _rewrite_record(original.run.folder, ranks=None)
+    state = checkpoint.load(original.run.folder / "checkpoint.pt")
+    checkpoint.save(original.run.folder / "checkpoint.pt", {**state, "world_size": 2})
+    with pytest.raises(ValueError, match="was trained by 2 ranks, but this run has 1"):
+        model_cache.cached_original(source, "small_cnn", {}, ORIGINAL, tmp_path / "cache")
+
+
+def test_a_cached_retrain_not_comparable_with_its_original_or_split_is_refused(cached, runs, tmp_path):
+    source, original, split, retrain = cached
+    hit = model_cache.cached_retrain(original, split, ORIGINAL, tmp_path / "cache")
+    assert hit.hit and hit.key == retrain.key
+    shutil.copyfile(runs / "retrain_narrow" / "model.pt", retrain.run.folder / "model.pt")  # another run, same key
+    with pytest.raises(ValueError, match=r"the cached Retrain .* was made on another data set .*than its Original"):
+        model_cache.cached_retrain(original, split, ORIGINAL, tmp_path / "cache")
+    # a Retrain of the same Original, but of another split, under this key
+    other = make_forget_split(original.run, "random", ratio=0.1, seed=1)
+    run_unlearning("retrain", original.run, other, ORIGINAL, tmp_path / "other")
+    shutil.copyfile(tmp_path / "other" / "model.pt", retrain.run.folder / "model.pt")
+    with pytest.raises(ValueError, match=r"the cached Retrain .* unlearned another split than the one asked "
+                                         r"\(forget: "):
+        model_cache.cached_retrain(original, split, ORIGINAL, tmp_path / "cache")
