@@ -19,8 +19,8 @@ from coun_fast.train import (OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainCo
                              resolve_device)
 from coun_fast.unlearn import METHODS, PROTOCOLS, method_config, method_names, resolve_hparams
 from coun_fast.unlearn.cl_plugin import split_name
-from coun_fast.workflow import (DataSource, evaluate_run, load_run, make_forget_split, run_unlearning,
-                                train_original)
+from coun_fast.workflow import (DataSource, compare_with_retrain, evaluate_run, load_run, make_forget_split,
+                                note_other_architecture, run_unlearning, train_original)
 
 _TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "min_lr",
                     "warmup_epochs", "seed", "precision", "compile", "cuda_graph", "device", "sync_batchnorm",
@@ -213,7 +213,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or model.pt files) to evaluate")
     parser.add_argument("--split", metavar="NPZ",
                         help="the forget/retain split (default: each run's own split.npz; an Original has none)")
-    parser.add_argument("--retrain", metavar="RUN", help="the Retrain run: adds Avg.Gap to every other run")
+    parser.add_argument("--retrain", metavar="RUN",
+                        help="the Retrain run: adds Avg.Gap to every other run; each must be of its data set, "
+                             "training indices, number of classes, split and architecture")
+    parser.add_argument("--allow-other-architecture", action="store_true",
+                        help="with --retrain: also compare runs of another architecture than the Retrain's (the "
+                             "table and the JSON say so)")
     parser.add_argument("--json", metavar="FILE", help="also write the metrics as JSON here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--device", help="evaluate on this device (default: cpu)")
@@ -231,15 +236,6 @@ def _evaluated_name(path: str, taken: dict) -> str:
     return str(path) if name in taken else name
 
 
-def _same_split(run, reference, where: str) -> None:
-    """With --retrain and each run's own split: every run must have unlearned the Retrain's split."""
-    mine, theirs = run.record.get("split"), reference.record.get("split")
-    if mine is not None and theirs is not None and (mine["forget"] != theirs["forget"]
-                                                    or mine["retain"] != theirs["retain"]):
-        raise ValueError(f"{where} unlearned another split than the Retrain {str(reference.folder)!r}: Avg.Gap would "
-                         "compare different forget sets; pass --split, or a Retrain of the same split")
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     # everything is read and checked before any metric is computed
     if args.json:
@@ -252,22 +248,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     if args.split:
         split_file(args.split, "--split")  # readable, and of a data set (evaluate_run reads it again)
+    if args.allow_other_architecture and not args.retrain:
+        raise ValueError("--allow-other-architecture compares runs with a Retrain: pass --retrain")
     split = args.split
     retrain = load_run(args.retrain) if args.retrain else None
     runs: dict = {}
+    architectures: dict = {}  # how each run's architecture differs from the Retrain's, where allowed
     for path in args.runs:
         run = load_run(path)
-        if retrain is not None and split is None:
-            _same_split(run, retrain, repr(path))
-        runs[_evaluated_name(path, runs)] = run
+        name = _evaluated_name(path, runs)
+        if retrain is not None:
+            architectures[name] = compare_with_retrain(run, retrain, what=repr(path),
+                                                       against=f"the Retrain {args.retrain!r}",
+                                                       allow_other_architecture=args.allow_other_architecture)
+        runs[name] = run
     rows = {}
     if retrain is not None:
         rows["Retrain"] = evaluate_run(retrain, split=split, device=args.device, analyses=args.analyses,
                                        mia_attack=args.mia_attack)
     for name, run in runs.items():
-        rows[name] = evaluate_run(run, split=split, retrain=rows.get("Retrain"), device=args.device,
-                                  analyses=args.analyses, mia_attack=args.mia_attack)
+        rows[name] = note_other_architecture(
+            evaluate_run(run, split=split, retrain=rows.get("Retrain"), device=args.device, analyses=args.analyses,
+                         mia_attack=args.mia_attack), architectures.get(name))
     print(metrics_table(rows, "Retrain" if retrain is not None else None))
+    for name, difference in architectures.items():
+        if difference is not None:
+            print(f"note: the Retrain {args.retrain!r} is of another architecture than {name!r} ({difference}); "
+                  "its Avg.Gap compares the two, as --allow-other-architecture asked")
     for name, row in rows.items():
         if "forget_predictions" in row:
             shares = ", ".join(f"{c} {p:.1f}%" for c, p in row["forget_predictions"].items())

@@ -11,7 +11,8 @@ never changes an existing folder; a finished one is replaced only with ``overwri
 folder holds ``model.pt`` (weights, architecture, the run's record), ``checkpoint.pt`` (for
 ``resume``), and for unlearning runs ``split.npz`` (the forget/retain indices). A record holds
 the data source and the data set's identity, normalization, the Original's training indices, the
-configuration, seed, history, cost, versions and device, so a later step needs only the path.
+configuration, seed, history, cost, versions, device and number of ranks (``ranks``: 1 but under
+``torchrun``), so a later step needs only the path.
 
 A user's own data enters as :class:`~coun_fast.data.DatasetSplits` in place of the
 :class:`DataSource` (e.g. ``DatasetSplits(ImageDataset.from_torch(train), ImageDataset.from_torch(test))``):
@@ -23,7 +24,8 @@ Each step is checked before any training (:func:`prepare_original`, :func:`prepa
 the device, the hyperparameters, the model against the data, the split against the data set and
 the Original, the output folder. Checkpoints record the run's identity (data set, architecture,
 method and hyperparameters, starting model, split): ``resume`` refuses one of another run, saying
-what differs. :func:`evaluate_run` refuses a split other than the one the model unlearned.
+what differs. :func:`evaluate_run` refuses a split other than the one the model unlearned, and a
+Retrain run that is not comparable with the run (:func:`compare_with_retrain`).
 
 Under ``torchrun`` (a process group of several ranks), every rank runs the steps together
 (:func:`coun_fast.train.fit` trains with DistributedDataParallel) and rank 0 alone writes the run
@@ -51,6 +53,7 @@ from coun_fast.evaluate import (ATTACKS, Cost, avg_gap, centroid_distances, metr
 from coun_fast.identity import plain, weights_digest
 from coun_fast.models import build, check_compatible, forward_flops, model_config, rebuild
 from coun_fast.runfolder import CHECKPOINT, check_target, staged_by_main
+from coun_fast.run_identity import check_comparable
 from coun_fast.train import CrossEntropy, TrainConfig, check_resumable, check_runnable, fit
 from coun_fast.unlearn import resolve_hparams, unlearn
 
@@ -245,6 +248,7 @@ class OriginalStep(_Step):
             "train_indices": np.arange(len(self.splits.train), dtype=np.int64), "config": self.config.to_dict(),
             "history": result.history, "cost": _cost(result, self.model, self.splits),
             "environment": checkpoint.environment(next(self.model.parameters()).device),
+            "ranks": distributed.world()[1],
         }
         saved = save_run(work, self.model, record)
         return Run(self.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)
@@ -320,6 +324,7 @@ class UnlearningStep(_Step):
             "split_file": SPLIT_FILE, "split": self.split.to_dict(), "config": self.config.to_dict(),
             "history": result.train.history, "cost": _cost(result.train, result.model, self.splits),
             "environment": checkpoint.environment(next(result.model.parameters()).device),
+            "ranks": distributed.world()[1],
         }
         saved = save_run(work, result.model, record)
         return Run(result.model, saved.record, Path(folder), data=self.splits if self.in_memory else None)
@@ -426,11 +431,43 @@ def _evaluation_data(run: "Run", split, data: DatasetSplits | None) -> tuple[Dat
     return splits, split
 
 
-def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
-                 retrain: "dict | None" = None, device=None, analyses: bool = False,
-                 mia_attack: str = "confidence", data: DatasetSplits | None = None) -> dict:
-    """UA, RA, TA, MIA (and Avg.Gap when ``retrain`` metrics are given), plus the run's cost.
+RETRAIN_ARCHITECTURE = "retrain_architecture"
+"""The entry of a run's metrics that says its Avg.Gap compares it with a Retrain of another
+architecture, as the caller allowed: ``"other: <how the architectures differ>"``."""
 
+
+def compare_with_retrain(run: Run, retrain: Run, *, what: str | None = None, against: str | None = None,
+                         allow_other_architecture: bool = False) -> str | None:
+    """:func:`coun_fast.run_identity.check_comparable` of ``run`` (``what``, default its folder)
+    with the Retrain it is measured against (``against``, default ``the Retrain <folder>``):
+    ValueError, naming what differs, unless both are of the same data set, training indices,
+    number of classes, split and (unless ``allow_other_architecture``) architecture. Returns how
+    the architectures differ (None when they do not)."""
+    return check_comparable(retrain, run, what=what or repr(str(run.folder)),
+                            against=against or f"the Retrain {str(retrain.folder)!r}",
+                            allow_other_architecture=allow_other_architecture)
+
+
+def note_other_architecture(metrics: dict, difference: str | None) -> dict:
+    """``metrics`` with :data:`RETRAIN_ARCHITECTURE` set when ``difference`` (from
+    :func:`compare_with_retrain`) says the Retrain is of another architecture."""
+    if difference is not None:
+        metrics[RETRAIN_ARCHITECTURE] = f"other: {difference}"
+    return metrics
+
+
+def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | None" = None,
+                 retrain: "dict | Run | str | Path | None" = None, device=None, analyses: bool = False,
+                 mia_attack: str = "confidence", data: DatasetSplits | None = None,
+                 allow_other_architecture: bool = False) -> dict:
+    """UA, RA, TA, MIA (and Avg.Gap when a ``retrain`` is given), plus the run's cost.
+
+    ``retrain``: the Retrain run (a :class:`Run`, its folder or its model file), checked before
+    any work to be comparable with ``run`` (:func:`compare_with_retrain`: the same data set,
+    training indices, number of classes, split and architecture, else ValueError naming what
+    differs) and evaluated on the same split; or its metrics (a dict as this function returns),
+    taken as they are. ``allow_other_architecture=True`` compares a Retrain of another
+    architecture on purpose; the metrics then hold :data:`RETRAIN_ARCHITECTURE`.
     ``data``: the run's data set when it was given in memory (a run made in this process keeps it).
     ``mia_attack`` picks the SVC attack of the MIA column (SalUn's ``confidence`` by default; see
     :data:`coun_fast.evaluate.mia.ATTACKS`).
@@ -444,11 +481,18 @@ def evaluate_run(run: "Run | str | Path", *, split: "ForgetSplit | str | Path | 
     The same in two parts: :func:`predict_run` (the model passes), then :meth:`RunPredictions.metrics`.
     """
     run = _as_run(run)
+    reference, difference = None, None
+    if retrain is not None and not isinstance(retrain, dict):
+        reference = _as_run(retrain)
+        difference = compare_with_retrain(run, reference, allow_other_architecture=allow_other_architecture)
     splits, split = _evaluation_data(run, split, data)
+    if reference is not None:
+        known = next((d for d in (data, reference.data, run.data) if d is not None), None)
+        retrain = evaluate_run(reference, split=split, device=device, mia_attack=mia_attack, data=known)
     metrics = _predict(run, splits, split, device=device, mia_attack=mia_attack).metrics(retrain)
     if analyses:
         metrics.update(representation_analyses(run, splits, split))
-    return metrics
+    return note_other_architecture(metrics, difference)
 
 
 def representation_analyses(run: Run, splits: DatasetSplits, split: ForgetSplit) -> dict:

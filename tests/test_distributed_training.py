@@ -336,6 +336,12 @@ def _experiment_in_two_ranks(directory: Path, case: str) -> tuple[dict, Path]:
     results = run_ranks(EXPERIMENT_WORKER, 2, directory / "ddp", case, timeout_s=300)
     leftovers = [p for p in (directory / "ddp").rglob("*") if ".partial" in p.name]
     assert not leftovers, leftovers
+    for step in ("original", "retrain"):  # the ranks' models have keys of their own, and record their ranks
+        keys = {cache: {p.name for p in (directory / cache / step).iterdir() if not p.name.startswith(".")}
+                for cache in ("one_cache", "ddp/cache")}
+        assert keys["one_cache"] and keys["ddp/cache"] and keys["one_cache"].isdisjoint(keys["ddp/cache"]), keys
+        for key in keys["ddp/cache"]:
+            assert json.loads((directory / "ddp/cache" / step / key / "key.json").read_text())["ranks"] == 2
     for result in results:  # every rank returns rank 0's payload, twice (the second run skipped everything)
         assert result["first"]["runs"] == results[0]["first"]["runs"]
         assert result["again"]["runs"] == results[0]["first"]["runs"]
