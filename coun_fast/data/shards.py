@@ -7,7 +7,9 @@ A packed data set is a folder (written by ``coun-fast data pack``, :mod:`coun_fa
   (per-channel mean and std on the [0, 1] scale of the training images, and how many were
   decoded for them), ``"source"``, ``"content_sha256"`` (over every shard's SHA-256, in order),
   and per split ``"splits": {"train"|"test": {"samples", "class_counts", "image_sizes": {"min",
-  "max"}, "reencoded", "shards": [{"file", "samples", "bytes", "sha256"}, ...]}}``;
+  "max"}, "reencoded", "shards": [{"file", "samples", "bytes", "sha256", "index_digest"}, ...]}}``,
+  and ``"digest"``, the SHA-256 of the rest of the manifest as canonical JSON
+  (:func:`coun_fast.digest.json_digest`);
 * the shard files ``{split}-{00000}.shard``, each (little-endian):
 
   ====================  ==============================================================
@@ -25,7 +27,10 @@ forget/retain splits, identities and loaders index a sharded set as any other.
 
 Reading: opening a data set reads the manifest and each shard's 16-byte header, 32-byte footer
 and index (a few dozen bytes per image), and checks them against each other and against the
-manifest; a missing, truncated or damaged shard is an error that names the file. The JPEG bytes
+manifest, and the manifest and each shard's header, index and footer against their digests
+(``digest``, ``index_digest``; manifests of older coun_fast have none and are read as they are);
+a missing, truncated or damaged shard is an error that names the file. The JPEG bytes are not
+read on opening (a data set may be larger than memory): :meth:`ShardedDataset.verify` checks them. The JPEG bytes
 are memory-mapped (read-only, shared) and only the pages of the images asked for are read.
 Pages a process has read stay mapped into it (and count in its resident set) until released:
 after every :data:`RELEASE_BYTES` read from a data set (each image counted as at least the
@@ -48,6 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
+from coun_fast.digest import Digest, check, json_digest, undecodable
+from coun_fast.files import write_text_atomic
 
 FORMAT = "coun_fast.shards"
 FORMAT_VERSION = 1
@@ -74,6 +81,12 @@ def index_bytes(count: int) -> int:
     return 8 * (count + 1) + 8 * count + 4 * count + 4 * count
 
 
+def index_digest(header: bytes, index: bytes, footer: bytes) -> str:
+    """The digest of a shard's header, index and footer (what opening it reads), as the manifest
+    records it (``index_digest``)."""
+    return Digest().add(header).add(index).add(footer).hexdigest()
+
+
 def _padded(data_bytes: int) -> int:
     return -(-data_bytes // 8) * 8
 
@@ -82,11 +95,12 @@ class Shard:
     """One shard file: its index in memory, its JPEG bytes memory-mapped on first use.
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for one that is
-    truncated, damaged or disagrees with the manifest (``samples``, ``size``).
+    truncated, damaged or disagrees with the manifest (``samples``, ``size``, ``digest``: the
+    manifest's ``index_digest``, see :func:`index_digest`).
     """
 
     def __init__(self, path: str | os.PathLike, *, samples: int | None = None, size: int | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, digest: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"shard file is missing: {self.path}")
@@ -97,13 +111,15 @@ class Shard:
         with open(self.path, "rb") as f:
             if actual < HEADER.size + FOOTER.size:
                 raise ValueError(f"shard file {self.path} is truncated: {actual} bytes, less than a header and footer")
-            magic, version, _ = HEADER.unpack(f.read(HEADER.size))
+            header = f.read(HEADER.size)
+            magic, version, _ = HEADER.unpack(header)
             if magic != MAGIC:
                 raise ValueError(f"{self.path} is not a coun_fast shard file (its first bytes are {magic!r})")
             if version != FORMAT_VERSION:
                 raise ValueError(f"shard file {self.path} has format version {version}; this coun_fast reads {FORMAT_VERSION}")
             f.seek(actual - FOOTER.size)
-            count, data_bytes, index_at, end = FOOTER.unpack(f.read(FOOTER.size))
+            footer = f.read(FOOTER.size)
+            count, data_bytes, index_at, end = FOOTER.unpack(footer)
             if end != END_MAGIC:
                 raise ValueError(f"shard file {self.path} is truncated or damaged: it lacks its end marker")
             if index_at != HEADER.size + _padded(data_bytes) or index_at + index_bytes(count) + FOOTER.size != actual:
@@ -113,6 +129,8 @@ class Shard:
                 raise ValueError(f"shard file {self.path} holds {count} images, the manifest records {samples}")
             f.seek(index_at)
             index = f.read(index_bytes(count))
+        if digest is not None:
+            check(self.path, digest, index_digest(header, index, footer), "its header, index and footer")
         self.count, self.data_bytes = int(count), int(data_bytes)
         self.offsets = np.frombuffer(index, np.int64, count + 1, 0)
         self.labels = np.frombuffer(index, np.int64, count, 8 * (count + 1))
@@ -312,6 +330,13 @@ class ShardedDataset(ImageDataset):
                 raise ValueError(f"shard file {shard.path} is corrupt: its SHA-256 differs from the manifest's")
 
 
+def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
+    """Write ``manifest`` with its ``digest`` (replacing one it holds) to ``path``, atomically."""
+    manifest = {k: v for k, v in manifest.items() if k != "digest"}
+    manifest["digest"] = json_digest(manifest)
+    return write_text_atomic(path, json.dumps(manifest, indent=1))
+
+
 def read_manifest(root: str | os.PathLike) -> dict:
     """The checked manifest of the packed data set in folder ``root``."""
     root = Path(root).expanduser()
@@ -321,9 +346,11 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"{root} is not a packed data set: it has no {MANIFEST} (write one with coun-fast data pack)")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise undecodable(path, "shards manifest", exc) from None
+    if isinstance(manifest, dict) and "digest" in manifest:
+        check(path, manifest["digest"], json_digest({k: v for k, v in manifest.items() if k != "digest"}))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a coun_fast shards manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     if manifest.get("version") != FORMAT_VERSION:
@@ -355,8 +382,8 @@ def open_sharded(root: str | os.PathLike, *, view_size=None, name: str | None = 
     splits = []
     for split in SPLITS:
         entries = manifest["splits"][split]["shards"]
-        shards = tuple(Shard(root / e["file"], samples=e["samples"], size=e["bytes"], num_classes=len(classes))
-                       for e in entries)
+        shards = tuple(Shard(root / e["file"], samples=e["samples"], size=e["bytes"], num_classes=len(classes),
+                             digest=e.get("index_digest")) for e in entries)
         labels = np.concatenate([s.labels for s in shards]) if shards else np.zeros(0, np.int64)
         sizes = (np.stack([np.concatenate([s.heights for s in shards]), np.concatenate([s.widths for s in shards])], 1)
                  if shards else np.zeros((0, 2), np.int64))
