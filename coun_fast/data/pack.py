@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -34,8 +34,8 @@ from PIL import Image
 
 from coun_fast.data._pil import as_threads, decode_one
 from coun_fast.data.shards import (
-    END_MAGIC, FOOTER, FORMAT, FORMAT_VERSION, HEADER, MAGIC, MANIFEST, SPLITS, _padded, index_digest, open_sharded,
-    read_manifest, shard_name, write_manifest,
+    END_MAGIC, FOOTER, FORMAT, FORMAT_VERSION, HEADER, MAGIC, MANIFEST, SHARD_VERSION, SPLITS, _padded, index_digest,
+    open_sharded, read_manifest, shard_name, write_manifest,
 )
 
 SOURCE_KINDS = ("auto", "folder", "npz", "cifar10", "cifar100")
@@ -162,8 +162,8 @@ class ShardWriter:
         self._path = self.folder / shard_name(self.split, len(self.entries))
         self._file = open(self._path, "wb")
         self._hash = hashlib.sha256()
-        self._offsets, self._labels, self._heights, self._widths = [0], [], [], []
-        self._write(HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+        self._offsets, self._labels, self._heights, self._widths, self._crcs = [0], [], [], [], []
+        self._write(HEADER.pack(MAGIC, SHARD_VERSION, 0))
 
     def _write(self, data) -> None:
         self._file.write(data)
@@ -177,6 +177,7 @@ class ShardWriter:
         self._labels.append(sample.label)
         self._heights.append(sample.size[0])
         self._widths.append(sample.size[1])
+        self._crcs.append(zlib.crc32(sample.data))
         self.class_counts[sample.label] += 1
         self.reencoded += bool(sample.reencoded)
         size = np.asarray(sample.size)
@@ -190,7 +191,8 @@ class ShardWriter:
         self._write(bytes(_padded(data_bytes) - data_bytes))
         count = len(self._labels)
         index = (np.asarray(self._offsets, np.int64).tobytes() + np.asarray(self._labels, np.int64).tobytes()
-                 + np.asarray(self._heights, np.int32).tobytes() + np.asarray(self._widths, np.int32).tobytes())
+                 + np.asarray(self._heights, np.int32).tobytes() + np.asarray(self._widths, np.int32).tobytes()
+                 + np.asarray(self._crcs, np.uint32).tobytes())
         footer = FOOTER.pack(count, data_bytes, HEADER.size + _padded(data_bytes), END_MAGIC)
         self._write(index)
         self._write(footer)
@@ -200,7 +202,7 @@ class ShardWriter:
         self._file = None
         self.entries.append({"file": self._path.name, "samples": count, "bytes": self._path.stat().st_size,
                              "sha256": self._hash.hexdigest(),
-                             "index_digest": index_digest(HEADER.pack(MAGIC, FORMAT_VERSION, 0), index, footer)})
+                             "index_digest": index_digest(HEADER.pack(MAGIC, SHARD_VERSION, 0), index, footer)})
 
     def close(self) -> dict:
         """Finish the last shard; the split's manifest entry."""
