@@ -116,16 +116,16 @@ def payload_digest(payload: dict) -> str:
 
 
 def save(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` (plus the format version and its digest) to ``path`` atomically; returns
-    the path.
+    """Write ``payload`` (plus this format version and its digest, replacing any it holds, as a
+    loaded payload does) to ``path`` atomically; returns the path.
 
     Missing folders are made. Raises TypeError for a payload holding values other than tensors
     and plain values, and the file system's OSError (read-only, no space...) with nothing left
     behind.
     """
     path = Path(path)
-    payload = {key: value for key, value in payload.items() if key != DIGEST_KEY}
-    payload = {"format_version": FORMAT_VERSION, **payload}
+    payload = {"format_version": FORMAT_VERSION,
+               **{key: value for key, value in payload.items() if key not in ("format_version", DIGEST_KEY)}}
     payload[DIGEST_KEY] = payload_digest(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
