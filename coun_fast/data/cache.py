@@ -2,14 +2,15 @@
 
 An entry ``{cache_dir}/{key}/`` holds ``{split}_images.npy`` (uint8 N, H, W, 3) and
 ``{split}_labels.npy`` (int64 N) for split in train/test, and ``meta.json`` (format version,
-name, classes, its own ``digest``, and each split's shape and ``digest``: a SHA-256 of its images' and labels' dtype,
-shape and bytes, checked on every hit, so a flipped bit in an array is a damaged entry, which is
-rebuilt; it costs about 0.1 s per CIFAR-10 sized entry, 50000x32x32x3 uint8, on one core). Every file is written under a temporary name and moved
-into place with ``os.replace``; ``meta.json`` is written last and removed first when an entry is
-rewritten, so an entry with a readable, matching ``meta.json`` is complete. An entry that is
-missing, partial, corrupt or of another format version is rebuilt. Hits map the image arrays
-copy-on-write (``mmap_mode="c"``): pages are read on demand, and writing to them changes only
-the process's copy, never the cache.
+name, classes, its own ``digest``, and each split's shape and ``digest``: a SHA-256 of its
+images' and labels' dtype, shape and bytes). Every file is written under a temporary name and
+moved into place with ``os.replace``; ``meta.json`` is written last and removed first when an
+entry is rewritten, so an entry with a readable, matching ``meta.json`` is complete. An entry
+that is missing, partial, corrupt (its content does not match its digests: every hit reads and
+hashes the arrays, about 0.1 s for CIFAR-10's 50000x32x32x3 uint8 on one core) or of another
+format version is rebuilt. Hits map the image arrays copy-on-write (``mmap_mode="c"``): the
+digest check reads each page once (it stays in the page cache, shared), and writing to them
+changes only the process's copy, never the cache.
 """
 
 from __future__ import annotations

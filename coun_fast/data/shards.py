@@ -132,7 +132,8 @@ class Shard:
             count, data_bytes, index_at, end = FOOTER.unpack(footer)
             if end != END_MAGIC:
                 raise ValueError(f"shard file {self.path} is truncated or damaged: it lacks its end marker")
-            if index_at != HEADER.size + _padded(data_bytes) or index_at + index_bytes(count, version) + FOOTER.size != actual:
+            if (index_at != HEADER.size + _padded(data_bytes)
+                    or index_at + index_bytes(count, version) + FOOTER.size != actual):
                 raise ValueError(f"shard file {self.path} is damaged: its footer (n={count}, {data_bytes} data bytes) "
                                  f"does not fit its size of {actual} bytes")
             if samples is not None and count != samples:
