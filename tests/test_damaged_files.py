@@ -47,7 +47,7 @@ from coun_fast.train import TrainConfig
 from coun_fast.workflow import DataSource, make_forget_split, run_unlearning, train_original
 from test_run_folders import API, TINY, checkpoint_of, cli, kill_after_first_checkpoint, refused, start
 
-EXAMPLES = settings(max_examples=30, deadline=None)
+EXAMPLES = settings(max_examples=100, deadline=None)
 RECIPES = Path(__file__).resolve().parents[1] / "coun_fast" / "recipes"
 
 
