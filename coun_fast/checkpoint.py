@@ -11,26 +11,38 @@ gets the permissions the umask gives.
 to unpickle (code, arbitrary objects) is refused before anything of it runs. Files of format
 version 1 (records holding NumPy index arrays) are still read: exactly the NumPy globals that
 rebuild a plain array are allow-listed for them.
+
+Since format version 3 the payload carries ``digest``, a SHA-256 over a canonical walk of the rest
+of it (every tensor's dtype, shape and bytes, every plain value as canonical JSON, every key; see
+:func:`payload_digest`), stored inside the file and so written atomically with it. torch's zip
+reader checks no CRCs, so without it one flipped bit in a tensor loads silently; :func:`load`
+recomputes the digest and refuses a file whose content does not match it (ValueError, one line
+naming the file). Files of formats 1 and 2 carry no digest: they are still read, with a warning
+that damage to them cannot be detected.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import pickle
 import platform
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from coun_fast.digest import DamagedFileError, Digest, check, undecodable
 from coun_fast.files import write_atomic
 
-FORMAT_VERSION = 2
-"""2: records are plain values (no NumPy arrays); 1: the first format."""
+FORMAT_VERSION = 3
+"""3: the payload carries its ``digest``; 2: records are plain values (no NumPy arrays); 1: the first format."""
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
+DIGEST_KEY = "digest"
+_log = logging.getLogger(__name__)
 
 
 def _numpy_array_globals() -> list:
@@ -71,16 +83,53 @@ def environment(device: torch.device | None = None) -> dict:
     return record
 
 
-def save(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` (plus the format version) to ``path`` atomically; returns the path.
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of ``tensor``'s elements in row-major order (on the CPU)."""
+    flat = tensor.detach().reshape(-1).contiguous().cpu()
+    return memoryview(flat.view(torch.uint8).numpy())
 
-    Missing folders are made. Raises the file system's OSError (read-only, no space...) with
-    nothing left behind.
+
+def _walk(digest: Digest, value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        digest.add_array(str(value.dtype), tuple(value.shape), _tensor_bytes(value))
+    elif isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (type(key).__name__, repr(key)))
+        digest.add(f"dict {len(keys)}")
+        for key in keys:
+            digest.add(type(key).__name__).add_json(key)
+            _walk(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.add(f"{type(value).__name__} {len(value)}")
+        for item in value:
+            _walk(digest, item)
+    else:  # a plain value; anything else is a TypeError (a checkpoint holds no other objects)
+        digest.add(type(value).__name__).add_json(value)
+
+
+def payload_digest(payload: dict) -> str:
+    """``sha256:<hex>`` over a canonical walk of ``payload`` without its ``digest`` key: every key,
+    every tensor's dtype, shape and bytes, every plain value as canonical JSON, so equal payloads
+    (on any device) have equal digests. TypeError for a value that is neither."""
+    digest = Digest()
+    _walk(digest, {key: value for key, value in payload.items() if key != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def save(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` (plus this format version and its digest, replacing any it holds, as a
+    loaded payload does) to ``path`` atomically; returns the path.
+
+    Missing folders are made. Raises TypeError for a payload holding values other than tensors
+    and plain values, and the file system's OSError (read-only, no space...) with nothing left
+    behind.
     """
     path = Path(path)
+    payload = {"format_version": FORMAT_VERSION,
+               **{key: value for key, value in payload.items() if key not in ("format_version", DIGEST_KEY)}}
+    payload[DIGEST_KEY] = payload_digest(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
+    torch.save(payload, buffer)
     return write_atomic(path, buffer.getvalue())
 
 
@@ -95,8 +144,9 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save`, safely (see the module docstring).
 
     Raises FileNotFoundError for a missing file and ValueError, in one line naming the file, for
-    a truncated or foreign file, one that holds objects other than tensors and plain values, or
-    one that is not a coun_fast checkpoint.
+    a truncated, damaged or foreign file, one whose content does not match its digest, one that
+    holds objects other than tensors and plain values, or one that is not a coun_fast checkpoint.
+    The returned payload keeps its ``digest`` key.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,14 +157,24 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{str(path)!r} is not a readable coun_fast checkpoint: {_foreign(exc)}; "
                          "refusing to load it") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
-            ImportError, KeyError, IndexError) as exc:  # a truncated or foreign file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{str(path)!r} is not a readable coun_fast checkpoint: it is damaged or not a torch "
-                         f"file ({reason})") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated, damaged or foreign file fails in many ways
+        raise undecodable(path, "coun_fast checkpoint", exc) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise ValueError(f"{str(path)!r} is not a coun_fast checkpoint (no format_version)")
-    if payload["format_version"] not in (1, FORMAT_VERSION):
-        raise ValueError(f"{str(path)!r} has checkpoint format {payload['format_version']!r}; this coun_fast "
-                         f"reads 1 and {FORMAT_VERSION}")
+    version = payload["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ValueError(f"{str(path)!r} has checkpoint format {version!r}; this coun_fast reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version == FORMAT_VERSION or DIGEST_KEY in payload:  # an older version with a digest: a damaged version
+        try:
+            computed = payload_digest(payload)
+        except TypeError as exc:  # a damaged value that is neither a tensor nor plain
+            raise undecodable(path, "coun_fast checkpoint", exc) from None
+        if version != FORMAT_VERSION:
+            raise DamagedFileError(f"{str(path)!r} is damaged: it holds a digest, which only checkpoint format "
+                                   f"{FORMAT_VERSION} has, yet records format {version!r}; refusing to use it")
+        check(path, payload.get(DIGEST_KEY), computed)
+    else:
+        _log.warning("%r has checkpoint format %s, which records no digest: damage to it cannot be detected "
+                     "(save it again to add one)", str(path), version)
     return payload

@@ -217,7 +217,7 @@ def test_npz_save_load_round_trip(tmp_path):
     path = save_npz(tmp_path / "tiny_set.npz", splits, quality=95)
     assert path == tmp_path / "tiny_set.npz" and not list(tmp_path.glob(".*tmp*"))
     with np.load(path, allow_pickle=False) as archive:
-        assert set(archive.files) == set(REQUIRED_KEYS)
+        assert set(archive.files) == {*REQUIRED_KEYS, "digest"}  # the arrays, and their digest
     decoded = load_npz(path)
     encoded = load_npz(path, decode=False, name="other")
     assert decoded.train.name == "tiny_set" and encoded.train.name == "other"
@@ -258,13 +258,17 @@ def test_npz_errors(tmp_path):
     with pytest.raises(ValueError, match=r"lacks the keys \['train_offsets'.*keys present: \['classes', 'train_jpeg'\].*required"):
         load_npz(tmp_path / "partial.npz")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match="cannot read packed data set"):
+    with pytest.raises(ValueError, match="text.npz' is not a readable packed data set"):
         load_npz(tmp_path / "text.npz")
     splits = _synthetic_splits()
     save_npz(tmp_path / "ok.npz", splits)
     with np.load(tmp_path / "ok.npz") as archive:
         arrays = dict(archive)
     arrays["test_labels"] = arrays["test_labels"] + 5
+    with pytest.raises(ValueError, match="bad_labels.npz' is damaged: its content does not match its recorded digest"):
+        np.savez(tmp_path / "bad_labels.npz", **arrays)
+        load_npz(tmp_path / "bad_labels.npz", decode=False)
+    del arrays["digest"]  # a file made elsewhere: no digest, its arrays checked
     np.savez(tmp_path / "bad_labels.npz", **arrays)
     with pytest.raises(ValueError, match=r"bad_labels.npz \(test split\): labels must lie in \[0, 3\)"):
         load_npz(tmp_path / "bad_labels.npz", decode=False)

@@ -31,7 +31,6 @@ import importlib.util
 import logging
 import os
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +39,7 @@ from PIL import Image
 
 from coun_fast.data._pil import BILINEAR, as_size, to_rgb
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
+from coun_fast.data.npzfile import read_npz, write_npz
 
 log = logging.getLogger("coun_fast.data")
 
@@ -283,7 +283,7 @@ def is_arrays_npz(path: str | Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return _npz_keys(archive.files) is not None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError):
+    except Exception:  # noqa: BLE001 - not a readable .npz (a damaged one is refused by the reader it goes to)
         return False
 
 
@@ -295,16 +295,12 @@ def load_arrays_npz(path: str | Path, *, name: str | None = None, image_size: ob
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            scheme = _npz_keys(archive.files)
-            if scheme is None:
-                raise ValueError(f"{path} holds the keys {sorted(archive.files)}; a .npz of arrays needs "
-                                 f"{', '.join(k for pair in ARRAY_KEYS.items() for k in pair)} (and optionally "
-                                 f"classes), or Keras' {', '.join(k for pair in KERAS_KEYS.items() for k in pair)}")
-            arrays = {key: archive[key] for key in archive.files if key in (*scheme, *scheme.values(), "classes")}
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"cannot read {path}: {type(error).__name__}: {error}") from None
+    arrays = read_npz(path, ".npz of arrays")
+    scheme = _npz_keys(list(arrays))
+    if scheme is None:
+        raise ValueError(f"{path} holds the keys {sorted(arrays)}; a .npz of arrays needs "
+                         f"{', '.join(k for pair in ARRAY_KEYS.items() for k in pair)} (and optionally "
+                         f"classes), or Keras' {', '.join(k for pair in KERAS_KEYS.items() for k in pair)}")
     (train_x, train_y), (test_x, test_y) = ((arrays[x], arrays[y]) for x, y in scheme.items())
     classes = arrays.get("classes")
     classes = _both_classes(None if classes is None else classes.tolist(), np.asarray(train_y).reshape(-1),
@@ -317,17 +313,11 @@ def load_arrays_npz(path: str | Path, *, name: str | None = None, image_size: ob
 def save_arrays(path: str | Path, splits: DatasetSplits) -> Path:
     """Write ``splits`` (decoded) as a ``.npz`` of arrays that :func:`load_arrays_npz` reads, to
     exactly ``path``, replaced atomically: convert a data set once, then point the command line at it."""
-    import io
-
-    from coun_fast.files import write_atomic
-
     train, test = (data.decoded() for data in splits)
     if train.classes != test.classes:
         raise ValueError("the training and test splits name different classes")
-    buffer = io.BytesIO()
-    np.savez(buffer, train_images=train.images, train_labels=train.labels, test_images=test.images,
-             test_labels=test.labels, classes=np.asarray(train.classes, dtype=str))
-    return write_atomic(path, buffer.getvalue())
+    return write_npz(path, {"train_images": train.images, "train_labels": train.labels, "test_images": test.images,
+                             "test_labels": test.labels, "classes": np.asarray(train.classes, dtype=str)})
 
 
 # -- a Python function -----------------------------------------------------------------------------

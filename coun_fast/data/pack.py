@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -34,8 +34,8 @@ from PIL import Image
 
 from coun_fast.data._pil import as_threads, decode_one
 from coun_fast.data.shards import (
-    END_MAGIC, FOOTER, FORMAT, FORMAT_VERSION, HEADER, MAGIC, MANIFEST, SPLITS, _padded, open_sharded, read_manifest,
-    shard_name,
+    END_MAGIC, FOOTER, FORMAT, FORMAT_VERSION, HEADER, MAGIC, MANIFEST, SHARD_VERSION, SPLITS, _padded, index_digest,
+    open_sharded, read_manifest, shard_name, write_manifest,
 )
 
 SOURCE_KINDS = ("auto", "folder", "npz", "cifar10", "cifar100")
@@ -162,8 +162,8 @@ class ShardWriter:
         self._path = self.folder / shard_name(self.split, len(self.entries))
         self._file = open(self._path, "wb")
         self._hash = hashlib.sha256()
-        self._offsets, self._labels, self._heights, self._widths = [0], [], [], []
-        self._write(HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+        self._offsets, self._labels, self._heights, self._widths, self._crcs = [0], [], [], [], []
+        self._write(HEADER.pack(MAGIC, SHARD_VERSION, 0))
 
     def _write(self, data) -> None:
         self._file.write(data)
@@ -177,6 +177,7 @@ class ShardWriter:
         self._labels.append(sample.label)
         self._heights.append(sample.size[0])
         self._widths.append(sample.size[1])
+        self._crcs.append(zlib.crc32(sample.data))
         self.class_counts[sample.label] += 1
         self.reencoded += bool(sample.reencoded)
         size = np.asarray(sample.size)
@@ -189,15 +190,19 @@ class ShardWriter:
         data_bytes = self._offsets[-1]
         self._write(bytes(_padded(data_bytes) - data_bytes))
         count = len(self._labels)
-        self._write(np.asarray(self._offsets, np.int64).tobytes() + np.asarray(self._labels, np.int64).tobytes()
-                    + np.asarray(self._heights, np.int32).tobytes() + np.asarray(self._widths, np.int32).tobytes())
-        self._write(FOOTER.pack(count, data_bytes, HEADER.size + _padded(data_bytes), END_MAGIC))
+        index = (np.asarray(self._offsets, np.int64).tobytes() + np.asarray(self._labels, np.int64).tobytes()
+                 + np.asarray(self._heights, np.int32).tobytes() + np.asarray(self._widths, np.int32).tobytes()
+                 + np.asarray(self._crcs, np.uint32).tobytes())
+        footer = FOOTER.pack(count, data_bytes, HEADER.size + _padded(data_bytes), END_MAGIC)
+        self._write(index)
+        self._write(footer)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
         self.entries.append({"file": self._path.name, "samples": count, "bytes": self._path.stat().st_size,
-                             "sha256": self._hash.hexdigest()})
+                             "sha256": self._hash.hexdigest(),
+                             "index_digest": index_digest(HEADER.pack(MAGIC, SHARD_VERSION, 0), index, footer)})
 
     def close(self) -> dict:
         """Finish the last shard; the split's manifest entry."""
@@ -250,7 +255,7 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, source_kind: str = "
 
     Raises FileNotFoundError for a missing ``src``; ValueError for a bad argument, an unreadable
     source or an ``out`` that cannot be written (a packed data set there needs ``overwrite``)."""
-    from coun_fast.files import check_writable_location, write_text_atomic
+    from coun_fast.files import check_writable_location
     from coun_fast.runfolder import check_target, staged
 
     src = Path(src).expanduser()
@@ -299,9 +304,9 @@ def pack(src: str | os.PathLike, out: str | os.PathLike, *, source_kind: str = "
                     "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3, "images": 0}}
         # The statistics are read back through the shards, which open_sharded finds through a
         # manifest: a first one (in the partial folder only) with placeholders, then the final one.
-        write_text_atomic(work / MANIFEST, json.dumps(manifest, indent=1))
+        write_manifest(work / MANIFEST, manifest)
         manifest["normalization"] = channel_moments(work, stats_images, workers)
-        write_text_atomic(work / MANIFEST, json.dumps(manifest, indent=1))
+        write_manifest(work / MANIFEST, manifest)
     return Path(out)
 
 

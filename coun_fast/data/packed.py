@@ -6,7 +6,9 @@ Keys (no pickled objects, so ``np.load(path, allow_pickle=False)`` reads it), fo
 * ``{split}_jpeg``: uint8 (bytes,), the split's JPEG files concatenated;
 * ``{split}_offsets``: int64 (N + 1,), image i is ``{split}_jpeg[offsets[i]:offsets[i + 1]]``;
 * ``{split}_labels``: int64 (N,), class indices;
-* ``classes``: str (num_classes,), the class names in label order.
+* ``classes``: str (num_classes,), the class names in label order;
+* ``digest`` (written by coun_fast; optional): the SHA-256 of the other arrays, checked on load
+  (:mod:`coun_fast.data.npzfile`).
 
 Keeping the JPEG bytes lets the GPU decode them (``decode=False``); ``decode=True`` decodes them
 on the CPU with Pillow.
@@ -14,14 +16,13 @@ on the CPU with Pillow.
 
 from __future__ import annotations
 
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
 from coun_fast.data.jpeg import decode_all, encode_all
+from coun_fast.data.npzfile import read_npz, write_npz
 
 SPLITS = ("train", "test")
 REQUIRED_KEYS = ("classes",) + tuple(f"{s}_{part}" for s in SPLITS for part in ("jpeg", "offsets", "labels"))
@@ -33,29 +34,19 @@ def load_npz(path: str | Path, *, name: str | None = None, decode: bool = True, 
     ``name`` defaults to the file's stem. With ``decode=True`` the images are decoded on the CPU
     (``threads`` threads, None: one per core) to uint8 (N, H, W, 3); with ``decode=False`` the data
     sets stay encoded (``jpeg`` + ``offsets``). Raises FileNotFoundError for a missing file and
-    ValueError for an unreadable file, missing keys (listing those present and those required)
-    or inconsistent arrays.
+    ValueError for an unreadable or damaged file (one whose arrays do not match its digest),
+    missing keys (listing those present and those required) or inconsistent arrays.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"packed data set file does not exist: {path}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
-        raise ValueError(f"cannot read packed data set {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"packed data set {path} holds a single array, not an .npz archive with keys {list(REQUIRED_KEYS)}")
-    with archive:
-        missing = [k for k in REQUIRED_KEYS if k not in archive.files]
-        if missing:
-            raise ValueError(
-                f"packed data set {path} lacks the keys {missing}; keys present: {sorted(archive.files)}; "
-                f"required: {list(REQUIRED_KEYS)}"
-            )
-        try:
-            arrays = {k: archive[k] for k in REQUIRED_KEYS}
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
-            raise ValueError(f"cannot read packed data set {path}: {type(exc).__name__}: {exc}") from exc
+    arrays = read_npz(path, "packed data set")
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"packed data set {path} lacks the keys {missing}; keys present: {sorted(arrays)}; "
+            f"required: {list(REQUIRED_KEYS)}"
+        )
     classes = arrays["classes"]
     if classes.ndim != 1 or classes.dtype.kind not in "US":
         raise ValueError(f"{path}: 'classes' must be a 1-D str array; got {classes.dtype} {classes.shape}")
@@ -96,11 +87,4 @@ def save_npz(path: str | Path, splits: DatasetSplits, quality: int = 95, *, thre
         arrays[f"{split}_jpeg"] = np.asarray(jpeg, np.uint8)
         arrays[f"{split}_offsets"] = np.asarray(offsets, np.int64)
         arrays[f"{split}_labels"] = np.asarray(data.labels, np.int64)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_npz(path, arrays)

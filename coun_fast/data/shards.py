@@ -7,15 +7,18 @@ A packed data set is a folder (written by ``coun-fast data pack``, :mod:`coun_fa
   (per-channel mean and std on the [0, 1] scale of the training images, and how many were
   decoded for them), ``"source"``, ``"content_sha256"`` (over every shard's SHA-256, in order),
   and per split ``"splits": {"train"|"test": {"samples", "class_counts", "image_sizes": {"min",
-  "max"}, "reencoded", "shards": [{"file", "samples", "bytes", "sha256"}, ...]}}``;
+  "max"}, "reencoded", "shards": [{"file", "samples", "bytes", "sha256", "index_digest"}, ...]}}``,
+  and ``"digest"``, the SHA-256 of the rest of the manifest as canonical JSON
+  (:func:`coun_fast.digest.json_digest`);
 * the shard files ``{split}-{00000}.shard``, each (little-endian):
 
   ====================  ==============================================================
-  16 bytes              ``b"COUNSHRD"``, format version (uint32), 0 (uint32)
+  16 bytes              ``b"COUNSHRD"``, shard format version (uint32, :data:`SHARD_VERSION`), 0 (uint32)
   ``data_bytes``        the JPEG files, concatenated
   0-7 bytes             zero padding to a multiple of 8
   index                 offsets int64 (n + 1, from the data's start), labels int64 (n),
-                        heights int32 (n), widths int32 (n)
+                        heights int32 (n), widths int32 (n), CRC-32s uint32 (n, of each
+                        JPEG file; version 2, absent in version 1)
   32 bytes              n (uint64), ``data_bytes`` (uint64), the index's position
                         (uint64), ``b"COUNSEND"``
   ====================  ==============================================================
@@ -25,7 +28,13 @@ forget/retain splits, identities and loaders index a sharded set as any other.
 
 Reading: opening a data set reads the manifest and each shard's 16-byte header, 32-byte footer
 and index (a few dozen bytes per image), and checks them against each other and against the
-manifest; a missing, truncated or damaged shard is an error that names the file. The JPEG bytes
+manifest, and the manifest and each shard's header, index and footer against their digests
+(``digest``, ``index_digest``; manifests of older coun_fast have none and are read as they are);
+a missing, truncated or damaged shard is an error that names the file. The JPEG bytes are not
+read on opening (a data set may be larger than memory): each image's bytes are checked against
+their CRC-32 when they are read (:meth:`ShardedDataset.encoded_arrays`, a few microseconds per
+image), so a damaged image is an error naming its shard and entry, never decoded as it is
+(shards of version 1 have no CRC-32s); :meth:`ShardedDataset.verify` checks whole shards. The JPEG bytes
 are memory-mapped (read-only, shared) and only the pages of the images asked for are read.
 Pages a process has read stay mapped into it (and count in its resident set) until released:
 after every :data:`RELEASE_BYTES` read from a data set (each image counted as at least the
@@ -44,13 +53,20 @@ import json
 import mmap
 import os
 import struct
+import zlib
 from pathlib import Path
 import numpy as np
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
+from coun_fast.digest import Digest, check, json_digest, undecodable
+from coun_fast.files import write_text_atomic
 
 FORMAT = "coun_fast.shards"
 FORMAT_VERSION = 1
+"""The manifest's format version."""
+SHARD_VERSION = 2
+"""The shard files' format version: 2 adds each image's CRC-32 to the index; 1 is still read."""
+READABLE_SHARD_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
 HEADER = struct.Struct("<8sII")
@@ -69,9 +85,15 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:05d}.shard"
 
 
-def index_bytes(count: int) -> int:
-    """Size of the index of a shard of ``count`` images."""
-    return 8 * (count + 1) + 8 * count + 4 * count + 4 * count
+def index_bytes(count: int, version: int = SHARD_VERSION) -> int:
+    """Size of the index of a shard of ``count`` images (of shard format ``version``)."""
+    return 8 * (count + 1) + 8 * count + 4 * count + 4 * count + (4 * count if version >= 2 else 0)
+
+
+def index_digest(header: bytes, index: bytes, footer: bytes) -> str:
+    """The digest of a shard's header, index and footer (what opening it reads), as the manifest
+    records it (``index_digest``)."""
+    return Digest().add(header).add(index).add(footer).hexdigest()
 
 
 def _padded(data_bytes: int) -> int:
@@ -82,11 +104,12 @@ class Shard:
     """One shard file: its index in memory, its JPEG bytes memory-mapped on first use.
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for one that is
-    truncated, damaged or disagrees with the manifest (``samples``, ``size``).
+    truncated, damaged or disagrees with the manifest (``samples``, ``size``, ``digest``: the
+    manifest's ``index_digest``, see :func:`index_digest`).
     """
 
     def __init__(self, path: str | os.PathLike, *, samples: int | None = None, size: int | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, digest: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"shard file is missing: {self.path}")
@@ -97,27 +120,34 @@ class Shard:
         with open(self.path, "rb") as f:
             if actual < HEADER.size + FOOTER.size:
                 raise ValueError(f"shard file {self.path} is truncated: {actual} bytes, less than a header and footer")
-            magic, version, _ = HEADER.unpack(f.read(HEADER.size))
+            header = f.read(HEADER.size)
+            magic, version, _ = HEADER.unpack(header)
             if magic != MAGIC:
                 raise ValueError(f"{self.path} is not a coun_fast shard file (its first bytes are {magic!r})")
-            if version != FORMAT_VERSION:
-                raise ValueError(f"shard file {self.path} has format version {version}; this coun_fast reads {FORMAT_VERSION}")
+            if version not in READABLE_SHARD_VERSIONS:
+                raise ValueError(f"shard file {self.path} has format version {version}; this coun_fast reads "
+                                 f"{', '.join(map(str, READABLE_SHARD_VERSIONS))}")
             f.seek(actual - FOOTER.size)
-            count, data_bytes, index_at, end = FOOTER.unpack(f.read(FOOTER.size))
+            footer = f.read(FOOTER.size)
+            count, data_bytes, index_at, end = FOOTER.unpack(footer)
             if end != END_MAGIC:
                 raise ValueError(f"shard file {self.path} is truncated or damaged: it lacks its end marker")
-            if index_at != HEADER.size + _padded(data_bytes) or index_at + index_bytes(count) + FOOTER.size != actual:
+            if (index_at != HEADER.size + _padded(data_bytes)
+                    or index_at + index_bytes(count, version) + FOOTER.size != actual):
                 raise ValueError(f"shard file {self.path} is damaged: its footer (n={count}, {data_bytes} data bytes) "
                                  f"does not fit its size of {actual} bytes")
             if samples is not None and count != samples:
                 raise ValueError(f"shard file {self.path} holds {count} images, the manifest records {samples}")
             f.seek(index_at)
-            index = f.read(index_bytes(count))
+            index = f.read(index_bytes(count, version))
+        if digest is not None:
+            check(self.path, digest, index_digest(header, index, footer), "its header, index and footer")
         self.count, self.data_bytes = int(count), int(data_bytes)
         self.offsets = np.frombuffer(index, np.int64, count + 1, 0)
         self.labels = np.frombuffer(index, np.int64, count, 8 * (count + 1))
         self.heights = np.frombuffer(index, np.int32, count, 16 * count + 8)
         self.widths = np.frombuffer(index, np.int32, count, 20 * count + 8)
+        self.crcs = np.frombuffer(index, np.uint32, count, 24 * count + 8) if version >= 2 else None
         if count and (self.offsets[0] != 0 or self.offsets[-1] != data_bytes or np.any(np.diff(self.offsets) <= 0)):
             raise ValueError(f"shard file {self.path} is damaged: its offsets do not rise from 0 to {data_bytes}")
         if count and (self.heights.min() < 1 or self.widths.min() < 1):
@@ -140,9 +170,19 @@ class Shard:
             self._bytes = np.frombuffer(self._map, np.uint8, self.data_bytes, HEADER.size)
         return self._bytes
 
-    def view(self, entry: int) -> np.ndarray:
-        """The JPEG file of entry ``entry`` (a view of the mapping)."""
-        return self._data()[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
+    def view(self, entry: int, *, checked: bool = True) -> np.ndarray:
+        """The JPEG file of entry ``entry`` (a view of the mapping), :meth:`check`-ed unless not ``checked``."""
+        data = self._data()[int(self.offsets[entry]) : int(self.offsets[entry + 1])]
+        if checked:
+            self.check(entry, data)
+        return data
+
+    def check(self, entry: int, data: np.ndarray) -> None:
+        """ValueError naming the file and entry when ``data``, entry ``entry``'s bytes, differ from
+        their CRC-32 (a damaged shard; a shard of version 1 records none)."""
+        if self.crcs is not None and zlib.crc32(data) != int(self.crcs[entry]):
+            raise ValueError(f"shard file {self.path} is damaged: the bytes of its entry {entry} do not match their "
+                             "CRC-32")
 
     def release(self) -> None:
         """Drop this process's mapped pages of the file (the page cache keeps them; views stay valid)."""
@@ -260,13 +300,17 @@ class ShardedDataset(ImageDataset):
         return shard, index - self._starts[shard]
 
     def encoded_arrays(self, indices) -> list[np.ndarray]:
-        """The JPEG files of ``indices`` as uint8 arrays (views of the mapped shards, no copy)."""
+        """The JPEG files of ``indices`` as uint8 arrays (views of the mapped shards, no copy), each
+        checked against its CRC-32 (ValueError naming the shard and entry of a damaged one)."""
         shards, entries = self.locate(indices)
-        files = [self.shards[s].view(e) for s, e in zip(shards.tolist(), entries.tolist())]
+        located = list(zip(shards.tolist(), entries.tolist()))
+        files = [self.shards[s].view(e, checked=False) for s, e in located]
         incoming = sum(max(len(f), FAULT_AROUND) for f in files)
         if self._unreleased[0] + incoming > RELEASE_BYTES:  # before these are read: no refaults
             self.release()
         self._unreleased[0] += incoming
+        for (s, e), data in zip(located, files):
+            self.shards[s].check(e, data)
         return files
 
     def describe(self, index: int) -> str:
@@ -312,6 +356,13 @@ class ShardedDataset(ImageDataset):
                 raise ValueError(f"shard file {shard.path} is corrupt: its SHA-256 differs from the manifest's")
 
 
+def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
+    """Write ``manifest`` with its ``digest`` (replacing one it holds) to ``path``, atomically."""
+    manifest = {k: v for k, v in manifest.items() if k != "digest"}
+    manifest["digest"] = json_digest(manifest)
+    return write_text_atomic(path, json.dumps(manifest, indent=1))
+
+
 def read_manifest(root: str | os.PathLike) -> dict:
     """The checked manifest of the packed data set in folder ``root``."""
     root = Path(root).expanduser()
@@ -321,9 +372,11 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"{root} is not a packed data set: it has no {MANIFEST} (write one with coun-fast data pack)")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise undecodable(path, "shards manifest", exc) from None
+    if isinstance(manifest, dict) and "digest" in manifest:
+        check(path, manifest["digest"], json_digest({k: v for k, v in manifest.items() if k != "digest"}))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a coun_fast shards manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     if manifest.get("version") != FORMAT_VERSION:
@@ -355,8 +408,8 @@ def open_sharded(root: str | os.PathLike, *, view_size=None, name: str | None = 
     splits = []
     for split in SPLITS:
         entries = manifest["splits"][split]["shards"]
-        shards = tuple(Shard(root / e["file"], samples=e["samples"], size=e["bytes"], num_classes=len(classes))
-                       for e in entries)
+        shards = tuple(Shard(root / e["file"], samples=e["samples"], size=e["bytes"], num_classes=len(classes),
+                             digest=e.get("index_digest")) for e in entries)
         labels = np.concatenate([s.labels for s in shards]) if shards else np.zeros(0, np.int64)
         sizes = (np.stack([np.concatenate([s.heights for s in shards]), np.concatenate([s.widths for s in shards])], 1)
                  if shards else np.zeros((0, 2), np.int64))

@@ -28,14 +28,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import numbers
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from coun_fast.data.npzfile import arrays_digest, read_npz
+from coun_fast.digest import DamagedFileError, check, json_digest, undecodable
 from coun_fast.files import write_atomic
 
 __all__ = [
@@ -53,8 +55,10 @@ __all__ = [
 KINDS = ("random", "class", "sequential")
 """The kinds of forget split."""
 
-_FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)  # version 1: no data set identity
+_FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)  # version 1: no data set identity; 3: a digest in meta
+_ARRAYS = ("train_indices", "forget", "retain", "chunks", "chunk_sizes")  # the arrays of a split file
+_log = logging.getLogger(__name__)
 _SHOW = 5  # offending indices shown in error messages
 
 
@@ -416,24 +420,26 @@ class ForgetSplit:
 
         The file is a compressed ``.npz`` holding ``train_indices``, ``forget``, ``retain``,
         ``chunks`` (concatenated in chunk order), ``chunk_sizes`` and ``meta`` (a JSON string of
-        kind, forget_classes, seed, params and the format version). It is written to a temporary
-        file in the same folder and moved into place with ``os.replace``, so a reader never sees
-        a partial file; the file gets the permissions the umask gives. The folder must exist.
+        kind, forget_classes, seed, params, the format version and ``digest``, a SHA-256 over the
+        arrays and the rest of meta, see :func:`_file_digest`). It is written to a temporary file
+        in the same folder and moved into place with ``os.replace``, so a reader never sees a
+        partial file; the file gets the permissions the umask gives. The folder must exist.
         Returns the path.
         """
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot save the split to {path}: folder {path.parent} does not exist")
+        arrays = {
+            "train_indices": self.train_indices,
+            "forget": self.forget,
+            "retain": self.retain,
+            "chunks": np.concatenate(self.chunks),
+            "chunk_sizes": np.array([c.size for c in self.chunks], dtype=np.int64),
+        }
+        meta = self._meta()
+        meta["digest"] = _file_digest(arrays, meta)
         buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            train_indices=self.train_indices,
-            forget=self.forget,
-            retain=self.retain,
-            chunks=np.concatenate(self.chunks),
-            chunk_sizes=np.array([c.size for c in self.chunks], dtype=np.int64),
-            meta=np.array(json.dumps(self._meta())),
-        )
+        np.savez_compressed(buffer, **arrays, meta=np.array(json.dumps(meta)))
         write_atomic(path, buffer.getvalue())
         return path
 
@@ -441,8 +447,10 @@ class ForgetSplit:
     def load(cls, path: str | os.PathLike) -> "ForgetSplit":
         """Read a split written by :meth:`save` (checked as in the constructor).
 
-        Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
-        that is not a readable split file (another kind of file, a damaged archive, other arrays).
+        Raises FileNotFoundError for a missing file and ValueError, in one line naming the file,
+        for anything that is not a readable split file (another kind of file, a damaged archive,
+        other arrays) or whose content does not match its digest. Files of versions 1 and 2 carry
+        no digest: they are read with a warning.
         """
         path = Path(path)
         if not path.is_file():
@@ -451,26 +459,27 @@ class ForgetSplit:
             if file.read(4) != b"PK\x03\x04":
                 raise ValueError(f"{str(path)!r} is not a split file: it is not an .npz archive "
                                  "(write one with ForgetSplit.save, or use the split.npz of an unlearning run)")
-        keys = ("train_indices", "forget", "retain", "chunks", "chunk_sizes", "meta")
+        arrays = read_npz(path, "split file")
+        missing = [k for k in (*_ARRAYS, "meta") if k not in arrays]
+        if missing:
+            raise ValueError(f"{str(path)!r} is not a saved ForgetSplit: it lacks the arrays {missing}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = [k for k in keys if k not in data.files]
-                if missing:
-                    raise ValueError(f"{path} is not a saved ForgetSplit: it lacks the arrays {missing}")
-                arrays = {k: data[k] for k in keys}
-        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-            if "is not a saved ForgetSplit" in str(error):
-                raise
-            raise ValueError(f"{str(path)!r} is not a readable split file: {error}") from None
+            meta = json.loads(str(arrays.pop("meta")))
+        except (ValueError, RecursionError) as error:  # not JSON (a damaged file)
+            raise undecodable(path, "split file", error) from None
+        if isinstance(meta, dict) and (meta.get("version") == _FORMAT_VERSION or "digest" in meta):
+            if meta.get("version") != _FORMAT_VERSION:
+                raise DamagedFileError(f"{str(path)!r} is damaged: it holds a digest, which only split format "
+                                       f"version {_FORMAT_VERSION} has, yet records version {meta.get('version')!r}")
+            check(path, meta.get("digest"), _file_digest(arrays, meta))
+        elif isinstance(meta, dict) and meta.get("version") in _READABLE_VERSIONS:
+            _log.warning("%r has split format version %s, which records no digest: damage to it cannot be "
+                         "detected (save it again to add one)", str(path), meta.get("version"))
         sizes = arrays.pop("chunk_sizes").astype(np.int64)
         flat = arrays["chunks"]
         if sizes.ndim != 1 or np.any(sizes < 0) or sizes.sum() != flat.size:
             raise ValueError(f"{path} is corrupt: chunk_sizes do not add up to the {flat.size} chunk indices")
         arrays["chunks"] = np.split(flat, np.cumsum(sizes)[:-1])
-        try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is corrupt: its meta is not JSON ({error})") from None
         return cls._from_meta(meta, arrays, str(path))
 
     # -- description ---------------------------------------------------------------------------
@@ -515,6 +524,13 @@ class ForgetSplit:
             if class_names is not None:
                 out["classes"] = [str(c) for c in class_names]
         return out
+
+
+def _file_digest(arrays: dict, meta: dict) -> str:
+    """The digest of a split file: of its arrays (:data:`_ARRAYS`, see
+    :func:`~coun_fast.data.npzfile.arrays_digest`) and its meta without ``digest``."""
+    content = arrays_digest({name: arrays[name] for name in _ARRAYS})
+    return json_digest({"arrays": content, "meta": {k: v for k, v in meta.items() if k != "digest"}})
 
 
 # -- constructors --------------------------------------------------------------------------------

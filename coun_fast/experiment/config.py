@@ -455,9 +455,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no experiment file {str(path)!r}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (yaml.YAMLError, RecursionError) as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a mapping of the experiment's sections")
     return raw
@@ -543,12 +545,15 @@ def apply_overrides(raw: dict, *, seeds=None, methods=None, output=None, device=
 
 
 def load_config(source: str | Path | Mapping, **overrides) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a YAML file or a mapping, with :func:`apply_overrides`."""
+    """An :class:`ExperimentConfig` from a YAML file or a mapping, with :func:`apply_overrides`.
+    A ConfigError about a file's content names the file."""
     if isinstance(source, Mapping):
-        raw, name = dict(source), "experiment"
-    else:
-        raw, name = read_yaml(source), Path(source).stem
-    return parse_config(apply_overrides(raw, **overrides), name=name)
+        return parse_config(apply_overrides(dict(source), **overrides), name="experiment")
+    raw = read_yaml(source)
+    try:
+        return parse_config(apply_overrides(raw, **overrides), name=Path(source).stem)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 __all__ = ["ConfigError", "ExperimentConfig", "MethodSpec", "ModelSpec", "Scenario", "Sweep", "TRAIN_KEYS",

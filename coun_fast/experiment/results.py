@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from coun_fast.digest import check, json_digest, undecodable
 from coun_fast.evaluate import GAP_KEYS
 from coun_fast.files import write_text_atomic
 
@@ -142,10 +143,38 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
     return write_text_atomic(path, text.getvalue())
 
 
-def write_json(payload: dict, path: Path) -> Path:
-    """``payload`` as indented JSON, the file replaced atomically."""
+DIGEST_KEY = "digest"
+"""The key of a digested JSON file's digest (:func:`write_json` with ``digest=True``)."""
+
+
+def write_json(payload: dict, path: Path, *, digest: bool = False) -> Path:
+    """``payload`` as indented JSON, the file replaced atomically. With ``digest``, the file also
+    holds ``"digest"``: the SHA-256 of the rest as canonical JSON (values that are not JSON are
+    written as their text), which :func:`read_json` checks."""
+    if digest:
+        payload = json.loads(json.dumps({k: v for k, v in payload.items() if k != DIGEST_KEY}, default=str))
+        payload[DIGEST_KEY] = json_digest(payload)
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
+def read_json(path: Path, *, legacy_keys: Iterable[str] | None = None) -> dict:
+    """The mapping :func:`write_json` wrote to ``path`` with ``digest=True``, its digest checked
+    and removed. A file without a digest is accepted only when its keys are exactly
+    ``legacy_keys`` (as older coun_fast wrote it). Raises OSError for an unreadable file and
+    ValueError, in one line naming the file, for one that is not such JSON or whose content does
+    not match its digest."""
+    try:
+        payload = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise undecodable(path, "coun_fast JSON file", error) from None
+    if not isinstance(payload, dict):
+        raise undecodable(path, "coun_fast JSON file", TypeError(f"it holds a {type(payload).__name__}, not a mapping"))
+    if DIGEST_KEY not in payload and legacy_keys is not None and set(payload) == set(legacy_keys):
+        return payload
+    rest = {k: v for k, v in payload.items() if k != DIGEST_KEY}
+    check(path, payload.get(DIGEST_KEY), json_digest(rest))
+    return rest
+
+
 __all__ = ["COLUMNS", "CSV_FIELDS", "REFERENCE", "cell", "markdown_report", "markdown_table", "mean_std",
-           "summarize", "write_csv", "write_json"]
+           "read_json", "summarize", "write_csv", "write_json"]

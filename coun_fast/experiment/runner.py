@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import subprocess
 import time
@@ -65,7 +64,8 @@ from coun_fast.experiment.background import Evaluations, default_workers, done
 from coun_fast.experiment.cache import Cached, cached_original, cached_retrain, fingerprint, recipe, split_fingerprint
 from coun_fast.experiment.check import check_distributed_experiment, check_experiment
 from coun_fast.experiment.config import ExperimentConfig, MethodSpec, grid_points, point_name
-from coun_fast.experiment.results import RESULTS_FORMAT, markdown_report, summarize, write_csv, write_json
+from coun_fast.experiment.results import (RESULTS_FORMAT, markdown_report, read_json, summarize, write_csv,
+                                          write_json)
 from coun_fast.files import relative_path, write_text_atomic
 from coun_fast.runfolder import locked, staged_by_main
 from coun_fast.train import TrainConfig, effective_precision, resolve_device
@@ -134,21 +134,22 @@ def _finished(folder: Path, key: str) -> dict | None:
 
 
 def _stored_row(folder: Path, key: str) -> dict | None:
+    """The row of ``folder/metrics.json`` when it was made with ``key``, else None; ValueError (one
+    line naming the file) for a damaged file: a row is reused only as it was written."""
     path = folder / METRICS_FILE
     if not path.is_file():
         return None
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return stored["row"] if stored.get("key") == key else None
+    stored = read_json(path, legacy_keys=("key", "row"))
+    if set(stored) != {"key", "row"} or not isinstance(stored["row"], dict):
+        raise ValueError(f"{str(path)!r} is not a coun_fast metrics file (it holds {sorted(stored)}, not key and row)")
+    return stored["row"] if stored["key"] == key else None
 
 
 def _store(folder: Path, key: str, row: dict) -> dict:
     """Write ``row`` with its ``key`` into ``folder/metrics.json`` (on rank 0 alone); returns ``row``."""
     if distributed.is_main():
         folder.mkdir(parents=True, exist_ok=True)
-        write_json({"key": key, "row": row}, folder / METRICS_FILE)
+        write_json({"key": key, "row": row}, folder / METRICS_FILE, digest=True)
     return row
 
 
@@ -431,7 +432,7 @@ def write_results(config: ExperimentConfig, rows: list[dict], *, sweep: dict | N
         "sweep": sweep or None, "summary": summary, "runs": rows, "files": {k: relative_path(v, out) for k, v in files.items()},
         "timings": timings,
     }
-    write_json(payload, files["json"])
+    write_json(payload, files["json"], digest=True)
     write_csv(rows, files["csv"])
     write_text_atomic(files["markdown"], markdown_report(summary, title=title, details=details))
     plots.avg_gap_chart(summary, files["avg_gap"], title=f"Avg.Gap: {config.name}")
