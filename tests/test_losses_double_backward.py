@@ -3,12 +3,14 @@ and its nn.Module class, on every backend.
 
 * float64 through the reference (and "auto", which runs the reference on float64):
   ``torch.autograd.gradgradcheck`` on small odd shapes;
-* the fused kernels: their second-order derivatives (Hessian-vector products with respect to the
-  features, and the derivative with respect to the upstream gradient) in float32, float16 and
-  bfloat16 against the float64 reference, with the tolerance rule of ``helpers``; a loose
+* the fused kernels (on the CPU and, where there is a GPU, on both CUDA paths): their second-order
+  derivatives (Hessian-vector products with respect to the features, and the derivative with
+  respect to the upstream gradient) in float32, float16 and bfloat16 against the float64
+  reference, with the tolerance rule of ``helpers``; a loose
   ``gradgradcheck`` of the fused first-order gradient (float32 finite differences); the first-order
   gradient under ``create_graph=True`` is the fused one, bit for bit;
 * the issue's example: a gradient penalty through a linear layer gives the reference's gradient;
+* torch.compile refuses a double backward (torch's own error) rather than dropping a term;
 * a property test over random shapes (including 1, 2, 3, 31, 33), dimensions and temperatures.
 """
 
@@ -27,14 +29,20 @@ from coun_fast import functional as F
 from coun_fast import losses
 from coun_fast.ops import reference
 from coun_fast.ops.contrastive import PATH_EXACT, REDUCTIONS, RULE_LABELS, contrastive_forward
-from helpers import LOW_PRECISION, check_result, rounding_floor
+from helpers import KERNEL_DEVICES, LOW_PRECISION, check_result, kernel_path, rounding_floor
 
 DIM = 4
 TEMPERATURE = 0.5
 
 
-def _labels(n: int, classes: int = 2) -> torch.Tensor:
-    return torch.arange(n) % classes
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """0, 1, ..., len(x) - 1 on x's device."""
+    return torch.arange(len(x), device=x.device)
+
+
+def _labels(x: torch.Tensor, classes: int = 2) -> torch.Tensor:
+    """One label per row of x, on its device."""
+    return _rows(x) % classes
 
 
 # A case: (shapes of the feature inputs for n rows, loss(backend, *features)). The labels and indices
@@ -47,21 +55,21 @@ CASES: dict[str, Case] = {
     "cross_view_info_nce": (lambda n: [(n, DIM), (n, DIM)],
                             lambda b, t, z1, z2: F.cross_view_info_nce(z1, z2, t, backend=b)),
     "sup_con": (lambda n: [(n, DIM)],
-                lambda b, t, x: F.sup_con(x, _labels(len(x)), t, backend=b)),
+                lambda b, t, x: F.sup_con(x, _labels(x), t, backend=b)),
     "info_nce_index": (lambda n: [(n, DIM), (n + 2, DIM)],
-                       lambda b, t, a, c: F.info_nce(a, c, t, positive_index=(torch.arange(len(a)) * 2) % len(c),
+                       lambda b, t, a, c: F.info_nce(a, c, t, positive_index=(_rows(a) * 2) % len(c),
                                                      backend=b)),
     "info_nce_labels_symmetric": (
         lambda n: [(n, DIM), (n + 1, DIM)],
-        lambda b, t, a, c: F.info_nce(a, c, t, anchor_labels=_labels(len(a)), candidate_labels=_labels(len(c), 3),
+        lambda b, t, a, c: F.info_nce(a, c, t, anchor_labels=_labels(a), candidate_labels=_labels(c, 3),
                                       symmetric=True, backend=b)),
     "info_nce_permutation_none": (
         lambda n: [(n, DIM), (n, DIM)],
-        lambda b, t, a, c: F.info_nce(a, c, t, positive_index=torch.arange(len(a)).flip(0), symmetric=True,
+        lambda b, t, a, c: F.info_nce(a, c, t, positive_index=_rows(a).flip(0), symmetric=True,
                                       reduction="none", backend=b)),
     "info_nce_self_labels_sum": (
         lambda n: [(n, DIM)],
-        lambda b, t, a: F.info_nce(a, None, t, anchor_labels=_labels(len(a)), exclude_self=True, reduction="sum",
+        lambda b, t, a: F.info_nce(a, None, t, anchor_labels=_labels(a), exclude_self=True, reduction="sum",
                                    backend=b)),
     "info_nce_paired_bank": (
         lambda n: [(n, DIM), (n + 3, DIM)],
@@ -70,11 +78,12 @@ CASES: dict[str, Case] = {
     # keeps its own gradient (autograd adds them up).
     "info_nce_same_tensor_symmetric": (
         lambda n: [(n, DIM)],
-        lambda b, t, a: F.info_nce(a, a, t, positive_index=torch.arange(len(a)).roll(1), symmetric=True,
+        lambda b, t, a: F.info_nce(a, a, t, positive_index=_rows(a).roll(1), symmetric=True,
                                    backend=b)),
     "info_nce_candidates_from_anchors": (
         lambda n: [(n, DIM)],
-        lambda b, t, a: F.info_nce(a, a.flip(0) * torch.linspace(0.5, 2, a.shape[1], dtype=a.dtype), t, backend=b)),
+        lambda b, t, a: F.info_nce(a, a.flip(0) * torch.linspace(0.5, 2, a.shape[1], dtype=a.dtype, device=a.device),
+                                   t, backend=b)),
     "similarity": (lambda n: [(n, DIM), (n + 1, DIM)],
                    lambda b, t, x, y: F.similarity(x, y, t, backend=b)),
     "similarity_self": (lambda n: [(n, DIM)],
@@ -96,10 +105,10 @@ def derivatives(loss: Callable[..., torch.Tensor], inputs: list[torch.Tensor], w
     (Hessian-vector products) and to the weights (the upstream gradient)."""
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
     out = loss(*leaves)
-    w = weights.to(out.dtype).clone().requires_grad_()
+    w = weights.to(device=out.device, dtype=out.dtype).clone().requires_grad_()
     first = torch.autograd.grad((out * w).sum(), leaves, create_graph=True)
     assert all(g.requires_grad for g in first), "the first-order gradient is not differentiable"
-    inner = sum((g * v.to(g.dtype)).sum() for g, v in zip(first, directions))
+    inner = sum((g * v.to(g)).sum() for g, v in zip(first, directions))
     second = torch.autograd.grad(inner, [*leaves, w], allow_unused=True)
     second = [torch.zeros_like(x) if s is None else s for x, s in zip([*leaves, w], second)]
     return [g.detach() for g in first], [s.detach() for s in second]
@@ -113,16 +122,17 @@ def second_order_floor(temperature: float, inputs: list[torch.Tensor], weight: f
 
 
 def check_second_order(name: str, loss: Callable[..., torch.Tensor], inputs: list[torch.Tensor], dtype: torch.dtype,
-                       temperature: float, seed: int = 1) -> None:
-    """``loss(backend, temperature, *features)`` on the fused kernels in ``dtype`` against the float64
-    reference (and, for float16 / bfloat16, the reference in that dtype): first-order gradients and
-    every second-order derivative."""
+                       temperature: float, seed: int = 1, device: str = "cpu") -> None:
+    """``loss(backend, temperature, *features)`` on the fused kernels in ``dtype`` on ``device``
+    against the float64 reference on the CPU (and, for float16 / bfloat16, the reference in that
+    dtype): first-order gradients and every second-order derivative."""
     gen = torch.Generator().manual_seed(seed)
     out_shape = loss("reference", temperature, *inputs).shape
     weights = torch.randn(out_shape, generator=gen, dtype=torch.float64).bfloat16().double()
     directions = [torch.randn(x.shape, generator=gen, dtype=torch.float64).bfloat16().double() for x in inputs]
     low = [x.to(dtype) for x in inputs]
-    fused = derivatives(lambda *xs: loss("fused", temperature, *xs), low, weights, directions)
+    fused = derivatives(lambda *xs: loss("fused", temperature, *xs), [x.to(device) for x in low], weights,
+                        directions)
     ref64 = derivatives(lambda *xs: loss("reference", temperature, *xs), inputs, weights, directions)
     same = (None, None)
     if dtype in LOW_PRECISION:
@@ -179,12 +189,14 @@ def test_gradgradcheck_fused_float32(case, n):
 # fused second order against the float64 reference
 
 
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION], ids=str)
 @pytest.mark.parametrize("n", ROWS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_second_order_matches_float64_reference(case, n, dtype):
+def test_fused_second_order_matches_float64_reference(case, n, dtype, kernel_device):
     shapes, loss = CASES[case]
-    check_second_order(case, loss, features(shapes(n)), dtype, TEMPERATURE)
+    with kernel_path(kernel_device) as device:
+        check_second_order(case, loss, features(shapes(n)), dtype, TEMPERATURE, device=device)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -202,7 +214,7 @@ def test_first_order_gradient_with_create_graph_is_the_fused_one(case):
 def test_custom_op_route_double_backward():
     """The torch.library op itself (the route torch.compile traces) differentiates twice."""
     anchors, candidates = features([(5, DIM), (6, DIM)])
-    labels_a, labels_c = _labels(5), _labels(6, 3)
+    labels_a, labels_c = _labels(anchors), _labels(candidates, 3)
 
     def op_loss(backend, temperature, a, c):
         if backend == "reference":
@@ -235,7 +247,7 @@ def penalized_weight_gradient(backend: str, dtype: torch.dtype) -> tuple[torch.T
 
 def test_gradient_penalty_through_a_linear_layer_matches_the_reference():
     """The issue's example: the fused penalty lost its second-order term (norm 0.2638 vs 0.2720)."""
-    fused, fused_plain = penalized_weight_gradient("fused", torch.float32)
+    fused, _ = penalized_weight_gradient("fused", torch.float32)
     reference32, _ = penalized_weight_gradient("reference", torch.float32)
     reference64, plain64 = penalized_weight_gradient("reference", torch.float64)
     assert (reference64 - plain64).abs().max() > 1e-2 * plain64.abs().max(), "the penalty's term is negligible"
@@ -250,20 +262,20 @@ def _bank_loss(temperature: float) -> losses.NTXentLoss:
         return losses.NTXentLoss(temperature, memory_bank_size=(9, DIM))
 
 
-# name -> (shapes for n rows, loss module factory(backend, temperature), how to call it)
+# As CASES, through the nn.Module classes.
 MODULES: dict[str, Case] = {
     "NTXentLoss": (lambda n: [(n, DIM), (n, DIM)],
                    lambda b, t, z1, z2: losses.NTXentLoss(t, backend=b)(z1, z2)),
     "SupConLoss": (lambda n: [(n, DIM)],
-                   lambda b, t, x: losses.SupConLoss(t, backend=b)(x, _labels(len(x)))),
+                   lambda b, t, x: losses.SupConLoss(t, backend=b)(x, _labels(x))),
     "SupConLoss_ref_emb": (lambda n: [(n, DIM), (n + 2, DIM)],
-                           lambda b, t, x, r: losses.SupConLoss(t, backend=b)(x, _labels(len(x)), ref_emb=r,
-                                                                              ref_labels=_labels(len(r), 3))),
+                           lambda b, t, x, r: losses.SupConLoss(t, backend=b)(x, _labels(x), ref_emb=r,
+                                                                              ref_labels=_labels(r, 3))),
     "CrossViewInfoNCE": (lambda n: [(n, DIM), (n, DIM)],
                          lambda b, t, z1, z2: losses.CrossViewInfoNCE(t, backend=b)(z1, z2)),
     "InfoNCE_symmetric_none": (lambda n: [(n, DIM), (n, DIM)],
                                lambda b, t, a, c: losses.InfoNCE(t, symmetric=True, reduction="none", backend=b)(
-                                   a, c, positive_index=torch.arange(len(a)).roll(1))),
+                                   a, c, positive_index=_rows(a).roll(1))),
 }
 
 
@@ -310,11 +322,14 @@ def test_compiled_double_backward_is_refused_not_silent():
 SIZES = (1, 2, 3, 31, 33)
 
 
+@pytest.mark.parametrize("kernel_device", KERNEL_DEVICES)
 @given(case=st.sampled_from(list(CASES)), n=st.one_of(st.sampled_from(SIZES), st.integers(1, 40)),
        dim=st.sampled_from((1, 3, 8, 33)), temperature=st.floats(0.05, 1.0, allow_nan=False),
        dtype=st.sampled_from((torch.float32, *LOW_PRECISION)), scale=st.sampled_from((0.3, 1.0, 5.0)),
        seed=st.integers(0, 2**32 - 1))
-def test_property_fused_second_order_matches_float64_reference(case, n, dim, temperature, dtype, scale, seed):
+def test_property_fused_second_order_matches_float64_reference(kernel_device, case, n, dim, temperature, dtype, scale,
+                                                                seed):
     shapes, loss = CASES[case]
     inputs = features([(rows, dim) for rows, _ in shapes(n)], seed, scale)
-    check_second_order(case, loss, inputs, dtype, temperature, seed + 1)
+    with kernel_path(kernel_device) as device:
+        check_second_order(case, loss, inputs, dtype, temperature, seed + 1, device)
