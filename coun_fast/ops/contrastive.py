@@ -25,7 +25,8 @@ materializes the M x N similarity matrix), so that autograd differentiates it ag
 torch refuses a double backward through a compiled function).
 
 Nothing here validates arguments: ``coun_fast.functional`` does. Every route is capturable in a
-CUDA graph (no host synchronization, no host-side values read from the device).
+CUDA graph (no host synchronization, no host-side values read from the device), except the
+reference's graph under ``create_graph=True``.
 """
 
 from __future__ import annotations
