@@ -79,7 +79,8 @@ def _gather_rows(x: Tensor, counts: list[int]) -> list[Tensor]:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All ranks' rows in rank order; the backward sums every rank's gradient of this rank's rows."""
+    """All ranks' rows in rank order; the backward sums every rank's gradient of this rank's rows
+    (differentiable: under create_graph=True a gradient penalty's second order crosses the ranks too)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
@@ -89,7 +90,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad = all_reduce_sum(grad.contiguous())
+        grad = _SumOverRanks.apply(grad)
         start, rows = ctx.rows
         return grad[start: start + rows], None
 
@@ -318,8 +319,9 @@ def on_main(fn: Callable[[], object], what: str) -> object:
 
 # -- BatchNorm across ranks -------------------------------------------------------------------------
 class _SumOverRanks(torch.autograd.Function):
-    """The sum over ranks of a tensor, differentiable: every rank's result depends on every rank's
-    input, so the gradient of a rank's input is the sum of all ranks' gradients of the result."""
+    """The sum over ranks of a tensor, differentiable to any order: every rank's result depends on
+    every rank's input, so the gradient of a rank's input is the sum of all ranks' gradients of the
+    result (the same operation again)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
@@ -327,7 +329,7 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return all_reduce_sum(grad.contiguous())
+        return _SumOverRanks.apply(grad)
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -19,7 +19,7 @@ from coun_fast import distributed, validation
 from coun_fast.ops import backend as backends
 from coun_fast.ops import reference
 from coun_fast.ops.contrastive import (PATH_EXACT, REDUCTIONS, RULE_DIAGONAL, RULE_INDEX, RULE_LABELS,
-                                       RULE_PARTNER, contrastive_loss)
+                                       RULE_PARTNER, contrastive_loss, reference_loss, rule_positives)
 from coun_fast.ops.contrastive import similarity as _fused_similarity
 
 __all__ = ["info_nce", "nt_xent", "cross_view_info_nce", "sup_con", "similarity"]
@@ -155,27 +155,14 @@ def _loss(anchors: Tensor, candidates: Tensor | None, temperature: float, rule: 
         return contrastive_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels,
                                 candidate_labels, exclude_self, paired, symmetric, REDUCTIONS[reduction],
                                 _cuda_path(anchors, candidates))
-    m = anchors.shape[0]
-    positive_index = _named_positives(rule, positive_index, m, anchors.device)
-    loss, valid = reference.info_nce_rows(
-        anchors, candidates, temperature, positive_index=positive_index, anchor_labels=anchor_labels,
-        candidate_labels=candidate_labels, exclude_self=exclude_self, symmetric=symmetric, paired=paired)
-    return reference.reduce_rows(loss, valid, reduction, split=m if symmetric else None)
+    return reference_loss(anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                          exclude_self, paired, symmetric, REDUCTIONS[reduction])
 
 
 def _cuda_path(anchors: Tensor, candidates: Tensor | None) -> int:
     if anchors.device.type == "cuda" and (candidates is None or candidates.dtype == anchors.dtype):
         return backends.cuda_path(anchors.dtype, anchors.device)
     return PATH_EXACT
-
-
-def _named_positives(rule: int, positive_index: Tensor | None, m: int, device: torch.device) -> Tensor | None:
-    """The positive index the reference takes for the diagonal and partner rules (else unchanged)."""
-    if rule == RULE_DIAGONAL:
-        return torch.arange(m, device=device)
-    if rule == RULE_PARTNER:
-        return torch.arange(m, device=device).roll(m // 2)
-    return positive_index
 
 
 def _rows(anchors: Tensor, candidates: Tensor, temperature: float, rule: int, positive_index: Tensor | None,
@@ -188,7 +175,7 @@ def _rows(anchors: Tensor, candidates: Tensor, temperature: float, rule: int, po
                                        _cuda_path(anchors, candidates), with_stats=True)
         m = anchors.shape[0]
         return rows, stats[m: 2 * m] > 0
-    positive_index = _named_positives(rule, positive_index, anchors.shape[0], anchors.device)
+    positive_index = rule_positives(rule, positive_index, anchors.shape[0], anchors.device)
     return reference.info_nce_rows(anchors, candidates, temperature, positive_index=positive_index,
                                    anchor_labels=anchor_labels, candidate_labels=candidate_labels,
                                    exclude_self=exclude_self)

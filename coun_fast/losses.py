@@ -133,16 +133,23 @@ class NTXentLoss(_ContrastiveLoss):
 
     @torch.no_grad()
     def _enqueue(self, out1: Tensor) -> None:
+        """lightly's update: B rows written from the pointer p on, those past the bank's end dropped;
+        the pointer becomes p + B, or 0 once p + B reaches the end. Done on the device, without
+        reading the pointer on the host (no synchronization, and torch.compile traces it whole):
+        a row i < K lands in slot (p + i) mod K, the slots that wrap around (past the end) get their
+        own rows back, so one index_copy_ of distinct slots writes exactly lightly's rows."""
         rows = torch_F.normalize(out1.detach(), dim=1).to(self.bank.dtype)
         if self.gather_distributed:
             rows = distributed.all_gather_rows(rows)
-        size, start = self.bank.shape[0], int(self.bank_ptr)
-        if start + rows.shape[0] >= size:
-            self.bank[start:] = rows[: size - start]
-            self.bank_ptr.zero_()
-        else:
-            self.bank[start: start + rows.shape[0]] = rows
-            self.bank_ptr[0] = start + rows.shape[0]
+        size, batch = self.bank.shape[0], rows.shape[0]
+        rows = rows[:size]  # of a batch longer than the bank, rows past K never land
+        positions = self.bank_ptr + torch.arange(rows.shape[0], device=self.bank.device)
+        landed = positions < size
+        slots = torch.where(landed, positions, positions - size)  # distinct: at most K consecutive positions
+        kept = self.bank.index_select(0, slots)
+        self.bank.index_copy_(0, slots, torch.where(landed[:, None], rows, kept))
+        end = self.bank_ptr + batch
+        self.bank_ptr.copy_(torch.where(end >= size, torch.zeros_like(end), end))
 
 
 # pytorch-metric-learning's objects, recognized by name so that PML is not a dependency:

@@ -112,3 +112,29 @@ def rows_of(name: str, rank: int, world: int) -> dict[str, slice]:
         start = sum(share[0][key].shape[0] for share in shares[:rank])
         out[key] = slice(start, start + shares[rank][0][key].shape[0])
     return out
+
+
+SECOND_ORDER_CASES = ("nt_xent", "cross_view", "sup_con", "index")
+
+
+def global_direction(name: str, world: int) -> dict[str, torch.Tensor]:
+    """A direction for the Hessian-vector product of a case: one row per row of each feature input
+    of the whole batch (a rank takes its rows, :func:`rows_of`)."""
+    inputs, _ = global_inputs(name, world)
+    generator = torch.Generator().manual_seed(zlib.crc32(f"direction {name}".encode()))
+    return {key: torch.randn(value.shape, generator=generator) for key, value in inputs.items()
+            if value.is_floating_point() and key != "weights"}
+
+
+def hessian_vector_product(name: str, inputs: dict, options: dict, direction: dict, backend: str,
+                           gather: bool) -> dict[str, torch.Tensor]:
+    """The gradient of ``<d loss / d x, direction>`` with respect to every feature input x (the
+    first-order gradient built with create_graph=True): a gradient penalty's second-order term
+    (zeros for an input the case does not use)."""
+    leaves = {key: inputs[key].clone().requires_grad_() for key in direction}
+    loss = CASES[name].loss({**inputs, **leaves}, options, backend, gather)
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True, allow_unused=True)
+    inner = sum((g * direction[key]).sum() for key, g in zip(leaves, grads) if g is not None)
+    second = torch.autograd.grad(inner, list(leaves.values()), allow_unused=True)
+    return {key: torch.zeros_like(leaves[key]) if g is None else g for key, g in zip(leaves, second)}
+

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distributed_losses_cases import CASES, local_inputs, projection  # noqa: E402
+from distributed_losses_cases import (CASES, SECOND_ORDER_CASES, global_direction, hessian_vector_product,  # noqa: E402
+                                      local_inputs, projection, rows_of)
 from helpers import rank_of_group  # noqa: E402
 
 
@@ -50,6 +51,13 @@ def main() -> None:
                 loss = case.loss({**inputs, **leaves}, options, backend, True)
                 loss.backward()
                 results[(name, backend)] = (loss.detach(), {key: leaf.grad for key, leaf in leaves.items()})
+        for name in SECOND_ORDER_CASES:
+            rows = rows_of(name, rank, world)
+            direction = {key: value[rows[key]] for key, value in global_direction(name, world).items()}
+            for backend in ("fused", "reference"):
+                inputs, options = local_inputs(name, rank, world)
+                results[("second order", name, backend)] = hessian_vector_product(name, inputs, options, direction,
+                                                                                  backend, True)
         results["ddp"] = ddp_gradient(rank, world)
         results["bank"] = bank_after_one_step(rank, world)
         torch.save(results, directory / f"rank{rank}.pt")

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from coun_fast import functional as F
-from distributed_losses_cases import CASES, global_inputs, projection, rows_of
+from distributed_losses_cases import (CASES, SECOND_ORDER_CASES, global_direction, global_inputs,
+                                      hessian_vector_product, projection, rows_of)
 from helpers import assert_close_verbose, run_ranks
 
 WORKER = Path(__file__).resolve().parent / "distributed_losses_worker.py"
@@ -55,6 +56,22 @@ def test_gathered_loss_equals_one_process_over_the_whole_batch(ranks, name, back
     if not case.reduced:  # the ranks' rows, in rank order, are the single-process rows
         weighted = torch.stack([result[(name, backend)][0] for result in results]).sum()
         assert_close_verbose("sum of the ranks' weighted rows", weighted, expected.detach(), **TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("name", SECOND_ORDER_CASES)
+def test_gathered_double_backward_equals_one_process(ranks, name, backend):
+    """create_graph=True across ranks: the gradient of <d loss / d x, v> on each rank is K times the
+    single-process Hessian-vector product of its rows (the first-order convention, once more), so a
+    gradient penalty keeps the terms that reach the other ranks' rows."""
+    world, results = ranks
+    inputs, options = global_inputs(name, world)
+    expected = hessian_vector_product(name, inputs, options, global_direction(name, world), backend, False)
+    for rank, result in enumerate(results):
+        rows = rows_of(name, rank, world)
+        for key, grad in result[("second order", name, backend)].items():
+            assert_close_verbose(f"rank {rank} second order[{key}] / {world}", grad / world, expected[key][rows[key]],
+                                 **TOLERANCE)
 
 
 def test_ddp_parameter_gradient_equals_one_process(ranks):

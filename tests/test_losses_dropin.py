@@ -4,6 +4,8 @@ and the peers' arguments that are rejected with a clear error."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as torch_F
@@ -118,6 +120,65 @@ def test_memory_bank_of_bare_size_is_created_at_first_call_and_not_saved():
     assert torch.allclose(loss_fn.bank.norm(dim=1), torch.ones(16))
     with pytest.raises(ValueError, match="out1 has 7 features but the memory bank holds rows of 12"):
         loss_fn(leaf(4, 7), leaf(4, 7))
+
+
+def lightly_enqueue(bank: torch.Tensor, pointer: int, rows: torch.Tensor) -> int:
+    """lightly's MemoryBankModule update, as lightly writes it (in place; returns the new pointer)."""
+    size = bank.shape[0]
+    if pointer + rows.shape[0] >= size:
+        bank[pointer:] = rows[: size - pointer]
+        return 0
+    bank[pointer: pointer + rows.shape[0]] = rows
+    return pointer + rows.shape[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_bank_queue_follows_lightly_rule(backend):
+    """Batches that stop short of the bank's end, reach it exactly, overshoot it (rows past the end
+    are dropped), and are as long as or longer than the bank: the same rows and pointer as lightly's
+    update, bit for bit; a call without gradient (evaluation) enqueues nothing."""
+    loss_fn = losses.NTXentLoss(0.3, memory_bank_size=(10, 6), backend=backend)
+    bank, pointer = loss_fn.bank.clone(), 0
+    for step, n in enumerate((4, 4, 3, 7, 12, 10, 5, 9, 1, 2)):
+        out0, out1 = leaf(n, 6), leaf(n, 6)
+        loss_fn(out0, out1).backward()
+        pointer = lightly_enqueue(bank, pointer, torch_F.normalize(out1.detach(), dim=1))
+        assert int(loss_fn.bank_ptr) == pointer, step
+        assert torch.equal(loss_fn.bank, bank), step
+        with torch.no_grad():
+            loss_fn(torch.randn(n, 6), torch.randn(n, 6))
+        assert int(loss_fn.bank_ptr) == pointer and torch.equal(loss_fn.bank, bank), step
+
+
+def compiled_bank_steps(backend: str, size, compiler: str, **tolerance) -> None:
+    """torch.compile(fullgraph=True) of NTXentLoss with a bank of 10 rows (``size``: (10, 8), or a
+    bare 10, created at the first call) against the eager module: six training steps of 4 rows, so
+    the queue fills, overshoots its end and wraps twice; loss, gradients, bank and pointer agree."""
+    torch._dynamo.reset()
+    eager_fn = losses.NTXentLoss(0.2, memory_bank_size=size, backend=backend)
+    compiled_module = copy.deepcopy(eager_fn)
+    compiled_fn = torch.compile(compiled_module, fullgraph=True, backend=compiler)
+    for step in range(6):
+        out0, out1 = leaf(4, 8), leaf(4, 8)
+        with torch.random.fork_rng():
+            eager = loss_and_grads(eager_fn, out0, out1)
+        compiled = loss_and_grads(compiled_fn, twin(out0), twin(out1))  # the same random bank at step 0
+        assert_same(f"step {step}", compiled, eager, **tolerance)
+        assert int(compiled_module.bank_ptr) == int(eager_fn.bank_ptr), step
+        assert_close_verbose(f"bank after step {step}", compiled_module.bank, eager_fn.bank, **tolerance)
+
+
+@pytest.mark.parametrize("size", [(10, 8), 10], ids=["k_d", "bare_k"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_memory_bank_matches_eager(backend, size):
+    """With backend="aot_eager" (dynamo and aot_autograd, the same ops as eager): bit for bit."""
+    compiled_bank_steps(backend, size, "aot_eager", rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_memory_bank_matches_eager_with_inductor():
+    """Inductor (a C++ compile, ~15 s here) fuses the normalization its own way: float32 rounding."""
+    compiled_bank_steps("fused", (10, 8), "inductor", **PEER)
 
 
 @pytest.mark.parametrize("size,message", [((4, 0), "needs both K and D > 0"), (-1, "memory_bank_size must be"),

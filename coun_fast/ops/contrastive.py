@@ -17,8 +17,16 @@ In eager mode :func:`contrastive_loss` runs the same kernels through a plain
 call, more than the kernels of a small batch. Both routes run the same two functions,
 :func:`forward_impl` and :func:`backward_impl`, and give bit-identical results.
 
+The kernels' backward is not differentiable. Under ``create_graph=True`` (a gradient penalty, a
+Hessian-vector product) both routes still return the kernels' first-order gradient, bit for bit, and
+attach to it the graph of the same gradient computed by the reference (:func:`reference_loss`, which
+materializes the M x N similarity matrix), so that autograd differentiates it again exactly
+(:func:`_differentiable`). Under ``torch.compile`` the backward is traced without a graph (and
+torch refuses a double backward through a compiled function).
+
 Nothing here validates arguments: ``coun_fast.functional`` does. Every route is capturable in a
-CUDA graph (no host synchronization, no host-side values read from the device).
+CUDA graph (no host synchronization, no host-side values read from the device), except the
+reference's graph under ``create_graph=True``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch
 from torch import Tensor
 
 from coun_fast import _ext
+from coun_fast.ops import reference
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
@@ -37,6 +46,7 @@ SUPPORTED_DEVICES = ("cpu", "cuda")
 # Positive rules and reductions, as the kernels number them (csrc/include/coun_fast/math.h).
 RULE_INDEX, RULE_LABELS, RULE_DIAGONAL, RULE_PARTNER = 0, 1, 2, 3
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+_REDUCTION_NAMES = {code: name for name, code in REDUCTIONS.items()}
 # CUDA paths (csrc/include/coun_fast/contrastive.h): exact float32 SIMT, or tensor cores.
 PATH_EXACT, PATH_TENSOR_CORES, PATH_TENSOR_CORES_OCCUPANCY = 0, 1, 2
 
@@ -146,6 +156,58 @@ def backward_impl(grad_out: Tensor, anchors: Tensor, candidates: Optional[Tensor
     return grad_anchors, grad_candidates
 
 
+def rule_positives(rule: int, positive_index: Optional[Tensor], m: int, device: torch.device) -> Optional[Tensor]:
+    """The positive index the reference takes for a rule: candidate i for the diagonal rule, row
+    (i + m/2) mod m for the partner rule, ``positive_index`` itself otherwise (labels: None)."""
+    if rule == RULE_DIAGONAL:
+        return torch.arange(m, device=device)
+    if rule == RULE_PARTNER:
+        return torch.arange(m, device=device).roll(m // 2)
+    return positive_index
+
+
+def reference_loss(anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+                   positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+                   candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
+                   reduction: int) -> Tensor:
+    """The ``out`` of :func:`contrastive_forward` on the same arguments, computed by the pure-PyTorch
+    reference (materializing the similarity matrix): differentiable to any order, float32 (float64
+    for float64 inputs)."""
+    m = anchors.shape[0]
+    loss, valid = reference.info_nce_rows(
+        anchors, candidates, temperature, positive_index=rule_positives(rule, positive_index, m, anchors.device),
+        anchor_labels=anchor_labels, candidate_labels=candidate_labels, exclude_self=exclude_self,
+        symmetric=symmetric, paired=paired)
+    return reference.reduce_rows(loss, valid, _REDUCTION_NAMES[reduction], split=m if symmetric else None)
+
+
+def _differentiable(grad_out: Tensor, gradients: tuple[Tensor, Optional[Tensor]], needed: tuple[bool, bool],
+                    anchors: Tensor, candidates: Optional[Tensor], temperature: float, rule: int,
+                    positive_index: Optional[Tensor], anchor_labels: Optional[Tensor],
+                    candidate_labels: Optional[Tensor], exclude_self: bool, paired: int, symmetric: bool,
+                    reduction: int) -> tuple[Tensor, Optional[Tensor]]:
+    """The kernels' ``gradients`` of the anchors and the candidates, as tensors that autograd can
+    differentiate again (the backward under ``create_graph=True``): each value is the kernels' own,
+    bit for bit, and its graph is that of the reference's gradient ``d <grad_out, reference_loss> /
+    d input``, which equals it up to rounding; so the second-order derivatives (with respect to the
+    inputs and to ``grad_out``) are the reference's, exact. ``needed``: which of the two gradients
+    autograd asked for (the others are returned as they are); the rest: the problem's arguments."""
+    with torch.enable_grad():
+        # Each role gets its own view, so that its gradient is that of its own uses only, as the
+        # kernels' is, also where the candidates are the anchors' tensor or computed from it.
+        roles = [None if x is None else x.view_as(x) for x in (anchors, candidates)]
+        loss = reference_loss(*roles, temperature, rule, positive_index, anchor_labels, candidate_labels,
+                              exclude_self, paired, symmetric, reduction)
+        wanted = [x for x, need in zip(roles, needed) if need and x is not None]
+        graphs = iter(torch.autograd.grad(loss, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = []
+    for value, x, need in zip(gradients, roles, needed):
+        graph = next(graphs) if need and x is not None else None
+        # graph - graph.detach() is exactly 0: the value stays the kernels', the graph the reference's.
+        result.append(value if graph is None else value.detach() + (graph - graph.detach()))
+    return result[0], result[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Eager route: a plain autograd.Function
 
@@ -174,6 +236,11 @@ class _ContrastiveLoss(torch.autograd.Function):
         grad_anchors, grad_candidates = backward_impl(
             grad_out, anchors, candidates, temperature, rule, positive_index, anchor_labels, candidate_labels,
             exclude_self, paired, symmetric, reduction, path, stats, saved, problem)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient autograd can differentiate again
+            grad_anchors, grad_candidates = _differentiable(
+                grad_out, (grad_anchors, grad_candidates), ctx.needs_input_grad[:2], anchors, candidates,
+                temperature, rule, positive_index, anchor_labels, candidate_labels, exclude_self, paired, symmetric,
+                reduction)
         return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None, None
 
 
@@ -295,6 +362,10 @@ def _backward(ctx, grad_out, _grad_stats, _grad_saved):
     grad_anchors, grad_candidates = contrastive_backward(grad_out, **arguments, stats=stats, saved=saved)
     if arguments["candidates"] is None:
         grad_candidates = None
+    if torch.is_grad_enabled():  # create_graph=True (never while torch.compile traces the backward)
+        arguments.pop("path")
+        grad_anchors, grad_candidates = _differentiable(
+            grad_out, (grad_anchors, grad_candidates), ctx.needs_input_grad[:2], **arguments)
     return grad_anchors, grad_candidates, None, None, None, None, None, None, None, None, None, None
 
 
@@ -329,20 +400,16 @@ def _similarity_setup(ctx, inputs, output) -> None:
 
 def _normalize_backward(x: Tensor, grad_unit: Tensor) -> Tensor:
     """Gradient through x / max(||x||, eps), given the gradient with respect to the unit rows."""
-    from coun_fast.ops.reference import normalize
-
     x32 = x.to(torch.float32)
-    _, vjp = torch.func.vjp(normalize, x32)
+    _, vjp = torch.func.vjp(reference.normalize, x32)
     return vjp(grad_unit)[0].to(x.dtype)
 
 
 def _similarity_backward(ctx, grad_out):
-    # The gradient is two matrix products: done with torch ops, not a kernel.
-    from coun_fast.ops.reference import normalize
-
+    # The gradient is two matrix products: done with torch ops, not a kernel (so it is differentiable).
     a, b = ctx.saved_tensors
-    a_unit = normalize(a.to(torch.float32))
-    b_unit = normalize(b.to(torch.float32))
+    a_unit = reference.normalize(a.to(torch.float32))
+    b_unit = reference.normalize(b.to(torch.float32))
     grad_out = grad_out.to(torch.float32) / ctx.temperature
     grad_a = _normalize_backward(a, grad_out @ b_unit)
     grad_b = _normalize_backward(b, grad_out.T @ a_unit)
