@@ -10,7 +10,8 @@ of the epochs after the first), ``train`` (``coun-fast train --dataset digits --
 the fused NT-Xent forward+backward on float32 features of D=128 with M=256 and M=4096 rows in all
 (calls/s). Policies: ``torch`` (``COUN_FAST_THREADS=torch``: torch's own count and libgomp's
 default wait policy, what coun_fast did before ``coun_fast.threads``) and ``auto`` (the default:
-the count from the free cores and the size of the work, and :data:`coun_fast.threads.OMP_ENV`).
+the count from the free cores and the size of the work, and :data:`coun_fast.threads.OMP_ENV`, the
+OpenMP settings of the ``coun-fast`` command).
 Loads: ``idle`` and ``busy`` (beside one core-bound Python loop that this script starts and
 stops). Every (round, workload, policy, load) runs in a fresh worker process; rounds repeat the
 whole grid, so that a change of the machine's load hits every cell alike. The summary gives, per
