@@ -15,8 +15,10 @@ OpenMP settings of the ``coun-fast`` command).
 Loads: ``idle`` and ``busy`` (beside one core-bound Python loop that this script starts and
 stops). Every (round, workload, policy, load) runs in a fresh worker process; rounds repeat the
 whole grid, so that a change of the machine's load hits every cell alike. The summary gives, per
-workload and policy, the median rate over rounds idle and busy and their ratio (busy / idle); the
-target is a ratio >= 0.5 for ``auto`` on every workload.
+workload and policy, the median rate over the rounds idle and busy and their ratio (busy / idle);
+the target is a ratio >= 0.5 for ``auto`` on every workload. Cells during which other processes
+kept >= 0.25 cores busy are left out of the medians when undisturbed ones exist (``cells``: how
+many idle + busy cells each median has).
 
 Other engineers' jobs distort the result: each row records the cores that processes other than
 this script's kept busy while it ran (``other_cores``, /proc/stat), and the header the load
@@ -196,20 +198,32 @@ def run_cell(config: Config, round_: int, workload: str, policy: str, load: str)
             "other_cores": None if other_cores is None else round(other_cores, 2), "loadavg_1min_before": loadavg}
 
 
+DISTURBED_CORES = 0.25
+"""A cell during which other processes kept this many cores busy or more is disturbed: left out of
+the summary's medians where undisturbed cells of the same kind exist (the rows keep it)."""
+
+
+def _undisturbed(cells: list[dict]) -> list[dict]:
+    quiet = [row for row in cells if row["other_cores"] is not None and row["other_cores"] < DISTURBED_CORES]
+    return quiet or cells
+
+
 def summarize(rows: list[dict], config: Config) -> list[dict]:
-    """Per workload and policy: median rates over rounds idle and busy, and their ratio."""
+    """Per workload and policy: median rates over the rounds' undisturbed cells idle and busy, and
+    their ratio."""
     summary = []
     for workload in config.workloads:
         for policy in POLICIES:
-            rates = {load: [row["rate"] for row in rows if (row["workload"], row["policy"], row["load"]) ==
-                            (workload, policy, load) and row["rate"] is not None] for load in LOADS}
+            cells = {load: _undisturbed([row for row in rows if (row["workload"], row["policy"], row["load"]) ==
+                                         (workload, policy, load) and row["rate"] is not None]) for load in LOADS}
+            rates = {load: [row["rate"] for row in cells[load]] for load in LOADS}
             idle = statistics.median(rates["idle"]) if rates["idle"] else None
             busy = statistics.median(rates["busy"]) if rates["busy"] else None
-            choices = {load: sorted({row["choice"].split(" (")[0].split(": ", 1)[-1] for row in rows
-                                     if (row["workload"], row["policy"], row["load"]) == (workload, policy, load)})
+            choices = {load: sorted({row["choice"].split(" (")[0].split(": ", 1)[-1] for row in cells[load]})
                        for load in LOADS}
             unit = next((row["unit"] for row in rows if row["workload"] == workload and row["unit"]), "")
             summary.append({"workload": workload, "policy": policy, "unit": unit, "idle": idle, "busy": busy,
+                            "cells": f"{len(rates['idle'])}+{len(rates['busy'])}",
                             "ratio": busy / idle if idle and busy else None,
                             "threads_idle": "; ".join(choices["idle"]), "threads_busy": "; ".join(choices["busy"])})
     for row in summary:  # each policy's rate against torch's under the same load
@@ -232,7 +246,7 @@ COLUMNS = [
     ("idle", lambda r: _number(r["idle"])), ("busy", lambda r: _number(r["busy"])),
     ("busy/idle", lambda r: _ratio(r["ratio"])),
     ("idle vs torch", lambda r: _ratio(r["idle_vs_torch"])), ("busy vs torch", lambda r: _ratio(r["busy_vs_torch"])),
-    ("threads idle", lambda r: r["threads_idle"] or "-"), ("threads busy", lambda r: r["threads_busy"] or "-"),
+    ("cells", lambda r: r["cells"]), ("threads idle", lambda r: r["threads_idle"] or "-"), ("threads busy", lambda r: r["threads_busy"] or "-"),
 ]
 
 
