@@ -5,7 +5,16 @@ against their formulas and never materializing the M x M similarity matrix; ``co
 says what this installation can do.
 """
 
-from coun_fast import functional, losses
+import os as _os
+import sys as _sys
+
+from coun_fast.threads import OMP_ENV as _OMP_ENV
+
+if "torch" not in _sys.modules:  # OpenMP reads its settings when torch loads it (see coun_fast.threads)
+    for _name, _value in _OMP_ENV.items():
+        _os.environ.setdefault(_name, _value)
+
+from coun_fast import functional, losses  # noqa: E402
 from coun_fast._version import __version__
 from coun_fast.capabilities import info
 

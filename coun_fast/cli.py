@@ -152,6 +152,28 @@ def _verbosity_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                        **default)
 
 
+def _threads_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Like -v: `coun-fast --threads 1 demo` and `coun-fast demo --threads 1` both work.
+    parser.add_argument("--threads", metavar="N", dest="cpu_threads", default=None if top else argparse.SUPPRESS,
+                        help="CPU threads: a positive integer, auto (default: the free cores, and one thread for "
+                             "small work; also COUN_FAST_THREADS), or torch (torch's own count)")
+
+
+COMPUTING_COMMANDS = ("demo", "train", "unlearn", "evaluate", "run", "kernels")
+"""Commands whose CPU thread count :mod:`coun_fast.threads` chooses at their start."""
+
+
+def _choose_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (ValueError for a bad value) and choose the process's CPU thread count
+    for a computing command (fit chooses again for each training run)."""
+    from coun_fast import threads
+
+    if args.cpu_threads is not None:
+        threads.pin(threads.parse(args.cpu_threads, "--threads"))
+    if args.command in COMPUTING_COMMANDS:
+        threads.apply_to_process(f"coun-fast {args.command}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coun-fast",
@@ -163,11 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"coun-fast {__version__}")
     _verbosity_options(parser, top=True)
+    _threads_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, summary, description, add_arguments, run in SUBCOMMANDS:
         sub = commands.add_parser(name, help=summary, description=description)
         add_arguments(sub)
         _verbosity_options(sub, top=False)
+        if name in COMPUTING_COMMANDS:
+            _threads_option(sub, top=False)
         sub.set_defaults(run=run)
     return parser
 
@@ -255,6 +280,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, joined: list
                 if hasattr(args, "no_progress"):
                     args.no_progress = True
         with console_logging(verbosity), _quiet_stdout(bool(prefix)):
+            _choose_threads(args)
             return args.run(args)
     except (ValueError, TypeError, KeyError, OSError) as error:
         # Bad input or a file-system problem: one line, no traceback (COUN_FAST_DEBUG=1 shows it).

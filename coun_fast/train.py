@@ -8,11 +8,14 @@ hooks, and atomic checkpoints from which ``resume=True`` continues a killed run.
 nothing waits for the device: metrics accumulate there and are read at the end of the epoch (and
 at most twice a second for the progress bar). Batches, augmentations and the torch RNG of every
 epoch are functions of ``(seed, epoch)``, so a resumed run on the CPU is bit-identical to an
-uninterrupted one with the same number of threads (``torch.get_num_threads()``, set by
-``OMP_NUM_THREADS``; a resume with another count is logged, as its result differs in the last
-bits). A checkpoint is resumed only by a run of the same configuration and the same record (what
-the caller says the run is: its data set, model, method...); any difference is refused with an
-error that names it.
+uninterrupted one with the same number of threads. On the CPU, :func:`fit` chooses that number
+once, at its start (:mod:`coun_fast.threads`: from the free cores and the size of one batch's
+forward pass, unless ``COUN_FAST_THREADS``, ``--threads`` or ``OMP_NUM_THREADS`` pins it), and
+restores torch's count at its end; a resumed run keeps the count its checkpoint recorded unless a
+count is pinned (a resume with another count is logged, as its result differs in the last bits).
+A checkpoint is resumed only by a run of the same configuration and the same record (what the
+caller says the run is: its data set, model, method...); any difference is refused with an error
+that names it.
 
 Under ``torchrun`` (a ``torch.distributed`` process group of K > 1 ranks, which the caller has
 initialized: the ``coun-fast`` command does it from the environment), :func:`fit` trains with
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coun_fast import checkpoint, distributed
+from coun_fast import checkpoint, distributed, threads
 from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch, check_global_batch
@@ -276,7 +279,8 @@ class CrossEntropy(GraphCapturable):
 # -- the loop ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
-    """What :func:`fit` did: per-epoch history rows, wall time and images processed."""
+    """What :func:`fit` did: per-epoch history rows (on the CPU with the epoch's thread count,
+    ``threads``), wall time and images processed."""
 
     history: list[dict]
     seconds: float
@@ -531,12 +535,14 @@ def fit(
                                                                      else device))
 
     state = distributed.on_main(read_checkpoint, "read the checkpoint to resume")
+    began_with = (state.get("environment") or {}).get("threads") if state is not None else None
+    cpu_threads = cpu_thread_choice(model, loader, began_with) if device.type == "cpu" else None
+    used_threads = cpu_threads.threads if cpu_threads is not None else torch.get_num_threads()
+    if began_with is not None and began_with != used_threads:
+        log.warning("resuming with %d threads a run that began with %d: the result will differ in the last bits "
+                    "from an uninterrupted run (set COUN_FAST_THREADS=%d for a bit-identical resume)",
+                    used_threads, began_with, began_with)
     if state is not None:
-        threads = (state.get("environment") or {}).get("threads")
-        if threads is not None and threads != torch.get_num_threads():
-            log.warning("resuming with %d threads a run that began with %d: the result will differ in the last "
-                        "bits from an uninterrupted run (set OMP_NUM_THREADS=%d for a bit-identical resume)",
-                        torch.get_num_threads(), threads, threads)
         if state.get("world_size", 1) != world_size:
             log.info("resuming with %d rank(s) a run that was checkpointed with %d", world_size,
                      state.get("world_size", 1))
@@ -563,6 +569,9 @@ def fit(
 
     restore_batchnorm = (distributed.convert_sync_batchnorm(model, device) if config.sync_batchnorm and world_size > 1
                          else lambda: None)
+    thread_count = contextlib.ExitStack()  # the CPU thread count of the run, torch's restored at the end
+    if cpu_threads is not None:
+        thread_count.enter_context(threads.using(cpu_threads, description))
     try:
         step_model = _compiled(model) if config.compile else model
         autocast = precision_autocast(config, device)
@@ -613,7 +622,8 @@ def fit(
             trained += meter.samples + int(side["trained"])
             extra += meter.samples * objective.extra_forward_views + int(side["forward"])
             row = {"epoch": epoch + 1, "lr": lr, **meter.means(), "seconds": seconds,
-                   "images_per_s": meter.samples / seconds}
+                   "images_per_s": meter.samples / seconds,
+                   **({"threads": cpu_threads.threads} if cpu_threads is not None else {})}
             # Evaluation, the stopping rule and the checkpoint: rank 0's work, which the other ranks wait
             # for; they raise when it fails there (distributed.on_main) instead of waiting for ever.
             if on_epoch_end is not None:
@@ -638,8 +648,22 @@ def fit(
     finally:
         step = step_model = None  # releases DistributedDataParallel (and its gradient hooks on the parameters)
         restore_batchnorm()
+        thread_count.close()
     model.eval()
     return TrainResult(history, spent, trained, extra, resumed_from)
+
+
+def cpu_thread_choice(model: nn.Module, loader: AugmentedLoader, began_with: int | None = None) -> threads.Choice:
+    """The thread count of a run on the CPU: :func:`coun_fast.threads.choose` for the multiply-adds
+    of one batch's forward pass; a resumed run that began with ``began_with`` threads keeps that
+    count (so that it stays bit-identical to an uninterrupted run) unless a count is pinned or the
+    count exceeds the usable cores."""
+    if began_with is not None and threads.pinned() is None and began_with <= threads.usable_cores():
+        return threads.Choice(began_with, "the count the resumed run began with (a bit-identical resume)")
+    height, width = loader.image_size
+    sample = torch.zeros(1, 3, height, width)
+    work = threads.forward_multiply_adds(model, sample) if threads.pinned() is None else None
+    return threads.choose(None if work is None else work * loader.batch_size)
 
 
 def _evaluated(on_epoch_end: Callable[[nn.Module, int], dict], model: nn.Module, epoch: int) -> dict:

@@ -8,6 +8,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Tests compare runs bit for bit: their thread count must not follow the machine's load
+# (coun_fast.threads' auto choice), so they run with torch's count unless a test says otherwise.
+os.environ.setdefault("COUN_FAST_THREADS", "torch")
+
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
