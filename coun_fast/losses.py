@@ -186,7 +186,8 @@ class _PMLLoss(_ContrastiveLoss):
         self.reducer = reducer if reducer is None or named else copy.deepcopy(reducer)  # as PML does
         self.reduction = _pml.builtin_reduction(reducer, self.default_reducer)
         if embedding_regularizer is not None and not callable(embedding_regularizer):
-            raise TypeError(f"embedding_regularizer must be a regularizer object or None; got {embedding_regularizer!r}")
+            raise TypeError(f"embedding_regularizer must be a regularizer object or None; "
+                            f"got {embedding_regularizer!r}")
         self.embedding_regularizer = embedding_regularizer
         self.embedding_reg_weight = embedding_reg_weight
 

@@ -85,7 +85,8 @@ def test_cells_record_load_and_mark_disturbed_ones(bench, monkeypatch):
     rows = bench.run_grid(cfg, {})
     full = {r["provider"]: r for r in rows if r["mode"] == "full"}
     assert [full[p]["under_load"] for p in ("reference", "fused", "lightly")] == [False, False, True]
-    assert (full["lightly"]["load_before"], full["lightly"]["load_after"], full["lightly"]["other_load"]) == (0.7, 1.9, 0.9)
+    lightly = full["lightly"]
+    assert (lightly["load_before"], lightly["load_after"], lightly["other_load"]) == (0.7, 1.9, 0.9)
     assert full["lightly"]["fused_speedup"] == 10.0 and full["fused"]["fused_speedup"] is None
     assert "UNDER LOAD (0.90 other cores)" in bench.progress_line(full["lightly"])
     assert "fused 10.00x faster" in bench.progress_line(full["lightly"])

@@ -319,3 +319,14 @@ def test_sup_con_strict_refuses_what_the_kernels_do_not_compute(make, message):
 def test_sup_con_call_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(losses.SupConLoss(), torch.randn(4, 8), torch.tensor([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("make", [losses.SupConLoss, losses.PMLNTXentLoss])
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(reducer="mean"), TypeError, "reducer must be a pytorch-metric-learning reducer object or None"),
+    (dict(embedding_regularizer=3), TypeError, "embedding_regularizer must be a regularizer object or None"),
+    (dict(strict="yes"), TypeError, "strict must be True or False"),
+])
+def test_pml_class_argument_errors(make, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make(**kwargs)
