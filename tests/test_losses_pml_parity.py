@@ -374,3 +374,14 @@ def test_fallback_warning_names_the_class_and_strict():
     x, y = embeddings_for(LABELS["mixed"])
     with pytest.warns(_pml.FallbackWarning, match=r"PMLNTXentLoss runs unfused .*pass strict=True to refuse"):
         losses.PMLNTXentLoss(distance=PML.distances.LpDistance())(x, y)
+
+
+@pytest.mark.parametrize("reducer", ["default", "Mean", "Sum"])
+def test_fused_sup_con_compiles_whole(reducer):
+    """The fused SupConLoss with PML's objects (a cosine-affine distance, a reducer reduced here)
+    has no host synchronization: torch.compile(fullgraph=True) traces it, and it matches eager."""
+    x, y = embeddings_for(LABELS["mixed"], seed=11)
+    make = lambda: losses.SupConLoss(0.2, distance=PML.distances.LpDistance(power=2), **kwargs(reducer))  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(make(), fullgraph=True, backend="aot_eager")
+    assert_same_call(f"compiled {reducer}", lambda: compiled, make, [x, y], plain, grad_inputs=[0])
