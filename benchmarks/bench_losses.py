@@ -10,6 +10,11 @@ small calls (GPU time and host wall time).
 Each (loss, provider, M, D) is measured in fresh worker processes: one times the forward and the
 forward+backward call (on CUDA it also takes the peak extra memory), on the CPU another measures
 the peak extra memory. See benchmarks/README.md.
+
+The peers coun_fast replaces are providers when installed: "pml" (pytorch-metric-learning's
+NTXentLoss for nt_xent, SupConLoss for sup_con) and "lightly" (lightly's NTXentLoss for nt_xent).
+Every cell records the 1-minute load average before and after it and the CPU time other processes
+took while it ran (cores); a cell where they took more than UNDER_LOAD_CORES is marked under load.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ LOSSES = ("nt_xent", "cross_view_info_nce", "sup_con")
 # fused: the kernels as a user gets them (on CUDA the tensor-core path for bfloat16 and float16, see
 # coun_fast.ops.backend); fused+exact / fused+tc / fused+tc-occupancy: the exact float32 path / the
 # tensor-core path / its opt-in occupancy variant, forced (CUDA only).
-PROVIDERS = ("reference", "fused", "fused+exact", "fused+tc", "fused+tc-occupancy", "reference+compile", "pml")
+PROVIDERS = ("reference", "fused", "fused+exact", "fused+tc", "fused+tc-occupancy", "reference+compile", "pml",
+             "lightly")
 CUDA_ONLY_PROVIDERS = ("fused+exact", "fused+tc", "fused+tc-occupancy")
 TENSOR_CORE_SETTINGS = {"fused+exact": False, "fused+tc": True, "fused+tc-occupancy": "occupancy"}
 MODES = ("forward", "full")
 TEMPERATURE = {"nt_xent": 0.5, "cross_view_info_nce": 0.1, "sup_con": 0.1}
-PML_LOSSES = ("nt_xent", "sup_con")
+PEER_LOSSES = {"pml": ("nt_xent", "sup_con"), "lightly": ("nt_xent",)}  # the losses each peer has
+PML_LOSSES = PEER_LOSSES["pml"]
+UNDER_LOAD_CORES = 0.25  # other processes' average busy cores during a cell above which it is marked
 SUPCON_CLASSES = 100
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SIZES = {"cpu": [256, 512, 1024, 2048, 4096, 8192], "cuda": [1024, 2048, 4096, 8192, 16384, 32768, 65536]}
@@ -109,6 +117,21 @@ def _pml_sup_con() -> Callable[..., torch.Tensor]:
     return SupConLoss(temperature=TEMPERATURE["sup_con"])
 
 
+def _lightly_class():
+    """lightly's NTXentLoss class, or None; loaded as the tests load it (tests/peers.py: lightly's
+    loss module alone, torchvision a placeholder where it does not import)."""
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+    from peers import lightly_ntxent
+
+    return lightly_ntxent()
+
+
+def _lightly_nt_xent() -> Callable[..., torch.Tensor]:
+    """lightly's NTXentLoss(temperature)(z1, z2): SimCLR's NT-Xent over the 2N rows, as nt_xent."""
+    return _lightly_class()(temperature=TEMPERATURE["nt_xent"])
+
+
 def _with_tensor_cores(call: Callable[..., torch.Tensor], enabled: bool | str) -> Callable[..., torch.Tensor]:
     from coun_fast.ops import backend as backends
 
@@ -131,6 +154,8 @@ def make_call(provider: str, loss: str) -> Callable[..., torch.Tensor]:
         return torch.compile(_coun_call(loss, "reference"))
     if provider == "pml":
         return _pml_nt_xent() if loss == "nt_xent" else _pml_sup_con()
+    if provider == "lightly":
+        return _lightly_nt_xent()
     raise ValueError(f"unknown provider {provider!r}")
 
 
@@ -324,13 +349,18 @@ def unavailable_providers(config: Config) -> dict[str, str]:
             reasons[provider] = "the tensor-core path runs on CUDA only"
     if "pml" in config.providers and importlib.util.find_spec("pytorch_metric_learning") is None:
         reasons["pml"] = "pytorch-metric-learning is not installed (pip install pytorch-metric-learning)"
+    if "lightly" in config.providers:
+        if importlib.util.find_spec("lightly") is None:
+            reasons["lightly"] = "lightly is not installed (pip install lightly)"
+        elif _lightly_class() is None:
+            reasons["lightly"] = "lightly is installed but its NTXentLoss does not import here"
     return reasons
 
 
 def providers_for(loss: str, config: Config, unavailable: dict[str, str]) -> list[str]:
-    """The providers measured for ``loss``: PML only where it has the loss; reference first."""
+    """The providers measured for ``loss``: a peer only where it has the loss; reference first."""
     chosen = [p for p in PROVIDERS if p in config.providers and p not in unavailable]
-    return [p for p in chosen if p != "pml" or loss in PML_LOSSES]
+    return [p for p in chosen if p not in PEER_LOSSES or loss in PEER_LOSSES[p]]
 
 
 def _spec(config: Config, task: str, loss: str, provider: str, m: int, d: int) -> dict:
@@ -348,9 +378,27 @@ def _run_worker(config: Config, task: str, loss: str, provider: str, m: int, d: 
     return result
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def measure_cell(config: Config, loss: str, provider: str, m: int, d: int) -> dict[str, dict]:
-    """``{mode: {"status", timing fields, "peak_bytes"}}`` of one (loss, provider, M, D); memory is
-    measured only for the modes whose timing succeeded."""
+    """``{mode: {"status", timing fields, "peak_bytes", load fields}}`` of one (loss, provider, M, D);
+    memory is measured only for the modes whose timing succeeded. Load fields: the 1-minute load
+    average before and after, other processes' busy cores during the cell, and whether that
+    exceeds UNDER_LOAD_CORES."""
+    before, other = _load_average(), harness.OtherLoad()
+    cell = _measure_cell(config, loss, provider, m, d)
+    cores = other.cores()
+    load = {"load_before": before, "load_after": _load_average(), "other_load": cores,
+            "under_load": cores is not None and cores > UNDER_LOAD_CORES}
+    return {mode: {**result, **load} for mode, result in cell.items()}
+
+
+def _measure_cell(config: Config, loss: str, provider: str, m: int, d: int) -> dict[str, dict]:
     timings = _run_worker(config, "time", loss, provider, m, d)
     if config.device == "cuda" or not any(timings[mode]["status"] == "ok" for mode in MODES):
         return timings  # on CUDA the timing worker took the peak memory too
@@ -375,8 +423,8 @@ def tflops(mode: str, m: int, d: int, ms: float | None) -> float | None:
 
 def executed_flops(loss: str, provider: str, mode: str, m: int, d: int) -> float | None:
     """The matrix-product FLOPs ``provider`` executes in one call (EXECUTED_FLOP_FORMULA); None for
-    pytorch-metric-learning, whose count this benchmark does not model."""
-    if provider == "pml":
+    the peers (pytorch-metric-learning, lightly), whose count this benchmark does not model."""
+    if provider in PEER_LOSSES:
         return None
     per_product = 2.0 * m * m * d
     products = 1 if mode == "forward" else 3
@@ -413,6 +461,11 @@ def make_row(config: Config, loss: str, provider: str, mode: str, m: int, d: int
         "peak_extra_mib": None if peak is None else peak / harness.MIB,
         "speedup_vs_reference": None,
         "memory_vs_reference": None,
+        "fused_speedup": None,
+        "load_before": result.get("load_before"),
+        "load_after": result.get("load_after"),
+        "other_load": result.get("other_load"),
+        "under_load": result.get("under_load"),
         "status": result["status"],
     }
 
@@ -426,6 +479,15 @@ def add_ratios(row: dict, reference: dict | None) -> None:
         row["speedup_vs_reference"] = reference["p50_ms"] / row["p50_ms"]
     if reference["peak_extra_mib"]:
         row["memory_vs_reference"] = row["peak_extra_mib"] / reference["peak_extra_mib"]
+
+
+def add_fused_speedup(row: dict, fused: dict | None) -> None:
+    """For a peer's row: how many times faster the fused kernels ran the same subject and mode in
+    the same run (the peer's median / fused's median)."""
+    if fused is None or row["provider"] not in PEER_LOSSES or row["status"] != "ok" or fused["status"] != "ok":
+        return
+    if row["p50_ms"] and fused["p50_ms"]:
+        row["fused_speedup"] = row["p50_ms"] / fused["p50_ms"]
 
 
 def describe_ratio(row: dict) -> str:
@@ -472,8 +534,11 @@ def progress_line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{head} {row['status']}"
     ratio = describe_ratio(row)
+    peer = f"  | fused {row['fused_speedup']:.2f}x faster" if row["fused_speedup"] else ""
+    load = "" if row["load_before"] is None else f"  load {row['load_before']:.2f}->{row['load_after']:.2f}"
+    marked = f"  UNDER LOAD ({row['other_load']:.2f} other cores)" if row["under_load"] else ""
     return (f"{head} p50 {row['p50_ms']:.2f} ms  peak +{row['peak_extra_mib']:.1f} MiB"
-            + (f"  | {ratio}" if ratio else ""))
+            + (f"  | {ratio}" if ratio else "") + peer + load + marked)
 
 
 def run_grid(config: Config, unavailable: dict[str, str], matmul_tflops: float | None = None,
@@ -487,7 +552,7 @@ def run_grid(config: Config, unavailable: dict[str, str], matmul_tflops: float |
     for loss in config.losses:
         for d in dims or config.dims:
             for m in sizes or config.sizes:
-                references = {}
+                references, fused = {}, {}
                 for provider in providers or providers_for(loss, config, unavailable):
                     key = (loss, d, provider)
                     if loss == "nt_xent" and m % 2:
@@ -503,7 +568,10 @@ def run_grid(config: Config, unavailable: dict[str, str], matmul_tflops: float |
                         row = make_row(config, loss, provider, mode, m, d, cell[mode], matmul_tflops)
                         if provider == "reference":
                             references[mode] = row
+                        if provider == "fused":
+                            fused[mode] = row
                         add_ratios(row, references.get(mode))
+                        add_fused_speedup(row, fused.get(mode))
                         print(progress_line(row), flush=True)
                         rows.append(row)
     return rows
@@ -525,6 +593,9 @@ TABLE_COLUMNS = (
     ("peak MiB", lambda r: _fmt(r["peak_extra_mib"], 1)),
     ("speedup", lambda r: _speedup_text(r["speedup_vs_reference"])),
     ("mem/ref", lambda r: _memory_fraction_text(r["memory_vs_reference"])),
+    ("fused x", lambda r: _speedup_text(r["fused_speedup"])),
+    ("load", lambda r: "-" if r["load_before"] is None else f"{r['load_before']:.1f}->{r['load_after']:.1f}"),
+    ("other", lambda r: _fmt(r["other_load"], 2) + (" LOAD" if r["under_load"] else "")),
     ("status", lambda r: r["status"] if len(r["status"]) <= 60 else r["status"][:57] + "..."),
 )
 
@@ -642,9 +713,10 @@ def drive(config: Config) -> int:
     unavailable = unavailable_providers(config)
     for provider, reason in unavailable.items():
         print(f"skipping provider {provider}: {reason}")
-    if "pml" in config.providers and "cross_view_info_nce" in config.losses:
-        print("provider pml: no cross_view_info_nce equivalent in pytorch-metric-learning; measured for "
-              + ", ".join(PML_LOSSES))
+    for peer, peer_losses in PEER_LOSSES.items():
+        missing = [loss for loss in config.losses if loss not in peer_losses]
+        if peer in config.providers and peer not in unavailable and missing:
+            print(f"provider {peer}: no {', '.join(missing)} equivalent; measured for {', '.join(peer_losses)}")
     print(FLOP_FORMULA)
     device = torch.device(config.device)
     matmul_tflops = None
@@ -663,6 +735,8 @@ def drive(config: Config) -> int:
         "temperatures": TEMPERATURE,
         "sup_con_classes": SUPCON_CLASSES,
         "pytorch_metric_learning": _pml_version(),
+        "lightly": _version_of("lightly"),
+        "under_load_cores": UNDER_LOAD_CORES,
         "unavailable_providers": unavailable,
         "tensor_cores_env": os.environ.get("COUN_FAST_TENSOR_CORES"),
         "settings": {"reps": config.reps, "budget_s": config.budget_s, "max_call_s": config.max_call_s,
@@ -685,7 +759,13 @@ def drive(config: Config) -> int:
     print()
     print(FLOP_FORMULA)
     print(EXECUTED_FLOP_FORMULA)
-    print("speedup = reference p50 / provider p50; mem/ref = provider peak extra memory / reference's")
+    print("speedup = reference p50 / provider p50; mem/ref = provider peak extra memory / reference's; "
+          "fused x = peer p50 / fused p50 (same run); load = 1-minute load average before->after the cell; "
+          f"other = other processes' busy cores during the cell (LOAD above {UNDER_LOAD_CORES})")
+    marked = sum(1 for r in rows if r["under_load"])
+    if marked:
+        print(f"{marked} of {len(rows)} rows were measured under load (other processes busy): their timings are "
+              f"disturbed")
     for line in cpu_targets(rows) + cpu_latency_targets(latency) + gpu_targets(rows, latency):
         print(line)
     print(f"wrote {json_path}\nwrote {csv_path}")
@@ -693,11 +773,13 @@ def drive(config: Config) -> int:
 
 
 def _pml_version() -> str | None:
-    if importlib.util.find_spec("pytorch_metric_learning") is None:
-        return None
-    import pytorch_metric_learning
+    return _version_of("pytorch_metric_learning")
 
-    return pytorch_metric_learning.__version__
+
+def _version_of(package: str) -> str | None:
+    if importlib.util.find_spec(package) is None:
+        return None
+    return getattr(importlib.import_module(package), "__version__", None)
 
 
 if __name__ == "__main__":

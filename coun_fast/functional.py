@@ -3,7 +3,10 @@
 Symbols: N pairs, M rows, D feature dimension, tau the temperature. Every loss L2-normalizes its
 inputs (``x / max(||x||, 1e-12)``), compares them by cosine similarity over tau, and never builds
 the M x M matrix on the fused path (memory O(M D)). Inputs may be non-contiguous and of any float
-dtype; gradients flow to every feature input. The loss is float32 (float64 for float64 inputs).
+dtype; gradients flow to every feature input. Two feature inputs of different dtypes are computed
+in ``torch.promote_types`` of them (float32 with float64: float64; float32 with bfloat16 or
+float16: float32; bfloat16 with float16: float32), each input's gradient in its own dtype. The loss
+is float32 (float64 when an input is float64).
 
 ``backend``: "auto" (fused kernels when they support the call, else the reference), "fused"
 (raises an error listing why it cannot run), "reference" (the pure-PyTorch oracle,
@@ -91,6 +94,7 @@ def info_nce(
         candidates = validation.features(candidates, "candidates", check_finite=check_finite)
         validation.same_device(anchors, "anchors", candidates, "candidates")
         validation.same_dim(anchors, "anchors", candidates, "candidates")
+        anchors, candidates = validation.promoted(anchors, candidates)
     temperature = validation.temperature(temperature)
     reduction = validation.reduction(reduction)
     m = anchors.shape[0]
@@ -222,7 +226,7 @@ def nt_xent(
     """
     validation.views(z1, z2, check_finite=check_finite)
     temperature = validation.temperature(temperature)
-    rows = torch.cat([z1, z2])  # row i's partner is row i + N (mod 2N)
+    rows = torch.cat(validation.promoted(z1, z2))  # row i's partner is row i + N (mod 2N)
     return _loss(rows, None, temperature, RULE_PARTNER, None, None, None, True, False, "mean", backend,
                  gather=validation.boolean(gather_distributed, "gather_distributed"))
 
@@ -244,6 +248,7 @@ def cross_view_info_nce(
         backend, check_finite, gather_distributed: as in :func:`info_nce`.
     """
     validation.views(z1, z2, check_finite=check_finite)
+    z1, z2 = validation.promoted(z1, z2)
     temperature = validation.temperature(temperature)
     return _loss(z1, z2, temperature, RULE_DIAGONAL, None, None, None, False, True, "mean", backend,
                  gather=validation.boolean(gather_distributed, "gather_distributed"))

@@ -41,6 +41,15 @@ def views(z1: object, z2: object, names: tuple[str, str] = ("z1", "z2"), *, chec
     same_device(z1, names[0], z2, names[1])
 
 
+def promoted(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """The mixed-dtype rule: two feature tensors in ``torch.promote_types`` of their dtypes (a copy of
+    the one that changes; autograd returns its gradient in its own dtype)."""
+    if a.dtype == b.dtype:
+        return a, b
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
 def boolean(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False; got {value!r}")

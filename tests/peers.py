@@ -62,9 +62,10 @@ def _imports(name: str) -> bool:
 
 
 def pml():
-    """pytorch_metric_learning's (losses, reducers, distances, regularizers) modules, or None."""
+    """pytorch_metric_learning's (losses, reducers, distances, regularizers, miners) modules, or None."""
     try:
-        from pytorch_metric_learning import distances, losses, reducers, regularizers
+        from pytorch_metric_learning import distances, losses, miners, reducers, regularizers
     except Exception:
         return None
-    return types.SimpleNamespace(losses=losses, reducers=reducers, distances=distances, regularizers=regularizers)
+    return types.SimpleNamespace(losses=losses, reducers=reducers, distances=distances, regularizers=regularizers,
+                                 miners=miners)

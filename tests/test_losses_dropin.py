@@ -300,25 +300,33 @@ def test_pml_ntxent_with_two_views_equals_ntxent():
 
 @needs_pml
 @pytest.mark.parametrize("make,message", [
-    (lambda: dict(distance=PML.distances.LpDistance()), r"distance=LpDistance\(...\) is not supported"),
-    (lambda: dict(distance=PML.distances.CosineSimilarity(power=2)), r"distance=CosineSimilarity"),
-    (lambda: dict(reducer=PML.reducers.ThresholdReducer(low=0.1)),
-     r"reducer=ThresholdReducer\(...\) is not supported; use one of AvgNonZeroReducer\(\), MeanReducer\(\)"),
-    (lambda: dict(embedding_regularizer=PML.regularizers.LpRegularizer()),
-     r"embedding_regularizer=LpRegularizer\(...\) is not supported"),
-], ids=["lp_distance", "cosine_power", "threshold_reducer", "regularizer"])
-def test_sup_con_rejects_what_the_kernels_do_not_compute(make, message):
+    (lambda: dict(distance=PML.distances.LpDistance()),
+     r"distance=LpDistance\(normalize_embeddings=True, p=2, power=1\) is sqrt\(2 - 2 cos\).*strict=True refuses"),
+    (lambda: dict(distance=PML.distances.CosineSimilarity(power=2)), r"distance=CosineSimilarity.* is cos\^2"),
+    (lambda: dict(distance=PML.distances.DotProductSimilarity(normalize_embeddings=False)), r"compares unnormalized embeddings"),
+], ids=["lp_distance", "cosine_power", "dot_product"])
+def test_sup_con_strict_refuses_what_the_kernels_do_not_compute(make, message):
+    """Without strict=True these run unfused (tests/test_losses_pml_parity.py)."""
     with pytest.raises(ValueError, match=message):
-        losses.SupConLoss(**make())
+        losses.SupConLoss(strict=True, **make())
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda f, e, y: f(e, y, indices_tuple=(y, y, y)), "indices_tuple"),
     (lambda f, e, y: f(e), "labels is required"),
-    (lambda f, e, y: f(e, y, ref_emb=e), "ref_labels is required with ref_emb"),
     (lambda f, e, y: f(e, y, ref_labels=y), "ref_labels was given without ref_emb"),
     (lambda f, e, y: f(e, y, ref_emb=torch.randn(3, 8), ref_labels=torch.arange(4)), r"ref_labels must have shape"),
 ])
 def test_sup_con_call_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(losses.SupConLoss(), torch.randn(4, 8), torch.tensor([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("make", [losses.SupConLoss, losses.PMLNTXentLoss])
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(reducer="mean"), TypeError, "reducer must be a pytorch-metric-learning reducer object or None"),
+    (dict(embedding_regularizer=3), TypeError, "embedding_regularizer must be a regularizer object or None"),
+    (dict(strict="yes"), TypeError, "strict must be True or False"),
+])
+def test_pml_class_argument_errors(make, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make(**kwargs)
