@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import pickle
 import platform
@@ -35,14 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coun_fast.digest import DamagedFileError, Digest, check, undecodable
+from coun_fast.digest import Digest, check_versioned, undecodable
 from coun_fast.files import write_atomic
 
 FORMAT_VERSION = 3
 """3: the payload carries its ``digest``; 2: records are plain values (no NumPy arrays); 1: the first format."""
 READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 DIGEST_KEY = "digest"
-_log = logging.getLogger(__name__)
 
 
 def _numpy_array_globals() -> list:
@@ -165,16 +163,13 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ValueError(f"{str(path)!r} has checkpoint format {version!r}; this coun_fast reads "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")
-    if version == FORMAT_VERSION or DIGEST_KEY in payload:  # an older version with a digest: a damaged version
+
+    def computed() -> str:
         try:
-            computed = payload_digest(payload)
+            return payload_digest(payload)
         except TypeError as exc:  # a damaged value that is neither a tensor nor plain
             raise undecodable(path, "coun_fast checkpoint", exc) from None
-        if version != FORMAT_VERSION:
-            raise DamagedFileError(f"{str(path)!r} is damaged: it holds a digest, which only checkpoint format "
-                                   f"{FORMAT_VERSION} has, yet records format {version!r}; refusing to use it")
-        check(path, payload.get(DIGEST_KEY), computed)
-    else:
-        _log.warning("%r has checkpoint format %s, which records no digest: damage to it cannot be detected "
-                     "(save it again to add one)", str(path), version)
+
+    check_versioned(path, payload, kind="checkpoint format", version=version, current=FORMAT_VERSION,
+                    readable=READABLE_VERSIONS, compute=computed)
     return payload

@@ -8,7 +8,10 @@ covers. A reader recomputes it and compares before using anything: :func:`check`
 
 A :class:`Digest` hashes a sequence of parts, each prefixed by its length, so no two different
 sequences of parts hash alike; :meth:`Digest.add_array` adds an array's dtype, shape and bytes,
-:meth:`Digest.add_json` a plain value as canonical JSON (:func:`canonical_json`). SHA-256 runs at
+:meth:`Digest.add_json` a plain value as canonical JSON (:func:`canonical_json`).
+:func:`with_digest` and :func:`checked_mapping` write and check the digest a JSON mapping holds of
+itself (a manifest, meta.json, metrics.json); :func:`check_versioned` is the rule of a format whose
+newest version added a digest; :func:`file_sha256` hashes a whole file. SHA-256 runs at
 about 1.7 GB/s on one core of a CPU with SHA extensions (0.09 s for CIFAR-10's 150 MB of images).
 
 This module uses the standard library only, so every layer of the package may import it.
@@ -18,8 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from typing import Callable, Iterable
 
+_log = logging.getLogger(__name__)
 ALGORITHM = "sha256"
 """The hash every digest uses; a recorded digest reads ``sha256:<64 hex digits>``."""
 
@@ -67,6 +73,51 @@ def json_digest(value: object) -> str:
     return Digest().add_json(value).hexdigest()
 
 
+KEY = "digest"
+"""The key under which a JSON mapping (a manifest, meta.json, metrics.json...) holds its own digest."""
+
+
+def with_digest(mapping: dict) -> dict:
+    """``mapping`` (JSON-like) with :data:`KEY` set, last, to the :func:`json_digest` of the rest
+    (replacing a digest it holds)."""
+    rest = {key: value for key, value in mapping.items() if key != KEY}
+    return {**rest, KEY: json_digest(rest)}
+
+
+def checked_mapping(path: str | os.PathLike, mapping: dict, what: str = "its content") -> dict:
+    """``mapping`` without :data:`KEY`, after :func:`check` that the digest it holds is that of
+    the rest (DamagedFileError naming ``path`` otherwise, a missing digest included)."""
+    rest = {key: value for key, value in mapping.items() if key != KEY}
+    check(path, mapping.get(KEY), json_digest(rest), what)
+    return rest
+
+
+def check_versioned(path: str | os.PathLike, mapping: dict, *, kind: str, version: object, current: int,
+                    readable: Iterable[int], compute: Callable[[], str]) -> None:
+    """The digest rule of a versioned format whose version ``current`` added a digest under
+    :data:`KEY` of ``mapping`` (a payload, a meta record): a file of version ``current`` must hold
+    the digest ``compute()`` gives (:func:`check`); a digest in a file of another version is damage
+    (DamagedFileError); a file of an older ``readable`` version without one is used with a warning
+    that damage to it cannot be detected. ``kind`` names the format in messages ("checkpoint format")."""
+    if version == current or KEY in mapping:
+        if version != current:
+            raise DamagedFileError(f"{str(path)!r} is damaged: it holds a digest, which only {kind} {current} has, "
+                                   f"yet records {kind} {version!r}; refusing to use it")
+        check(path, mapping.get(KEY), compute())
+    elif version in readable:
+        _log.warning("%r has %s %s, which records no digest: damage to it cannot be detected (save it again to "
+                     "add one)", str(path), kind, version)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 8 * 1024**2) -> str:
+    """The SHA-256 (hex) of a whole file's bytes, read in chunks."""
+    digest = hashlib.new(ALGORITHM)
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check(path: str | os.PathLike, recorded: object, computed: str, what: str = "its content") -> None:
     """Raise :class:`DamagedFileError` naming ``path`` unless ``recorded`` equals ``computed``."""
     if recorded != computed:
@@ -82,4 +133,5 @@ def undecodable(path: str | os.PathLike, what: str, error: BaseException) -> Dam
     return DamagedFileError(f"{str(path)!r} is not a readable {what}: it is damaged or not such a file ({reason})")
 
 
-__all__ = ["ALGORITHM", "DamagedFileError", "Digest", "canonical_json", "check", "json_digest", "undecodable"]
+__all__ = ["ALGORITHM", "KEY", "DamagedFileError", "Digest", "canonical_json", "check", "check_versioned",
+           "checked_mapping", "file_sha256", "json_digest", "undecodable", "with_digest"]

@@ -17,12 +17,12 @@ This module uses the standard library only, so every layer of the package may im
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
+from coun_fast.digest import file_sha256
 from coun_fast.files import is_temporary, write_text_atomic
 
 RECORD = ".coun_fast-files.json"
@@ -38,15 +38,6 @@ LEGACY_NAMES = frozenset({
 """The file names coun_fast wrote into run folders, cache entries and packed data sets before
 ownership records existed (plus shard files, :data:`_LEGACY_SHARD`)."""
 _LEGACY_SHARD = re.compile(r"^(train|test)-\d{5}\.shard$")
-_CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _walk(folder: Path) -> tuple[list[str], list[str], list[str]]:
@@ -82,7 +73,7 @@ def record(folder: str | os.PathLike) -> Path:
     entries = {}
     for name in files:
         stat = (folder / name).stat()
-        entries[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(folder / name)}
+        entries[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(folder / name)}
     text = json.dumps({"format": FORMAT, "version": VERSION, "files": entries, "folders": folders}, indent=1)
     return write_text_atomic(folder / RECORD, text)
 
@@ -107,7 +98,7 @@ def _changed(path: Path, entry: object) -> bool:
     stat = path.stat()
     if stat.st_size != entry.get("size"):
         return True
-    return stat.st_mtime_ns != entry.get("mtime_ns") and _sha256(path) != entry.get("sha256")
+    return stat.st_mtime_ns != entry.get("mtime_ns") and file_sha256(path) != entry.get("sha256")
 
 
 def _legacy_name(name: str) -> bool:

@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
-from coun_fast.digest import Digest, check, json_digest
+from coun_fast.data.npzfile import arrays_digest
+from coun_fast.digest import check, checked_mapping, with_digest
 
 FORMAT_VERSION = 1  # (an entry of older coun_fast, without digests, is a damaged entry: rebuilt in place)
 ENV_VAR = "COUN_FAST_CACHE"
@@ -94,11 +95,7 @@ def _write_atomic(target: Path, write: Callable[[object], None]) -> None:
 
 def _arrays_digest(images: np.ndarray, labels: np.ndarray) -> str:
     """The digest of one split of an entry: its images' and labels' dtype, shape and bytes."""
-    digest = Digest()
-    for array in (images, labels):
-        array = np.ascontiguousarray(array)
-        digest.add_array(array.dtype.str, array.shape, array.reshape(-1).view(np.uint8).data)
-    return digest.hexdigest()
+    return arrays_digest({"images": images, "labels": labels})
 
 
 def _save(entry: Path, splits: DatasetSplits) -> None:
@@ -110,7 +107,7 @@ def _save(entry: Path, splits: DatasetSplits) -> None:
         _write_atomic(entry / f"{split}_labels.npy", lambda f: np.save(f, data.labels))
         meta["splits"][split] = {"name": data.name, "classes": list(data.classes), "shape": list(data.images.shape),
                                  "digest": _arrays_digest(data.images, data.labels)}
-    meta["digest"] = json_digest(meta)
+    meta = with_digest(meta)
     _write_atomic(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
@@ -119,7 +116,7 @@ def _load(entry: Path) -> DatasetSplits:
     meta = json.loads((entry / "meta.json").read_text())
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-    check(entry / "meta.json", meta.get("digest"), json_digest({k: v for k, v in meta.items() if k != "digest"}))
+    meta = checked_mapping(entry / "meta.json", meta)
     splits = []
     for split in SPLITS:
         info = meta["splits"][split]

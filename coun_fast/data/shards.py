@@ -48,17 +48,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import mmap
 import os
 import struct
 import zlib
 from pathlib import Path
+
 import numpy as np
 
 from coun_fast.data.dataset import DatasetSplits, ImageDataset
-from coun_fast.digest import Digest, check, json_digest, undecodable
+from coun_fast.digest import KEY as DIGEST_KEY
+from coun_fast.digest import Digest, check, checked_mapping, file_sha256, undecodable, with_digest
 from coun_fast.files import write_text_atomic
 
 FORMAT = "coun_fast.shards"
@@ -189,13 +190,9 @@ class Shard:
         if self._map is not None and hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)
 
-    def sha256(self, chunk: int = 8 * 1024**2) -> str:
+    def sha256(self) -> str:
         """SHA-256 of the whole file, read in chunks."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -358,9 +355,7 @@ class ShardedDataset(ImageDataset):
 
 def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
     """Write ``manifest`` with its ``digest`` (replacing one it holds) to ``path``, atomically."""
-    manifest = {k: v for k, v in manifest.items() if k != "digest"}
-    manifest["digest"] = json_digest(manifest)
-    return write_text_atomic(path, json.dumps(manifest, indent=1))
+    return write_text_atomic(path, json.dumps(with_digest(manifest), indent=1))
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -375,8 +370,8 @@ def read_manifest(root: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise undecodable(path, "shards manifest", exc) from None
-    if isinstance(manifest, dict) and "digest" in manifest:
-        check(path, manifest["digest"], json_digest({k: v for k, v in manifest.items() if k != "digest"}))
+    if isinstance(manifest, dict) and DIGEST_KEY in manifest:
+        checked_mapping(path, manifest)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a coun_fast shards manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     if manifest.get("version") != FORMAT_VERSION:

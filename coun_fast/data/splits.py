@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import numbers
 import os
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from coun_fast.data.npzfile import arrays_digest, read_npz
-from coun_fast.digest import DamagedFileError, check, json_digest, undecodable
+from coun_fast.digest import check_versioned, json_digest, undecodable
 from coun_fast.files import write_atomic
 
 __all__ = [
@@ -58,7 +57,6 @@ KINDS = ("random", "class", "sequential")
 _FORMAT_VERSION = 3
 _READABLE_VERSIONS = (1, 2, 3)  # version 1: no data set identity; 3: a digest in meta
 _ARRAYS = ("train_indices", "forget", "retain", "chunks", "chunk_sizes")  # the arrays of a split file
-_log = logging.getLogger(__name__)
 _SHOW = 5  # offending indices shown in error messages
 
 
@@ -467,14 +465,10 @@ class ForgetSplit:
             meta = json.loads(str(arrays.pop("meta")))
         except (ValueError, RecursionError) as error:  # not JSON (a damaged file)
             raise undecodable(path, "split file", error) from None
-        if isinstance(meta, dict) and (meta.get("version") == _FORMAT_VERSION or "digest" in meta):
-            if meta.get("version") != _FORMAT_VERSION:
-                raise DamagedFileError(f"{str(path)!r} is damaged: it holds a digest, which only split format "
-                                       f"version {_FORMAT_VERSION} has, yet records version {meta.get('version')!r}")
-            check(path, meta.get("digest"), _file_digest(arrays, meta))
-        elif isinstance(meta, dict) and meta.get("version") in _READABLE_VERSIONS:
-            _log.warning("%r has split format version %s, which records no digest: damage to it cannot be "
-                         "detected (save it again to add one)", str(path), meta.get("version"))
+        if isinstance(meta, dict):
+            check_versioned(path, meta, kind="split format version", version=meta.get("version"),
+                            current=_FORMAT_VERSION, readable=_READABLE_VERSIONS,
+                            compute=lambda: _file_digest(arrays, meta))
         sizes = arrays.pop("chunk_sizes").astype(np.int64)
         flat = arrays["chunks"]
         if sizes.ndim != 1 or np.any(sizes < 0) or sizes.sum() != flat.size:

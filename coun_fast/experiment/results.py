@@ -19,7 +19,8 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from coun_fast.digest import check, json_digest, undecodable
+from coun_fast.digest import KEY as DIGEST_KEY
+from coun_fast.digest import checked_mapping, undecodable, with_digest
 from coun_fast.evaluate import GAP_KEYS
 from coun_fast.files import write_text_atomic
 
@@ -143,17 +144,12 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
     return write_text_atomic(path, text.getvalue())
 
 
-DIGEST_KEY = "digest"
-"""The key of a digested JSON file's digest (:func:`write_json` with ``digest=True``)."""
-
-
 def write_json(payload: dict, path: Path, *, digest: bool = False) -> Path:
     """``payload`` as indented JSON, the file replaced atomically. With ``digest``, the file also
     holds ``"digest"``: the SHA-256 of the rest as canonical JSON (values that are not JSON are
     written as their text), which :func:`read_json` checks."""
     if digest:
-        payload = json.loads(json.dumps({k: v for k, v in payload.items() if k != DIGEST_KEY}, default=str))
-        payload[DIGEST_KEY] = json_digest(payload)
+        payload = with_digest(json.loads(json.dumps(payload, default=str)))
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
@@ -171,9 +167,7 @@ def read_json(path: Path, *, legacy_keys: Iterable[str] | None = None) -> dict:
         raise undecodable(path, "coun_fast JSON file", TypeError(f"it holds a {type(payload).__name__}, not a mapping"))
     if DIGEST_KEY not in payload and legacy_keys is not None and set(payload) == set(legacy_keys):
         return payload
-    rest = {k: v for k, v in payload.items() if k != DIGEST_KEY}
-    check(path, payload.get(DIGEST_KEY), json_digest(rest))
-    return rest
+    return checked_mapping(path, payload)
 
 
 __all__ = ["COLUMNS", "CSV_FIELDS", "REFERENCE", "cell", "markdown_report", "markdown_table", "mean_std",
