@@ -37,11 +37,9 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-if TYPE_CHECKING:  # torch is imported where it is used: coun_fast/__init__.py applies OMP_ENV before it loads
-    import torch
-
+# torch is imported inside the functions that use it: coun_fast/__init__.py applies OMP_ENV before it loads.
 log = logging.getLogger("coun_fast.threads")
 
 ENV = "COUN_FAST_THREADS"
@@ -223,22 +221,3 @@ def using(choice: Choice, what: str = "computation") -> Iterator[Choice]:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
 
-
-def forward_multiply_adds(model: torch.nn.Module, sample: torch.Tensor) -> float | None:
-    """Multiply-adds of ``model``'s forward pass of ``sample`` (one batch), counted by torch's
-    FLOP counter in eval mode without gradients (the model's mode is restored); None where it
-    cannot be counted."""
-    import torch
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(sample)
-        return counter.get_total_flops() / 2
-    except Exception:  # noqa: BLE001 - an estimate only: an unknown size caps nothing
-        return None
-    finally:
-        model.train(training)

@@ -55,6 +55,7 @@ from coun_fast import checkpoint, distributed, threads
 from coun_fast.data.backends import BACKENDS, resolve_backend
 from coun_fast.data.dataset import ImageDataset
 from coun_fast.data.loader import AugmentedLoader, Batch, check_global_batch
+from coun_fast.models import forward_flops
 from coun_fast.identity import describe_differences
 from coun_fast.step import graph_unsupported, make_step
 
@@ -660,10 +661,18 @@ def cpu_thread_choice(model: nn.Module, loader: AugmentedLoader, began_with: int
     count exceeds the usable cores."""
     if began_with is not None and threads.pinned() is None and began_with <= threads.usable_cores():
         return threads.Choice(began_with, "the count the resumed run began with (a bit-identical resume)")
-    height, width = loader.image_size
-    sample = torch.zeros(1, 3, height, width)
-    work = threads.forward_multiply_adds(model, sample) if threads.pinned() is None else None
-    return threads.choose(None if work is None else work * loader.batch_size)
+    work = batch_multiply_adds(model, loader.image_size, loader.batch_size) if threads.pinned() is None else None
+    return threads.choose(work)
+
+
+def batch_multiply_adds(model: nn.Module, image_size: tuple[int, int], batch_size: int) -> float | None:
+    """Multiply-adds of ``model``'s forward pass of a batch of ``batch_size`` images of
+    ``image_size`` (:func:`coun_fast.models.forward_flops`, the same count as the run's cost, cached
+    per architecture; the model's mode is kept); None where the model cannot be counted."""
+    try:
+        return forward_flops(model, (3, *image_size)) / 2 * batch_size
+    except Exception:  # noqa: BLE001 - an estimate only: an unknown size caps nothing
+        return None
 
 
 def _evaluated(on_epoch_end: Callable[[nn.Module, int], dict], model: nn.Module, epoch: int) -> dict:

@@ -9,7 +9,7 @@ import torch
 from coun_fast import checkpoint, cli, threads
 from coun_fast.data.embedded import synthetic
 from coun_fast.data.loader import AugmentedLoader
-from coun_fast.train import CrossEntropy, TrainConfig, cpu_thread_choice, fit
+from coun_fast.train import CrossEntropy, TrainConfig, batch_multiply_adds, cpu_thread_choice, fit
 from nets import TinyNet
 
 
@@ -125,9 +125,9 @@ def test_busy_cores_reads_a_number_from_proc_stat():
     assert measured is None or measured >= 0.0
 
 
-def test_forward_multiply_adds_counts_a_models_forward_and_keeps_its_mode():
+def test_batch_multiply_adds_counts_a_models_forward_and_keeps_its_mode():
     model = TinyNet().train()
-    work = threads.forward_multiply_adds(model, torch.zeros(2, 3, 8, 8))
+    work = batch_multiply_adds(model, (8, 8), 2)
     assert work == pytest.approx(2 * (8 * 8 * 8 * 27 + 32 * 4))  # the convolution and the head
     assert model.training
 
