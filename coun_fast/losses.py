@@ -275,9 +275,8 @@ class _PMLLoss(_ContrastiveLoss):
     ) -> Tensor | dict:
         embeddings, labels, ref_emb, ref_labels, same_object, reason = self._arguments(
             embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        if ref_emb is not None and ref_emb.dtype != embeddings.dtype:  # the mixed-dtype rule: promote
-            dtype = torch.promote_types(embeddings.dtype, ref_emb.dtype)
-            embeddings, ref_emb = embeddings.to(dtype), ref_emb.to(dtype)
+        if ref_emb is not None:  # the mixed-dtype rule
+            embeddings, ref_emb = validation.promoted(embeddings, ref_emb)
         if reason:
             _pml.warn_once(self, reason)
             info = self._unfused(embeddings, labels, indices_tuple, ref_emb, ref_labels, same_object)
